@@ -1,0 +1,195 @@
+"""Autosave pings: what one gateway process absorbs, what reaches MongoDB, how fast resume reads are.
+
+    .venv/bin/python -m bench.progress_bench --connections 400 --seconds 10
+
+Starts embedded Redis and nx-27017 on free ports, the ingest API and ONE gateway process, and
+a course of 3 lectures. Then:
+1. pings/s: ``--connections`` WebSockets (spread over several 127.0.0.x source addresses), each
+   keeping ``--window`` pings in flight, for ``--seconds``; counts acks;
+2. MongoDB writes per 1,000 pings over one flush cycle: every connection's user sends 60 pings
+   (5 minutes of playback at one ping per 5 s, the default FLUSH_INTERVAL_S), then one flush;
+3. resume read latency: ``GET /api/v1/progress/{courseId}`` p50/p99 with ``--readers`` concurrent readers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+import uvloop
+from pymongo import AsyncMongoClient
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.sse_fanout import SOURCE_ADDRESSES, cpu_seconds
+from contract.auth import TokenIssuer
+from contract.settings import Settings
+from devstack.processes import Stack
+from devstack.servers import free_port, mongo_server, redis_server
+from ingest.flusher import Flusher
+
+COURSE = {
+    "title": "Bench course",
+    "sections": [
+        {
+            "sectionId": "s",
+            "title": "S",
+            "lectures": [
+                {"lectureId": f"l{i}", "title": f"L{i}", "durationSeconds": 80000, "marks": 1}
+                for i in range(3)
+            ],
+        }
+    ],
+}
+
+
+async def pinger(
+    ws: ClientConnection, window: int, deadline: float, counts: list[int], start_seq: int
+) -> None:
+    seq = start_seq
+    in_flight = 0
+    while True:
+        while in_flight < window and time.perf_counter() < deadline:
+            seq += 1
+            ping = {
+                "type": "progress",
+                "courseId": "bench",
+                "lectureId": "l1",
+                "position": seq % 70000,
+                "seq": seq,
+            }
+            await ws.send(json.dumps(ping))
+            in_flight += 1
+        if in_flight == 0:
+            return
+        message = json.loads(await ws.recv())
+        if message["type"] == "ack":
+            counts[0] += 1
+            in_flight -= 1
+        elif message["type"] == "error":
+            raise RuntimeError(message)
+
+
+async def one_ping(ws: ClientConnection, seq: int, counts: list[int]) -> None:
+    ping = {"type": "progress", "courseId": "bench", "lectureId": "l2", "position": seq % 70000, "seq": seq}
+    await ws.send(json.dumps(ping))
+    while json.loads(await ws.recv())["type"] != "ack":
+        pass
+    counts[0] += 1
+
+
+async def open_sockets(stack: Stack, tokens: list[str]) -> list[ClientConnection]:
+    base = stack.gateway_url.replace("http://", "ws://") + "/api/v1/ws?access_token="
+    sockets = []
+    for i, token in enumerate(tokens):
+        source = SOURCE_ADDRESSES[i % len(SOURCE_ADDRESSES)]
+        sockets.append(await connect(base + token, compression=None, local_addr=(source, 0)))
+    return sockets
+
+
+def pct(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+async def run(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="scorecast-bench-"))
+    redis_srv = redis_server(free_port(), work / "redis").start()
+    mongo_srv = mongo_server(free_port(), work / "mongo").start()
+    settings = Settings(
+        redis_url=redis_srv.url,
+        mongo_url=mongo_srv.url,
+        mongo_db="bench",
+        jwt_secret=uuid.uuid4().hex * 2,
+        ws_rate_limit_per_s=1e9,
+        ws_rate_limit_burst=1_000_000,
+    )
+    stack = Stack(settings, work)
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+    try:
+        stack.start("ingest.api")
+        stack.start("gateway")
+        gateway = stack.procs[-1].process
+        assert gateway is not None
+        issuer = TokenIssuer(stack.settings)
+        admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
+        async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=30) as http:
+            r = await http.put(
+                "/api/v1/courses/bench", json=COURSE, headers={"authorization": f"Bearer {admin}"}
+            )
+            r.raise_for_status()
+            tokens = [issuer.access_token(user_id=f"u{i}", name=f"U{i}") for i in range(args.connections)]
+            sockets = await open_sockets(stack, tokens)
+
+            # 1. Throughput.
+            counts = [0]
+            cpu0, t0 = cpu_seconds(gateway.pid), time.perf_counter()
+            deadline = t0 + args.seconds
+            await asyncio.gather(*(pinger(ws, args.window, deadline, counts, 0) for ws in sockets))
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(gateway.pid) - cpu0
+            pings_per_s = counts[0] / elapsed
+
+            # 2. MongoDB writes per 1,000 pings over one flush cycle.
+            await redis.delete("progress:dirty")
+            await mongo.bench.progress.delete_many({})
+            cycle = [0]
+            for n in range(60):
+                await asyncio.gather(*(one_ping(ws, 10**9 + n, cycle) for ws in sockets))
+            flusher = Flusher(redis=redis, db=mongo.bench, settings=settings)
+            flushed = await flusher.flush_once()
+            writes_per_1000 = flusher.writes / cycle[0] * 1000
+
+            # 3. Resume reads.
+            latencies: list[float] = []
+
+            async def reader(k: int) -> None:
+                for i in range(args.reads // args.readers):
+                    token = tokens[(k * 7919 + i) % len(tokens)]
+                    t = time.perf_counter()
+                    r = await http.get("/api/v1/progress/bench", headers={"authorization": f"Bearer {token}"})
+                    latencies.append((time.perf_counter() - t) * 1000)
+                    r.raise_for_status()
+
+            await asyncio.gather(*(reader(k) for k in range(args.readers)))
+            for ws in sockets:
+                await ws.close()
+        print(f"connections {args.connections}, window {args.window}, {args.seconds} s")
+        print(f"pings acked per second   {pings_per_s:,.0f} ({counts[0]:,} in {elapsed:.1f} s)")
+        print(f"gateway CPU              {cpu:.2f} s = {cpu / elapsed * 100:.0f} % of one core")
+        print(f"gateway CPU per ping     {cpu / max(counts[0], 1) * 1e6:.1f} us")
+        print(f"flush cycle     {cycle[0]:,} pings on {flushed} keys -> {flusher.writes} MongoDB writes")
+        print(
+            f"MongoDB writes {writes_per_1000:.1f} per 1,000 pings ({100 - writes_per_1000 / 10:.1f} % fewer)"
+        )
+        p50, p99 = pct(latencies, 50), pct(latencies, 99)
+        print(f"resume read ({args.readers} readers) p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    finally:
+        await redis.aclose()
+        await mongo.close()
+        stack.close()
+        mongo_srv.stop()
+        redis_srv.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--connections", type=int, default=400)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--readers", type=int, default=8, help="concurrent resume readers")
+    uvloop.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

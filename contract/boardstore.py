@@ -1,0 +1,239 @@
+"""The Redis side of a board: atomic idempotent apply, reads, and the rebuild commit.
+
+Every operation touches the keys of one board only (one hash tag, one cluster slot), so it
+runs unchanged on Redis Cluster. A board "exists" while its version key exists; an apply on
+a missing board answers :data:`MISSING` and the caller rebuilds it from MongoDB first.
+
+Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
+``decode_responses=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
+
+APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
+
+# KEYS: zset, version, members, guard. ARGV: userId, increment, guard ttl (s).
+# Returns {status, total, seq}: seq is the board version at which the user reached total.
+_APPLY = f"""
+if redis.call('EXISTS', KEYS[2]) == 0 then return {{{MISSING}, 0, 0}} end
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+local total = 0
+local seq = 0
+if old then
+  total = tonumber(redis.call('ZSCORE', KEYS[1], old) or '0')
+  seq = {SEQ_CEILING} - tonumber(string.sub(old, 1, {SEQ_DIGITS}))
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {{{ALREADY_APPLIED}, total, seq}} end
+local version = redis.call('INCR', KEYS[2])
+total = total + tonumber(ARGV[2])
+if old then redis.call('ZREM', KEYS[1], old) end
+local member = string.format('%0{SEQ_DIGITS}d', {SEQ_CEILING} - version) .. ARGV[1]
+redis.call('ZADD', KEYS[1], total, member)
+redis.call('HSET', KEYS[3], ARGV[1], member)
+redis.call('SET', KEYS[4], version, 'EX', tonumber(ARGV[3]))
+return {{{APPLIED}, total, version}}
+"""
+
+# KEYS: zset, version, limit. Returns {version, member1, score1, ...} atomically.
+_TOP = """
+local version = redis.call('GET', KEYS[2])
+if not version then return {-1} end
+local rows = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+table.insert(rows, 1, tonumber(version))
+return rows
+"""
+
+# KEYS: zset, version, members. ARGV: userId, above, below.
+# Returns {version, rank0 or -1, member1, score1, ...} for the window around the user.
+_AROUND = """
+local version = redis.call('GET', KEYS[2])
+if not version then return {-1} end
+local member = redis.call('HGET', KEYS[3], ARGV[1])
+if not member then return {tonumber(version), -1} end
+local rank = redis.call('ZREVRANK', KEYS[1], member)
+if not rank then return {tonumber(version), -1} end
+local first = math.max(0, rank - tonumber(ARGV[2]))
+local rows = redis.call('ZREVRANGE', KEYS[1], first, rank + tonumber(ARGV[3]), 'WITHSCORES')
+table.insert(rows, 1, first)
+table.insert(rows, 1, rank)
+table.insert(rows, 1, tonumber(version))
+return rows
+"""
+
+# KEYS: zset, version, members, staging zset, staging members. ARGV: version, force (0/1).
+_COMMIT_REBUILD = """
+if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[4], KEYS[5])
+  return 0
+end
+local version = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current > version then version = current end
+redis.call('DEL', KEYS[1], KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[1]) end
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[3]) end
+redis.call('SET', KEYS[2], version)
+return 1
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApplyResult:
+    board: str
+    status: int
+    total: int
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    """One ranked member: rank is 1-based."""
+
+    rank: int
+    user_id: str
+    score: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Top:
+    board: str
+    version: int
+    rows: list[Row]
+    exists: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Around:
+    board: str
+    version: int
+    exists: bool
+    self_row: Row | None
+    above: list[Row]
+    below: list[Row]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    avatar_url: str | None
+
+
+def _rows(flat: Sequence[Any], first_rank: int) -> list[Row]:
+    rows = []
+    for i in range(0, len(flat), 2):
+        user_id, _ = decode_member(str(flat[i]))
+        rows.append(Row(rank=first_rank + i // 2, user_id=user_id, score=int(float(flat[i + 1]))))
+    return rows
+
+
+class BoardStore:
+    """Board operations on one Redis client (``decode_responses=True``)."""
+
+    def __init__(self, redis: Any, *, guard_ttl_s: int = 7 * 24 * 3600) -> None:
+        self.redis = redis
+        self._guard_ttl_s = guard_ttl_s
+        self._apply = redis.register_script(_APPLY)
+        self._top = redis.register_script(_TOP)
+        self._around = redis.register_script(_AROUND)
+        self._commit = redis.register_script(_COMMIT_REBUILD)
+
+    async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
+        """Apply (board, actionId, userId, increment) steps in one pipelined round trip.
+
+        Each step is atomic and idempotent per (board, actionId). A step on a missing board
+        answers status MISSING and changes nothing.
+        """
+        steps = list(items)
+        if not steps:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for board, action_id, user_id, increment in steps:
+            keys = board_keys(board)
+            await self._apply(
+                keys=[keys.zset, keys.version, keys.members, keys.guard(action_id)],
+                args=[user_id, increment, self._guard_ttl_s],
+                client=pipe,
+            )
+        replies = await pipe.execute()
+        return [
+            ApplyResult(board=step[0], status=int(r[0]), total=int(r[1]), seq=int(r[2]))
+            for step, r in zip(steps, replies, strict=True)
+        ]
+
+    async def top(self, board: str, limit: int) -> Top:
+        keys = board_keys(board)
+        reply = await self._top(keys=[keys.zset, keys.version], args=[limit])
+        if int(reply[0]) < 0:
+            return Top(board=board, version=0, rows=[], exists=False)
+        return Top(board=board, version=int(reply[0]), rows=_rows(reply[1:], 1))
+
+    async def around(self, board: str, user_id: str, *, above: int, below: int) -> Around:
+        keys = board_keys(board)
+        reply = await self._around(keys=[keys.zset, keys.version, keys.members], args=[user_id, above, below])
+        version = int(reply[0])
+        if version < 0:
+            return Around(board=board, version=0, exists=False, self_row=None, above=[], below=[])
+        if int(reply[1]) < 0:
+            return Around(board=board, version=version, exists=True, self_row=None, above=[], below=[])
+        rank0, first = int(reply[1]), int(reply[2])
+        rows = _rows(reply[3:], first + 1)
+        mine = rank0 - first
+        return Around(
+            board=board,
+            version=version,
+            exists=True,
+            self_row=rows[mine],
+            above=rows[:mine],
+            below=rows[mine + 1 :],
+        )
+
+    async def exists(self, board: str) -> bool:
+        return bool(await self.redis.exists(board_keys(board).version))
+
+    async def stage_and_commit(
+        self, board: str, rows: Iterable[tuple[str, int, int]], *, version: int, force: bool
+    ) -> bool:
+        """Replace ``board`` with (userId, score, seq) rows, atomically at the commit.
+
+        Without ``force`` the commit is a no-op when the board came back meanwhile. Returns
+        whether the board was replaced.
+        """
+        keys: BoardKeys = board_keys(board)
+        await self.redis.delete(keys.staging_zset, keys.staging_members)
+        chunk: list[tuple[str, int, int]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= 1000:
+                await self._stage(keys, chunk)
+                chunk = []
+        if chunk:
+            await self._stage(keys, chunk)
+        keyset = [keys.zset, keys.version, keys.members, keys.staging_zset, keys.staging_members]
+        return bool(await self._commit(keys=keyset, args=[version, int(force)]))
+
+    async def _stage(self, keys: BoardKeys, chunk: list[tuple[str, int, int]]) -> None:
+        members = {f"{SEQ_CEILING - seq:0{SEQ_DIGITS}d}{user_id}": score for user_id, score, seq in chunk}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.staging_zset, members)
+        pipe.hset(keys.staging_members, mapping={m[SEQ_DIGITS:]: m for m in members})
+        await pipe.execute()
+
+    async def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        """Cached display details of members, from the ``user:<id>`` hashes (one round trip)."""
+        if not user_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hmget(user_profile(user_id), "name", "avatarUrl")
+        replies = await pipe.execute()
+        return {
+            user_id: Profile(name=name, avatar_url=avatar)
+            for user_id, (name, avatar) in zip(user_ids, replies, strict=True)
+            if name is not None
+        }

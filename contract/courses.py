@@ -1,0 +1,129 @@
+"""Course metadata as the progress path needs it, cached in Redis and in process.
+
+MongoDB ``courses`` is the truth (written by ``PUT /api/v1/courses/{id}``). The Redis copy
+(``courseMeta:<id>``, JSON, ``course_meta_ttl_s``) is refilled on a miss by one process at a
+time: the first takes ``courseMeta:<id>:lock`` (SET NX PX) and reads MongoDB, the others wait
+for the copy instead of stampeding MongoDB. A short in-process cache keeps a ping at one Redis
+round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from contract import keys
+
+COURSES = "courses"
+LOCAL_TTL_S = 5.0
+LOCK_TTL_MS = 5000
+MISSING = "-"  # cached "no such course", so unknown ids do not reach MongoDB every time
+
+
+class CourseMeta(msgspec.Struct, rename="camel"):
+    course_id: str
+    title: str
+    lecture_order: list[str]
+    durations: dict[str, float]
+    marks: dict[str, int]
+
+    @property
+    def lecture_count(self) -> int:
+        return len(self.lecture_order)
+
+    @property
+    def total_marks(self) -> int:
+        return sum(self.marks.values())
+
+    def next_lecture(self, lecture_id: str) -> str | None:
+        """The lecture after ``lecture_id`` in course order (what completing it unlocks)."""
+        try:
+            i = self.lecture_order.index(lecture_id)
+        except ValueError:
+            return None
+        return self.lecture_order[i + 1] if i + 1 < len(self.lecture_order) else None
+
+
+_decoder = msgspec.json.Decoder(CourseMeta)
+
+
+def meta_from_doc(doc: dict[str, Any]) -> CourseMeta:
+    lectures = [lecture for section in doc["sections"] for lecture in section["lectures"]]
+    return CourseMeta(
+        course_id=doc["_id"],
+        title=doc["title"],
+        lecture_order=[lec["lectureId"] for lec in lectures],
+        durations={lec["lectureId"]: float(lec["durationSeconds"]) for lec in lectures},
+        marks={lec["lectureId"]: int(lec.get("marks", 0)) for lec in lectures},
+    )
+
+
+class CourseCatalog:
+    def __init__(self, redis: Any, db: Any, *, ttl_s: int) -> None:
+        self.redis = redis
+        self.db = db
+        self.ttl_s = ttl_s
+        self._local: dict[str, tuple[CourseMeta | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[CourseMeta | None]] = {}
+        self.mongo_reads = 0  # observable: how often the catalog went to MongoDB
+
+    async def get(self, course_id: str) -> CourseMeta | None:
+        """The course's metadata, or None when there is no such course."""
+        now = time.monotonic()
+        hit = self._local.get(course_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        # Single flight: concurrent misses in this process share one lookup.
+        pending = self._inflight.get(course_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CourseMeta | None] = asyncio.get_running_loop().create_future()
+        self._inflight[course_id] = future
+        try:
+            meta = await self._shared(course_id)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters re-raise it
+            raise
+        else:
+            future.set_result(meta)
+            self._local[course_id] = (meta, time.monotonic() + LOCAL_TTL_S)
+            return meta
+        finally:
+            del self._inflight[course_id]
+
+    def forget(self, course_id: str) -> None:
+        self._local.pop(course_id, None)
+
+    async def put(self, meta: CourseMeta) -> None:
+        """Refresh the Redis copy after the course changed in MongoDB."""
+        await self.redis.set(keys.course_meta(meta.course_id), msgspec.json.encode(meta), ex=self.ttl_s)
+        self._local.pop(meta.course_id, None)
+
+    async def _shared(self, course_id: str) -> CourseMeta | None:
+        key = keys.course_meta(course_id)
+        for _ in range(40):  # up to ~2 s behind another process's refill
+            raw = await self.redis.get(key)
+            if raw is not None:
+                return None if raw == MISSING else _decoder.decode(raw)
+            if await self.redis.set(keys.course_meta_lock(course_id), "1", nx=True, px=LOCK_TTL_MS):
+                try:
+                    return await self._refill(course_id)
+                finally:
+                    await self.redis.delete(keys.course_meta_lock(course_id))
+            await asyncio.sleep(0.05)
+        return await self._refill(course_id)
+
+    async def _refill(self, course_id: str) -> CourseMeta | None:
+        self.mongo_reads += 1
+        doc = await self.db[COURSES].find_one({"_id": course_id})
+        key = keys.course_meta(course_id)
+        if doc is None:
+            await self.redis.set(key, MISSING, ex=30)
+            return None
+        meta = meta_from_doc(doc)
+        await self.redis.set(key, msgspec.json.encode(meta), ex=self.ttl_s)
+        return meta

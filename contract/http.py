@@ -1,0 +1,94 @@
+"""The JSON error shape of API.md for Starlette apps, and bounded body decoding.
+
+``{"error": {"code": "<snake_case>", "message": "<human text>"}}`` with a fitting status, for
+every error: Scorecast's own, Starlette's HTTP errors (404, 405) and anything unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from contract.errors import BadRequest, PayloadTooLarge, ScorecastError, TooManyRequests
+from contract.messages import json_encoder
+
+log = logging.getLogger("scorecast.http")
+T = TypeVar("T")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+class JSONResponse(Response):
+    """A JSON response encoded by msgspec (Structs, dicts, lists)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json_encoder.encode(content)
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+async def _scorecast_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ScorecastError)
+    headers = None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(max(1, exc.retry_after_s))}
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error")
+
+
+def install_error_handlers(app: Starlette) -> None:
+    app.add_exception_handler(ScorecastError, _scorecast_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def decode_body(request: Request, type_: type[T], *, max_bytes: int) -> T:
+    """Read at most ``max_bytes`` of JSON body and decode it as ``type_``.
+
+    Raises PayloadTooLarge (413) or BadRequest (``invalid_json``, ``invalid_body``).
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
+    if not body:
+        raise BadRequest("a JSON body is required", code="invalid_json")
+    try:
+        return msgspec.json.decode(bytes(body), type=type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc), code="invalid_body") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None

@@ -1,0 +1,123 @@
+"""Redis key and channel builders. Every key Scorecast touches is spelled here.
+
+One board lives in one Redis Cluster slot: its ZSET, version counter, member map and
+applied-action guards share the hash tag ``{board:<name>}``, so its update is one Lua step on
+a cluster too. Per-user progress hashes share ``{user:<id>}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Tie-break encoding: a ZSET member is ``<15 digits><userId>`` where the digits are
+# SEQ_CEILING - seq (seq = the board version at which the user reached their score). Redis
+# orders equal scores by member, descending in ZREVRANGE, so whoever reached a score first
+# (smaller seq) comes first while the ZSET score stays the exact integer total.
+# 15 digits keep SEQ_CEILING below 2**53, exact in Lua's doubles.
+SEQ_DIGITS = 15
+SEQ_CEILING = 10**SEQ_DIGITS - 1
+
+
+def encode_member(user_id: str, seq: int) -> str:
+    return f"{SEQ_CEILING - seq:0{SEQ_DIGITS}d}{user_id}"
+
+
+def decode_member(member: str) -> tuple[str, int]:
+    """Return (userId, seq) of an encoded ZSET member."""
+    return member[SEQ_DIGITS:], SEQ_CEILING - int(member[:SEQ_DIGITS])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BoardKeys:
+    """The keys of one board, all in one cluster slot."""
+
+    name: str
+    zset: str
+    version: str
+    members: str
+    guard_prefix: str
+    rebuild_lock: str
+    staging_zset: str
+    staging_members: str
+
+    def guard(self, action_id: str) -> str:
+        return f"{self.guard_prefix}{action_id}"
+
+
+def board_keys(name: str) -> BoardKeys:
+    """Keys of the canonical board ``name`` (resolve ``weekly``/``monthly`` first)."""
+    tag = f"{{board:{name}}}"
+    return BoardKeys(
+        name=name,
+        zset=f"{tag}:z",
+        version=f"{tag}:v",
+        members=f"{tag}:m",
+        guard_prefix=f"{tag}:a:",
+        rebuild_lock=f"{tag}:rebuild",
+        staging_zset=f"{tag}:z:staging",
+        staging_members=f"{tag}:m:staging",
+    )
+
+
+# Streams
+SCORE_STREAM = "stream:scores"
+SCORE_DEAD_LETTER = "stream:scores:dead"
+WORKER_GROUP = "workers"
+
+# Lecture completions, consumed by the achievement consumer (activity, streaks, course board).
+COMPLETION_STREAM = "stream:completions"
+COMPLETION_DEAD_LETTER = "stream:completions:dead"
+ACHIEVEMENT_GROUP = "achievements"
+
+# Pub/Sub channels
+BOARD_CHANNEL_PREFIX = "sc:board:"
+USER_CHANNEL_PREFIX = "sc:user:"
+
+
+def board_channel(name: str) -> str:
+    return f"{BOARD_CHANNEL_PREFIX}{name}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"{USER_CHANNEL_PREFIX}{user_id}"
+
+
+# Write path
+def action_guard(action_id: str) -> str:
+    """Set by the API when it accepts an actionId; a second POST with it is a duplicate."""
+    return f"action:{action_id}"
+
+
+def rate_limit(user_id: str) -> str:
+    return f"ratelimit:{{user:{user_id}}}"
+
+
+def refresh_token(jti: str) -> str:
+    return f"refresh:{jti}"
+
+
+def user_profile(user_id: str) -> str:
+    """Hash cache of a member's display details (name, avatarUrl, region)."""
+    return f"user:{user_id}"
+
+
+# Progress (issue: video players)
+def progress(user_id: str, course_id: str) -> str:
+    return f"progress:{{user:{user_id}}}:{course_id}"
+
+
+def parse_progress(key: str) -> tuple[str, str]:
+    """(userId, courseId) of a :func:`progress` key."""
+    user_part, _, course_id = key.removeprefix("progress:{user:").partition("}:")
+    return user_part, course_id
+
+
+PROGRESS_DIRTY = "progress:dirty"
+
+
+def course_meta(course_id: str) -> str:
+    return f"courseMeta:{course_id}"
+
+
+def course_meta_lock(course_id: str) -> str:
+    return f"courseMeta:{course_id}:lock"

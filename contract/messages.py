@@ -1,0 +1,328 @@
+"""Every message on the wire, as msgspec Structs, with encoders and decoders built once.
+
+Wire names are camelCase (``rename="camel"``); inputs forbid unknown fields and carry bounds,
+so a ``msgspec.ValidationError`` at a boundary becomes a 4xx or a WebSocket ``error`` message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
+# Course and lecture ids become MongoDB field names (``w_<lectureId>``): no dots, no dollars.
+KEY_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+KeyId = Annotated[str, Meta(pattern=KEY_PATTERN)]
+ActionId = Annotated[str, Meta(pattern=UUID_PATTERN)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=64)]
+Region = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,32}$")]
+Url = Annotated[str, Meta(max_length=512)]
+Seconds = Annotated[float, Meta(ge=0, le=86_400)]
+Seq = Annotated[int, Meta(ge=0, le=2**53)]
+BoardName = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class Input(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Base of every message a client sends."""
+
+
+class Output(msgspec.Struct, rename="camel", omit_defaults=True):
+    """Base of every message Scorecast sends."""
+
+
+# ---------------------------------------------------------------- auth (HTTP)
+class LoginRequest(Input):
+    user_id: Id
+    name: DisplayName
+    region: Region | None = None
+    avatar_url: Url | None = None
+    roles: Annotated[list[Annotated[str, Meta(pattern=r"^[a-z_]{1,32}$")]], Meta(max_length=8)] = []
+    time_zone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
+
+
+class RefreshRequest(Input):
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class TokenPair(Output):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
+# ---------------------------------------------------------------- scores (HTTP)
+class ScoreUpdateRequest(Input):
+    score_increment: Annotated[int, Meta(gt=0)]
+    action_id: ActionId
+    course_id: Id | None = None
+
+
+class QuizAnswer(Input):
+    question_id: Id
+    selected_option: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class QuizSubmitRequest(Input):
+    quiz_id: Id
+    action_id: ActionId
+    answers: Annotated[list[QuizAnswer], Meta(min_length=1, max_length=200)]
+
+
+class QuestionIn(Input):
+    question_id: Id
+    correct_option: Annotated[str, Meta(min_length=1, max_length=64)]
+    points: Annotated[int, Meta(ge=0, le=1000)] = 1
+
+
+class QuizIn(Input):
+    title: Annotated[str, Meta(min_length=1, max_length=200)]
+    questions: Annotated[list[QuestionIn], Meta(min_length=1, max_length=200)]
+    course_id: Id | None = None
+
+
+class QuizGraded(Output):
+    status: str
+    correct: int
+    total: int
+    score_delta: int
+    action_id: str
+
+
+class ScoreAccepted(Output):
+    status: str
+    action_id: str
+
+
+class LeaderboardEntry(Output):
+    rank: int
+    user_id: str
+    name: str
+    score: int
+    avatar_url: str | None = None
+
+
+class LeaderboardPage(Output):
+    board: str
+    version: int
+    updated_at: str
+    entries: list[LeaderboardEntry]
+
+
+class RankAnswer(Output):
+    board: str
+    user_id: str
+    rank: int
+    score: int
+
+
+class AroundAnswer(Output):
+    board: str
+    self: LeaderboardEntry
+    above: list[LeaderboardEntry]
+    below: list[LeaderboardEntry]
+
+
+# ---------------------------------------------------------------- internal (stream, Pub/Sub)
+class StreamEntry(msgspec.Struct, rename="camel", forbid_unknown_fields=True, tag_field="kind"):
+    """One entry of the score stream (field ``d`` of the stream entry holds its JSON)."""
+
+
+class ScoreAction(StreamEntry, tag="score"):
+    """One accepted score action."""
+
+    action_id: str
+    user_id: str
+    name: str
+    increment: int
+    ts_ms: int
+    region: str | None = None
+    avatar_url: str | None = None
+    course_id: str | None = None
+    source: str = "score"
+
+
+class RebuildRequest(StreamEntry, tag="rebuild"):
+    """Rebuild a board from MongoDB: when its keys are missing, or always with ``force``."""
+
+    board: str
+    force: bool = False
+
+
+class CompletionEvent(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """A learner completed a lecture (field ``d`` of an entry of the completion stream).
+
+    ``event_id`` is UUID5 of (userId, courseId, lectureId), so one lecture completes once, ever:
+    the achievement consumer counts it once, and the score it grants on the course board uses
+    the same id as its actionId.
+    """
+
+    event_id: str
+    user_id: str
+    course_id: str
+    lecture_id: str
+    ts_ms: int
+    tz: str = "UTC"
+    name: str = ""
+    region: str | None = None
+    marks: int = 0
+
+
+class BoardEvent(msgspec.Struct, rename="camel"):
+    """Published on a board's channel after its version moved."""
+
+    board: str
+    version: int
+
+
+class ProgressEvent(msgspec.Struct, rename="camel"):
+    """Published on a user's channel when one of their devices saved a position."""
+
+    course_id: str
+    lecture_id: str
+    position: float
+    seq: int
+    origin: str = ""
+
+
+# ---------------------------------------------------------------- leaderboard frames (SSE, WS)
+class FrameEntry(Output):
+    rank: int
+    user_id: str
+    name: str
+    score: int
+
+
+class BoardSnapshot(Output):
+    """The payload of an SSE snapshot/update event."""
+
+    board: str
+    version: int
+    timestamp: str
+    leaderboard: list[FrameEntry]
+
+
+# ---------------------------------------------------------------- progress (HTTP fallback)
+class ProgressSaveRequest(Input):
+    course_id: KeyId
+    lecture_id: KeyId
+    position: Seconds
+    duration: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+    seq: Seq | None = None
+
+
+class ProgressCompleteRequest(Input):
+    course_id: KeyId
+    lecture_id: KeyId
+
+
+class LectureIn(Input):
+    lecture_id: KeyId
+    title: Annotated[str, Meta(min_length=1, max_length=200)]
+    duration_seconds: Annotated[float, Meta(gt=0, le=86_400)]
+    marks: Annotated[int, Meta(ge=0, le=10_000)] = 0
+
+
+class SectionIn(Input):
+    section_id: KeyId
+    title: Annotated[str, Meta(min_length=1, max_length=200)]
+    lectures: Annotated[list[LectureIn], Meta(max_length=1000)]
+
+
+class CourseIn(Input):
+    title: Annotated[str, Meta(min_length=1, max_length=200)]
+    sections: Annotated[list[SectionIn], Meta(max_length=200)]
+
+
+# ---------------------------------------------------------------- WebSocket, client → gateway
+class WsInput(Input, tag_field="type"):
+    pass
+
+
+class Subscribe(WsInput, tag="subscribe"):
+    board: BoardName
+
+
+class Unsubscribe(WsInput, tag="unsubscribe"):
+    board: BoardName
+
+
+class ProgressPing(WsInput, tag="progress"):
+    course_id: KeyId
+    lecture_id: KeyId
+    position: Seconds
+    seq: Seq
+    duration: Annotated[float, Meta(gt=0, le=86_400)] | None = None
+
+
+class Ping(WsInput, tag="ping"):
+    pass
+
+
+ClientMessage = Subscribe | Unsubscribe | ProgressPing | Ping
+
+
+# ---------------------------------------------------------------- WebSocket, gateway → client
+class WsOutput(Output, tag_field="type"):
+    pass
+
+
+class LeaderboardMessage(WsOutput, tag="leaderboard"):
+    board: str
+    version: int
+    timestamp: str
+    leaderboard: list[FrameEntry]
+
+
+class ProgressMessage(WsOutput, tag="progress"):
+    course_id: str
+    lecture_id: str
+    position: float
+    seq: int
+
+
+class Ack(WsOutput, tag="ack"):
+    seq: int
+
+
+class Pong(WsOutput, tag="pong"):
+    pass
+
+
+class ErrorMessage(WsOutput, tag="error"):
+    code: str
+    message: str
+
+
+class ReconnectMessage(WsOutput, tag="reconnect"):
+    after_ms: int
+
+
+ServerMessage = LeaderboardMessage | ProgressMessage | Ack | Pong | ErrorMessage | ReconnectMessage
+
+# Built once, reused everywhere.
+json_encoder = msgspec.json.Encoder()
+client_message_decoder = msgspec.json.Decoder(ClientMessage)
+server_message_decoder = msgspec.json.Decoder(ServerMessage)
+stream_entry_decoder = msgspec.json.Decoder(ScoreAction | RebuildRequest)
+board_event_decoder = msgspec.json.Decoder(BoardEvent)
+progress_event_decoder = msgspec.json.Decoder(ProgressEvent)
+completion_event_decoder = msgspec.json.Decoder(CompletionEvent)
+
+ErrorCode = Literal[
+    "bad_request",
+    "invalid_json",
+    "invalid_message",
+    "invalid_board",
+    "message_too_large",
+    "rate_limited",
+    "forbidden",
+    "unauthorized",
+    "token_expired",
+    "unavailable",
+]

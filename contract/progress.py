@@ -1,0 +1,244 @@
+"""Watch progress: the Redis-first write (one Lua step per ping) and the resume view.
+
+Redis hash ``progress:{user:<id>}:<courseId>`` (one cluster slot per user):
+
+- ``lecture``, ``pos``, ``seq``: the resume point, last-writer-wins by ``seq`` (an older seq
+  never moves it, though its watch time still counts; a repeat of the current seq is a
+  retransmission and changes nothing; both are acked);
+- ``w:<lectureId>``: seconds watched, a monotonic max;
+- ``c:<lectureId>``: set once, when the lecture completed (watched ≥ threshold * duration, or explicit);
+- ``rev``: bumped on every change, so the flusher can tell "flushed" from "changed since".
+
+A changed hash loses its TTL (PERSIST) until the flusher has written it to MongoDB and
+restored the TTL, so expiry never drops an unflushed position. The same pipeline SADDs the key
+to the dirty set (a separate command: the dirty set lives in another slot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from contract import keys
+from contract.courses import CourseMeta
+from contract.messages import CompletionEvent, Output, ProgressEvent, json_encoder
+
+COMPLETION_NAMESPACE = uuid.UUID("6f1c1b2e-6a8e-4f0e-9a51-3c0ad1f0e7a1")
+
+# KEYS: progress hash. ARGV: lecture, position, seq, duration or '', threshold, now ms,
+# channel or '', event JSON. Returns {moved, completed}.
+_PING = """
+local h = KEYS[1]
+local lecture, pos, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local changed, moved, completed = 0, 0, 0
+local current = tonumber(redis.call('HGET', h, 'seq') or '-1')
+if seq == current then return {0, 0} end
+if seq > current then
+  redis.call('HSET', h, 'lecture', lecture, 'pos', ARGV[2], 'seq', ARGV[3])
+  changed, moved = 1, 1
+end
+local wkey = 'w:' .. lecture
+local watched = tonumber(redis.call('HGET', h, wkey) or '0')
+if pos > watched then
+  redis.call('HSET', h, wkey, ARGV[2])
+  watched, changed = pos, 1
+end
+local duration = tonumber(ARGV[4])
+if duration and duration > 0 and watched >= tonumber(ARGV[5]) * duration then
+  if redis.call('HSETNX', h, 'c:' .. lecture, ARGV[6]) == 1 then completed, changed = 1, 1 end
+end
+if changed == 1 then
+  redis.call('HINCRBY', h, 'rev', 1)
+  redis.call('HSET', h, 'upd', ARGV[6])
+  redis.call('PERSIST', h)
+end
+if moved == 1 and ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+return {moved, completed}
+"""
+
+# KEYS: progress hash. ARGV: lecture, now ms. Returns 1 when newly completed.
+_COMPLETE = """
+if redis.call('HSETNX', KEYS[1], 'c:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
+# KEYS: progress hash. ARGV: flushed rev, ttl s. Returns 1 when the hash is still at that rev
+# (it may expire again), 0 when it changed since (it must stay dirty).
+_FLUSHED = """
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if rev and rev ~= ARGV[1] then return 0 end
+if rev then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 1
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    user_id: str
+    course_id: str
+    lecture_id: str
+    position: float
+    seq: int
+    duration: float | None
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PingResult:
+    moved: bool
+    completed: bool
+
+
+class ProgressStore:
+    """Progress hashes on one Redis client (``decode_responses=True``)."""
+
+    def __init__(self, redis: Any, *, complete_threshold: float, ttl_s: int) -> None:
+        self.redis = redis
+        self.threshold = complete_threshold
+        self.ttl_s = ttl_s
+        self._ping_sha: str | None = None
+        self._complete = redis.register_script(_COMPLETE)
+        self.flushed = redis.register_script(_FLUSHED)
+
+    async def save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
+        """Store pings in ONE pipelined round trip; each is atomic and idempotent by seq."""
+        try:
+            return await self._save(pings, now_ms)
+        except NoScriptError:
+            # Redis restarted or flushed its script cache: load it and send the batch again (a
+            # ping already applied is a repeat of its seq, which changes nothing).
+            self._ping_sha = await self.redis.script_load(_PING)
+            return await self._save(pings, now_ms)
+
+    async def _save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
+        if self._ping_sha is None:
+            self._ping_sha = await self.redis.script_load(_PING)
+        # EVALSHA by hand: redis-py's Script objects cost a SCRIPT EXISTS round trip and tens of
+        # microseconds per call inside a pipeline, on the hottest path of the gateway.
+        pipe = self.redis.pipeline(transaction=False)
+        encode = json_encoder.encode
+        for p in pings:
+            key = keys.progress(p.user_id, p.course_id)
+            event = encode(ProgressEvent(p.course_id, p.lecture_id, p.position, p.seq, p.origin))
+            duration = "" if p.duration is None else repr(p.duration)
+            channel = keys.user_channel(p.user_id)
+            pipe.execute_command(
+                "EVALSHA", self._ping_sha, 1, key, p.lecture_id, repr(p.position), p.seq, duration,
+                self.threshold, now_ms, channel, event,
+            )  # fmt: skip
+        # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
+        pipe.sadd(keys.PROGRESS_DIRTY, *{keys.progress(p.user_id, p.course_id) for p in pings})
+        replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, NoScriptError):
+                raise reply
+            if isinstance(reply, Exception):
+                raise reply
+        return [PingResult(moved=bool(r[0]), completed=bool(r[1])) for r in replies[:-1]]
+
+    async def complete(self, user_id: str, course_id: str, lecture_id: str, now_ms: int) -> bool:
+        """Record an explicit completion. Returns whether it is new."""
+        key = keys.progress(user_id, course_id)
+        pipe = self.redis.pipeline(transaction=False)
+        await self._complete(keys=[key], args=[lecture_id, now_ms], client=pipe)
+        pipe.sadd(keys.PROGRESS_DIRTY, key)
+        new, _ = await pipe.execute()
+        return bool(new)
+
+    async def read(self, user_id: str, course_id: str) -> dict[str, str]:
+        found: dict[str, str] = await self.redis.hgetall(keys.progress(user_id, course_id))
+        return found
+
+
+def completion_event(
+    *,
+    user_id: str,
+    course_id: str,
+    lecture_id: str,
+    ts_ms: int,
+    tz: str,
+    name: str,
+    region: str | None,
+    marks: int,
+) -> CompletionEvent:
+    event_id = str(uuid.uuid5(COMPLETION_NAMESPACE, f"{user_id}|{course_id}|{lecture_id}"))
+    return CompletionEvent(
+        event_id=event_id,
+        user_id=user_id,
+        course_id=course_id,
+        lecture_id=lecture_id,
+        ts_ms=ts_ms,
+        tz=tz,
+        name=name,
+        region=region,
+        marks=marks,
+    )
+
+
+async def emit_completions(redis: Any, events: list[CompletionEvent]) -> None:
+    """Queue completions for the achievement consumer (one pipelined round trip)."""
+    if not events:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for event in events:
+        pipe.xadd(keys.COMPLETION_STREAM, {"d": json_encoder.encode(event)})
+    await pipe.execute()
+
+
+# ---------------------------------------------------------------- the resume view (I/O-free)
+class ProgressView(Output):
+    course_id: str
+    last_watched_lecture: str | None
+    last_position: float
+    watch_times: dict[str, float]
+    completed_lectures: list[str]
+    completion_percentage: float
+    unlocked_lectures: list[str]
+    marks_obtained: int
+    total_marks: int
+
+
+def percentage(completed: int, total: int) -> float:
+    return round(100.0 * completed / total, 1) if total else 0.0
+
+
+def unlocked(meta: CourseMeta, completed: set[str], stored: set[str] | None = None) -> list[str]:
+    """Sequential unlocking: the first lecture, and each lecture whose predecessor is completed."""
+    order = meta.lecture_order
+    opened = {order[0]} if order else set()
+    opened |= {order[i + 1] for i in range(len(order) - 1) if order[i] in completed}
+    opened |= stored or set()
+    return [lecture for lecture in order if lecture in opened]
+
+
+def merge(meta: CourseMeta, doc: dict[str, Any] | None, live: dict[str, str]) -> ProgressView:
+    """MongoDB's document merged with the Redis hash; Redis wins where it is newer."""
+    doc = doc or {}
+    watch: dict[str, float] = {}
+    for field, value in doc.items():
+        if field.startswith("w_"):
+            watch[field[2:]] = float(value)
+    for field, value in live.items():
+        if field.startswith("w:"):
+            watch[field[2:]] = max(watch.get(field[2:], 0.0), float(value))
+    completed = set(doc.get("completedLectures", [])) | {f[2:] for f in live if f.startswith("c:")}
+    completed &= set(meta.lecture_order)
+    lecture, position = doc.get("lastWatchedLecture"), float(doc.get("lastPosition", 0.0))
+    if "seq" in live and int(live["seq"]) >= int(doc.get("lastSeq", -1)):
+        lecture, position = live["lecture"], float(live["pos"])
+    return ProgressView(
+        course_id=meta.course_id,
+        last_watched_lecture=lecture,
+        last_position=position,
+        watch_times={k: watch[k] for k in meta.lecture_order if k in watch},
+        completed_lectures=[k for k in meta.lecture_order if k in completed],
+        completion_percentage=percentage(len(completed), meta.lecture_count),
+        unlocked_lectures=unlocked(meta, completed, set(doc.get("unlockedLectures", []))),
+        marks_obtained=sum(meta.marks.get(k, 0) for k in completed),
+        total_marks=meta.total_marks,
+    )

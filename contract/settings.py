@@ -1,0 +1,125 @@
+"""One settings object for every Scorecast process, read from the environment once.
+
+Every field maps to an upper-case environment variable of the same name (``flush_interval_s``
+← ``FLUSH_INTERVAL_S``). Processes call :meth:`Settings.from_env` at start and pass the object
+into constructors; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from contract.errors import BadRequest
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    # Backing services. Empty URL: `make run` starts an embedded server instead.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "scorecast"
+
+    # Listeners
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8000
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8001
+    # Where the page finds the ingest API (CORS origin is the gateway's).
+    public_ingest_url: str = "http://127.0.0.1:8000"
+    cors_origins: str = "http://127.0.0.1:8001,http://localhost:8001"
+
+    # Auth. HS256 with jwt_secret, or RS256 with a key pair (PEM files).
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str = ""
+    jwt_private_key_file: str = ""
+    jwt_public_key_file: str = ""
+    jwt_audience: str = "scorecast"
+    jwt_issuer: str = "scorecast-dev"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    dev_login_enabled: bool = False
+
+    # Score writes
+    max_score_increment: int = 1000
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 40
+    queue_max_length: int = 100_000
+    action_guard_ttl_s: int = 7 * 24 * 3600
+    max_body_bytes: int = 16 * 1024
+
+    # Worker
+    stream_batch_size: int = 200
+    stream_block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    consumer_name: str = ""
+
+    # Leaderboards
+    top_k: int = 10
+    user_cache_ttl_s: int = 24 * 3600
+
+    # Gateway
+    broadcast_interval_s: float = 1.0
+    heartbeat_interval_s: float = 15.0
+    sse_retry_ms: int = 3000
+    slow_client_timeout_s: float = 10.0
+    drain_timeout_s: float = 10.0
+    reconnect_jitter_ms: int = 5000
+    graceful_shutdown_timeout_s: float = 15.0
+    ws_max_message_bytes: int = 4096
+    ws_rate_limit_per_s: float = 20.0
+    ws_rate_limit_burst: int = 40
+    ws_max_violations: int = 20
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+    static_dir: str = ""
+
+    # Progress (write-behind)
+    flush_interval_s: float = 300.0
+    flush_batch_size: int = 1000
+    progress_ttl_s: int = 24 * 3600
+    course_meta_ttl_s: int = 24 * 3600
+    complete_threshold: float = 0.95
+    completion_score: int = 10  # points on the course board for a completed lecture (at least)
+
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), then apply ``overrides``.
+
+        Raises BadRequest when a variable cannot be parsed as its field's type.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None:
+                continue
+            values[field.name] = _parse(field.name, field.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    try:
+        if type_name in ("bool", bool):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if type_name in ("int", int):
+            return int(raw)
+        if type_name in ("float", float):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise BadRequest(f"environment variable {name.upper()}={raw!r} is not a valid {type_name}") from None

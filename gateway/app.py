@@ -1,0 +1,109 @@
+"""The gateway application: routes, and one lifespan that owns Redis, the hub and the listener.
+
+Shutdown is ordered (see ``gateway.__main__``): readiness fails, every client is told to
+reconnect and its stream ended (``Hub.drain``), then the listener, the progress writer and the
+Redis client close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from contract.auth import TokenVerifier
+from contract.clients import redis_client
+from contract.courses import CourseCatalog
+from contract.http import JSONResponse, install_error_handlers
+from contract.progress import ProgressStore
+from contract.settings import Settings
+from gateway import sse, ws
+from gateway.hub import Hub
+from gateway.listener import Listener
+from gateway.metrics import Metrics
+from gateway.progress import ProgressWriter
+from gateway.state import GatewayState, gateway_state
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    st = gateway_state(request)
+    if st.hub.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    try:
+        await st.redis.ping()
+    except Exception:
+        return JSONResponse({"status": "redis unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "connections": len(st.hub.connections)})
+
+
+async def metrics(request: Request) -> Response:
+    body = gateway_state(request).metrics.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def config(request: Request) -> Response:
+    """What the pages need to know: where the ingest API is."""
+    return JSONResponse({"ingestUrl": gateway_state(request).settings.public_ingest_url})
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = redis_client(settings.redis_url)
+        # MongoDB only for course metadata on a cache miss (see contract.courses).
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+        metrics_ = Metrics()
+        hub = Hub(redis=redis, settings=settings, metrics=metrics_)
+        listener = Listener(redis, hub)
+        store = ProgressStore(
+            redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
+        )
+        catalog = CourseCatalog(redis, mongo[settings.mongo_db], ttl_s=settings.course_meta_ttl_s)
+        writer = ProgressWriter(store, catalog)
+        app.state.gateway = GatewayState(
+            settings=settings,
+            redis=redis,
+            verifier=TokenVerifier(settings),
+            metrics=metrics_,
+            hub=hub,
+            listener=listener,
+            writer=writer,
+        )
+        hub.start()
+        listener.start()
+        await writer.start()
+        try:
+            yield
+        finally:
+            await hub.drain(0)
+            await listener.close()
+            await hub.close()
+            await writer.close()
+            await redis.aclose()
+            await mongo.close()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/api/v1/config", config),
+        Route("/api/v1/leaderboard/stream", sse.stream),
+        WebSocketRoute("/api/v1/ws", ws.endpoint),
+    ]
+    if settings.static_dir and os.path.isdir(settings.static_dir):
+        routes.append(Mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    install_error_handlers(app)
+    return app

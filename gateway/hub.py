@@ -1,0 +1,348 @@
+"""The registry of one gateway process: connections, the boards they follow, the users they are.
+
+Each followed board has one loop: it waits for a change signal (a Pub/Sub event with a version
+different from the cached one, a resync), waits out the throttle, re-reads the board's top-K
+from Redis, encodes the frames once and hands the same objects to every subscriber
+(``websockets.broadcast`` style: skip connections that are not open, never let one client slow
+the others). Connections drain their outbox on their own; a client stuck in a write for longer
+than ``slow_client_timeout_s`` is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from typing import Any
+
+from contract import keys
+from contract.boardstore import BoardStore
+from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
+from contract.settings import Settings
+from gateway.metrics import Metrics
+from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, utc_timestamp
+
+log = logging.getLogger("scorecast.gateway")
+
+SSE_PING = b": ping\n\n"
+NAME_TTL_S = 60.0
+REBUILD_REQUEST_INTERVAL_S = 5.0
+_ids = itertools.count(1)
+
+
+class Connection:
+    """One client as the hub sees it. The endpoint owning it moves the outbox to the socket."""
+
+    __slots__ = (
+        "boards",
+        "id",
+        "life",
+        "outbox",
+        "sending_since",
+        "task",
+        "transport",
+        "user_id",
+        "versions",
+        "waiter",
+    )
+
+    def __init__(self, transport: str, user_id: str) -> None:
+        self.id = f"{transport}-{next(_ids)}"
+        self.transport = transport
+        self.user_id = user_id
+        self.boards: set[str] = set()
+        # The newest version handed over per board: never the same version twice, never older.
+        self.versions: dict[str, int] = {}
+        self.life = Lifecycle()
+        self.outbox = Outbox()
+        self.waiter: asyncio.Future[None] | None = None
+        self.sending_since = 0.0
+        self.task: asyncio.Task[Any] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def push_board(self, frames: BoardFrames) -> bool:
+        """Queue a board frame, replacing an unsent older one (answers whether it did)."""
+        if self.versions.get(frames.board, -1) >= frames.version:
+            return False
+        self.versions[frames.board] = frames.version
+        replaced = self.outbox.put_board(frames.board, frames)
+        self.wake()
+        return replaced
+
+    def push(self, message: object) -> bool:
+        ok = self.outbox.put(message)
+        self.wake()
+        return ok
+
+    async def next_frames(self) -> list[object]:
+        """Wait until frames are pending or the connection leaves OPEN; [] means stop writing."""
+        while not self.outbox and self.life.state is State.OPEN:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.outbox.take() if self.life.state is State.OPEN else []
+
+    def drain(self) -> None:
+        if self.life.state is State.OPEN:
+            self.life.move(State.DRAINING)
+        self.wake()
+
+    def close(self) -> None:
+        if self.life.state is not State.CLOSED:
+            self.life.move(State.CLOSED)
+        self.wake()
+
+
+class Board:
+    __slots__ = ("changed", "frames", "name", "ready", "rebuild_asked", "subscribers", "task", "throttle")
+
+    def __init__(self, name: str, interval_s: float) -> None:
+        self.name = name
+        self.frames: BoardFrames | None = None
+        self.subscribers: set[Connection] = set()
+        self.changed = asyncio.Event()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.throttle = Throttle(interval_s=interval_s)
+        self.task: asyncio.Task[None] | None = None
+        self.rebuild_asked = 0.0
+
+
+class Hub:
+    def __init__(self, *, redis: Any, settings: Settings, metrics: Metrics) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.metrics = metrics
+        self.store = BoardStore(redis)
+        self.boards: dict[str, Board] = {}
+        self.users: dict[str, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.names: dict[str, tuple[str, float]] = {}
+        self.draining = False
+        self._all_gone = asyncio.Event()
+        # Set by the listener: called with a channel to (un)subscribe.
+        self.follow: Any = lambda channel: None
+        self.unfollow: Any = lambda channel: None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
+
+    async def close(self) -> None:
+        tasks = self._tasks + [b.task for b in self.boards.values() if b.task]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------ connections
+    def register(self, conn: Connection) -> None:
+        conn.life.move(State.OPEN)
+        conn.task = asyncio.current_task()
+        self.connections.add(conn)
+        self.metrics.connections.labels(conn.transport).inc()
+        if conn.transport == "ws":
+            users = self.users.setdefault(conn.user_id, set())
+            if not users:
+                self.follow(keys.user_channel(conn.user_id))
+            users.add(conn)
+
+    def unregister(self, conn: Connection) -> None:
+        if conn not in self.connections:
+            return
+        conn.close()
+        self.connections.discard(conn)
+        self.metrics.connections.labels(conn.transport).dec()
+        if not self.connections:
+            self._all_gone.set()
+        for board in list(conn.boards):
+            self.unsubscribe(conn, board)
+        users = self.users.get(conn.user_id)
+        if users is not None and conn in users:
+            users.discard(conn)
+            if not users:
+                del self.users[conn.user_id]
+                self.unfollow(keys.user_channel(conn.user_id))
+
+    async def subscribe(self, conn: Connection, name: str) -> BoardFrames:
+        """Follow ``name``; returns its current frames (read from Redis for the first follower)."""
+        board = self.boards.get(name)
+        if board is None:
+            board = self.boards[name] = Board(name, self.settings.broadcast_interval_s)
+            board.changed.set()
+            board.task = asyncio.create_task(self._board_loop(board))
+            self.follow(keys.board_channel(name))
+        board.subscribers.add(conn)
+        conn.boards.add(name)
+        await asyncio.shield(board.ready)
+        assert board.frames is not None
+        return board.frames
+
+    def unsubscribe(self, conn: Connection, name: str) -> None:
+        conn.boards.discard(name)
+        conn.versions.pop(name, None)
+        board = self.boards.get(name)
+        if board is None:
+            return
+        board.subscribers.discard(conn)
+        if not board.subscribers:
+            del self.boards[name]
+            self.unfollow(keys.board_channel(name))
+            if board.task:
+                board.task.cancel()
+
+    # ------------------------------------------------------------ events from the listener
+    def board_event(self, name: str, version: int) -> None:
+        board = self.boards.get(name)
+        if board is not None and (board.frames is None or board.frames.version != version):
+            board.changed.set()
+
+    def progress_event(self, user_id: str, event: ProgressEvent) -> None:
+        conns = self.users.get(user_id)
+        if not conns:
+            return
+        message = json_encoder.encode(
+            ProgressMessage(
+                course_id=event.course_id, lecture_id=event.lecture_id, position=event.position, seq=event.seq
+            )
+        ).decode()
+        for conn in list(conns):
+            if conn.id != event.origin and conn.life.open and not conn.push(message):
+                self.kick(conn)
+
+    def resync(self) -> None:
+        """After a Pub/Sub (re)connect: events may have been missed, so re-read every board."""
+        for board in self.boards.values():
+            board.changed.set()
+
+    # ------------------------------------------------------------ broadcasting
+    async def _board_loop(self, board: Board) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await board.changed.wait()
+            delay = board.throttle.delay(loop.time())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            board.changed.clear()
+            started = time.perf_counter()
+            try:
+                changed = await self._refresh(board)
+            except Exception:
+                log.exception("reading board %s failed; retrying", board.name)
+                board.changed.set()
+                await asyncio.sleep(1.0)
+                continue
+            finally:
+                if not board.ready.done() and board.frames is not None:
+                    board.ready.set_result(None)
+            if changed:
+                self._fan_out(board)
+                board.throttle.sent(loop.time())
+                self.metrics.broadcast_seconds.observe(time.perf_counter() - started)
+
+    async def _refresh(self, board: Board) -> bool:
+        top = await self.store.top(board.name, self.settings.top_k)
+        if not top.exists:
+            await self._ask_rebuild(board)
+        if board.frames is not None and board.frames.version == top.version:
+            return False
+        names = await self._names([r.user_id for r in top.rows])
+        entries = [
+            FrameEntry(rank=r.rank, user_id=r.user_id, name=names[r.user_id], score=r.score) for r in top.rows
+        ]
+        board.frames = BoardFrames(board.name, top.version, entries, utc_timestamp())
+        return True
+
+    async def _ask_rebuild(self, board: Board) -> None:
+        """A board missing in Redis: the worker rebuilds it from MongoDB (if MongoDB has it)."""
+        now = time.monotonic()
+        if now - board.rebuild_asked < REBUILD_REQUEST_INTERVAL_S:
+            return
+        board.rebuild_asked = now
+        await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(RebuildRequest(board=board.name))})
+
+    async def _names(self, user_ids: list[str]) -> dict[str, str]:
+        now = time.monotonic()
+        found = {u: hit[0] for u in user_ids if (hit := self.names.get(u)) and hit[1] > now}
+        missing = [u for u in user_ids if u not in found]
+        if missing:
+            profiles = await self.store.profiles(missing)
+            for user_id in missing:
+                profile = profiles.get(user_id)
+                name = profile.name if profile and profile.name else user_id
+                found[user_id] = name
+                self.names[user_id] = (name, now + NAME_TTL_S)
+            if len(self.names) > 100_000:
+                self.names = {u: v for u, v in self.names.items() if v[1] > now}
+        return found
+
+    def _fan_out(self, board: Board) -> None:
+        frames = board.frames
+        assert frames is not None
+        drops = 0
+        for conn in board.subscribers:
+            if conn.life.open and conn.push_board(frames):
+                drops += 1
+        if drops:
+            self.metrics.drops.inc(drops)
+
+    # ------------------------------------------------------------ housekeeping
+    async def _heartbeat(self) -> None:
+        """One loop for every connection: SSE comment pings, and a version check of each board
+        that catches an event missed without a reconnect."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            for conn in list(self.connections):
+                if conn.transport == "sse" and conn.life.open and not conn.outbox:
+                    conn.push(SSE_PING)
+            names = list(self.boards)
+            if names:
+                try:
+                    versions = await self.redis.mget([keys.board_keys(n).version for n in names])
+                except Exception:
+                    log.warning("version check failed", exc_info=True)
+                    continue
+                for name, version in zip(names, versions, strict=True):
+                    self.board_event(name, int(version or 0))
+
+    async def _sweep(self) -> None:
+        period = max(0.1, min(1.0, self.settings.slow_client_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = asyncio.get_running_loop().time()
+            for conn in list(self.connections):
+                if conn.sending_since and now - conn.sending_since > self.settings.slow_client_timeout_s:
+                    self.kick(conn)
+
+    def kick(self, conn: Connection, *, slow: bool = True) -> None:
+        """Disconnect a client now: one that cannot keep up, or a straggler of a drain."""
+        if conn.life.state is State.CLOSED:
+            return
+        if slow:
+            log.info("disconnecting slow client %s", conn.id)
+            self.metrics.slow_disconnects.inc()
+        conn.close()
+        if conn.task is not None:
+            conn.task.cancel()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Tell every client to reconnect elsewhere and wait (at most ``timeout_s``) for them to go."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), timeout_s)
+        for conn in list(self.connections):
+            self.kick(conn, slow=False)
+
+    def reconnect_after_ms(self) -> int:
+        return random.randint(0, self.settings.reconnect_jitter_ms)

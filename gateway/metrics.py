@@ -1,0 +1,45 @@
+"""Prometheus metrics of one gateway process, on its own registry.
+
+``scorecast_gateway_connections{transport}`` is what the Kubernetes HPA scales on (through
+prometheus-adapter; see deploy/k8s/gateway-autoscaling.yaml).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "scorecast_gateway_connections", "Open client connections", ["transport"], registry=self.registry
+        )
+        self.messages = Counter(
+            "scorecast_gateway_messages", "Frames written to clients", ["transport"], registry=self.registry
+        )
+        self.drops = Counter(
+            "scorecast_gateway_dropped_frames",
+            "Board frames replaced by a newer one before a slow client took them",
+            registry=self.registry,
+        )
+        self.slow_disconnects = Counter(
+            "scorecast_gateway_slow_client_disconnects",
+            "Clients disconnected because they could not keep up",
+            registry=self.registry,
+        )
+        self.broadcast_seconds = Histogram(
+            "scorecast_gateway_broadcast_seconds",
+            "Time to read a board and hand its frame to every subscriber",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.pings = Counter(
+            "scorecast_gateway_progress_pings", "Autosave pings stored", registry=self.registry
+        )
+        for transport in ("sse", "ws"):
+            self.connections.labels(transport)
+            self.messages.labels(transport)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

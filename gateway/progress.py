@@ -1,0 +1,117 @@
+"""The WebSocket autosave path: pings from every connection, batched into pipelined round trips.
+
+``save()`` validates the ping against the course (cached metadata), queues it and resolves once
+Redis stored it. While one pipeline is in flight, pings from other connections gather; the next
+pipeline takes them all — no timers, so a lone ping costs one round trip and a crowd shares them.
+A ping that moved the resume point is published on the user's channel by the same Lua step, so
+the user's other devices follow at once. A lecture that just completed is queued on the
+completion stream before the ping is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from contract.auth import Claims
+from contract.courses import CourseCatalog
+from contract.messages import CompletionEvent, ProgressPing
+from contract.progress import Ping, PingResult, ProgressStore, completion_event, emit_completions
+
+log = logging.getLogger("scorecast.gateway.progress")
+
+
+class ProgressRejected(Exception):
+    """A ping that is answered with a WebSocket ``error`` message (the connection stays)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProgressWriter:
+    def __init__(self, store: ProgressStore, catalog: CourseCatalog) -> None:
+        self.store = store
+        self.catalog = catalog
+        self._pending: list[tuple[Ping, Claims, int, asyncio.Future[PingResult]]] = []
+        self._unsent: list[CompletionEvent] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.round_trips = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher], timeout=5)
+
+    async def save(self, claims: Claims, ping: ProgressPing, *, origin: str) -> None:
+        """Store ``ping`` for ``claims.sub``; returns once Redis has it.
+
+        Raises ProgressRejected: ``unknown_course``, ``unknown_lecture``, ``unavailable``.
+        """
+        try:
+            meta = await self.catalog.get(ping.course_id)
+        except Exception:
+            log.warning("course lookup failed", exc_info=True)
+            raise ProgressRejected("unavailable", "progress cannot be saved right now; retry") from None
+        if meta is None:
+            raise ProgressRejected("unknown_course", f"no course {ping.course_id!r}")
+        duration = meta.durations.get(ping.lecture_id)
+        if duration is None:
+            raise ProgressRejected(
+                "unknown_lecture", f"course {ping.course_id!r} has no lecture {ping.lecture_id!r}"
+            )
+        item = Ping(
+            user_id=claims.sub,
+            course_id=ping.course_id,
+            lecture_id=ping.lecture_id,
+            position=min(ping.position, duration),
+            seq=ping.seq,
+            duration=duration,
+            origin=origin,
+        )
+        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, claims, meta.marks.get(ping.lecture_id, 0), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            now_ms = int(time.time() * 1000)
+            try:
+                self.round_trips += 1
+                results = await self.store.save([item for item, _, _, _ in batch], now_ms)
+                completions = [
+                    completion_event(
+                        user_id=item.user_id,
+                        course_id=item.course_id,
+                        lecture_id=item.lecture_id,
+                        ts_ms=now_ms,
+                        tz=claims.tz,
+                        name=claims.name,
+                        region=claims.region,
+                        marks=marks,
+                    )
+                    for (item, claims, marks, _), result in zip(batch, results, strict=True)
+                    if result.completed
+                ]
+                self._unsent.extend(completions)
+                if self._unsent:
+                    await emit_completions(self.store.redis, self._unsent)
+                    self._unsent = []
+            except Exception:
+                log.warning("saving %d pings failed", len(batch), exc_info=True)
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            ProgressRejected("unavailable", "progress cannot be saved right now")
+                        )
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

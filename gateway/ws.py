@@ -1,0 +1,209 @@
+"""GET /api/v1/ws — boards and autosave pings on one WebSocket (JSON text frames, API.md).
+
+Authentication happens at the handshake (header, ``access_token`` query parameter or cookie);
+a bad or expired token gets an ``error`` message and close code 4401. Every bad message gets an
+``error`` message and the connection stays open, until the client has made
+``ws_max_violations`` of them: then it is closed with 1008 (policy violation). All outgoing
+frames go through the connection's outbox, written by one task, so a slow client cannot stall
+the broadcaster and only ever misses intermediate board versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from contract.auth import Claims, token_from_request
+from contract.boards import resolve
+from contract.errors import AuthError, BoardNameError
+from contract.messages import (
+    Ack,
+    ErrorMessage,
+    Ping,
+    Pong,
+    ProgressPing,
+    ReconnectMessage,
+    Subscribe,
+    Unsubscribe,
+    client_message_decoder,
+    json_encoder,
+)
+from gateway.hub import Connection
+from gateway.progress import ProgressRejected
+from gateway.protocol import BoardFrames, State, TokenBucket
+from gateway.state import GatewayState, gateway_state
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_POLICY = 1008
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+MAX_BOARDS_PER_CONNECTION = 20
+
+
+def encode(message: msgspec.Struct) -> str:
+    return json_encoder.encode(message).decode()
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    st = gateway_state(websocket)
+    await websocket.accept()
+    if st.hub.draining:
+        await websocket.send_text(encode(ReconnectMessage(after_ms=st.hub.reconnect_after_ms())))
+        await websocket.close(CLOSE_TRY_AGAIN)
+        return
+    try:
+        token = token_from_request(websocket.headers, websocket.query_params, websocket.cookies)
+        if not token:
+            raise AuthError("a bearer token is required", code="unauthorized")
+        claims = st.verifier.verify(token)
+    except AuthError as exc:
+        await websocket.send_text(encode(ErrorMessage(code=exc.code, message=exc.message)))
+        await websocket.close(CLOSE_UNAUTHORIZED, reason=exc.code)
+        return
+    session = Session(st, websocket, claims)
+    await session.run()
+
+
+class Session:
+    def __init__(self, st: GatewayState, websocket: WebSocket, claims: Claims) -> None:
+        self.st = st
+        self.websocket = websocket
+        self.claims = claims
+        self.conn = Connection("ws", claims.sub)
+        settings = st.settings
+        self.bucket = TokenBucket(
+            rate_per_s=settings.ws_rate_limit_per_s, burst=settings.ws_rate_limit_burst, now=time.monotonic()
+        )
+        self.violations = 0
+        self.closing = False
+
+    async def run(self) -> None:
+        hub = self.st.hub
+        hub.register(self.conn)
+        writer = asyncio.create_task(self._write_loop())
+        try:
+            await self._read_loop()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.conn.close()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            hub.unregister(self.conn)
+
+    # ------------------------------------------------------------ in
+    async def _read_loop(self) -> None:
+        limit = self.st.settings.ws_max_message_bytes
+        while not self.closing:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw: str | bytes = message.get("text") or message.get("bytes") or b""
+            if time.time() >= self.claims.exp:
+                self.send(ErrorMessage(code="token_expired", message="the access token expired; reconnect"))
+                await self._close(CLOSE_UNAUTHORIZED, "token_expired")
+                return
+            if len(raw) > limit:
+                await self.violation("too_large", f"messages are limited to {limit} bytes")
+            elif not self.bucket.allow(time.monotonic()):
+                await self.violation("rate_limited", "too many messages; slow down")
+            else:
+                await self._handle(raw)
+
+    async def _handle(self, raw: str | bytes) -> None:
+        try:
+            message = client_message_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            code = "unknown_type" if "`$.type`" in str(exc) else "bad_message"
+            await self.violation(code, str(exc))
+            return
+        except msgspec.DecodeError as exc:
+            await self.violation("bad_json", f"malformed JSON: {exc}")
+            return
+        if isinstance(message, ProgressPing):
+            try:
+                await self.st.writer.save(self.claims, message, origin=self.conn.id)
+            except ProgressRejected as exc:
+                await self.violation(exc.code, exc.message)
+                return
+            self.st.metrics.pings.inc()
+            self.send(Ack(seq=message.seq))
+        elif isinstance(message, Ping):
+            self.send(Pong())
+        elif isinstance(message, Subscribe):
+            await self._subscribe(message.board)
+        elif isinstance(message, Unsubscribe):
+            try:
+                self.st.hub.unsubscribe(self.conn, resolve(message.board))
+            except BoardNameError as exc:
+                await self.violation(exc.code, exc.message)
+
+    async def _subscribe(self, name: str) -> None:
+        try:
+            board = resolve(name)
+        except BoardNameError as exc:
+            await self.violation(exc.code, exc.message)
+            return
+        if board not in self.conn.boards and len(self.conn.boards) >= MAX_BOARDS_PER_CONNECTION:
+            await self.violation(
+                "too_many_boards", f"at most {MAX_BOARDS_PER_CONNECTION} boards per connection"
+            )
+            return
+        if board in self.conn.boards:
+            self.conn.versions.pop(board, None)  # subscribing again asks for a snapshot again
+        frames = await self.st.hub.subscribe(self.conn, board)
+        self.conn.push_board(frames)
+
+    async def violation(self, code: str, message: str) -> None:
+        self.violations += 1
+        self.send(ErrorMessage(code=code, message=message))
+        if self.violations >= self.st.settings.ws_max_violations:
+            self.send(ErrorMessage(code="too_many_errors", message="closing after repeated bad messages"))
+            await self._close(CLOSE_POLICY, "too many bad messages")
+
+    # ------------------------------------------------------------ out
+    def send(self, message: msgspec.Struct) -> None:
+        if not self.conn.push(encode(message)):
+            self.st.hub.kick(self.conn)
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Flush what is queued, then close."""
+        self.closing = True
+        self.conn.drain()
+        await self._flush()
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code, reason=reason)
+
+    async def _flush(self) -> None:
+        for frame in self.conn.outbox.take():
+            text = frame.ws_text if isinstance(frame, BoardFrames) else frame
+            assert isinstance(text, str)
+            await self.websocket.send_text(text)
+
+    async def _write_loop(self) -> None:
+        sent = self.st.metrics.messages.labels("ws")
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = await self.conn.next_frames()
+            if not pending:
+                break
+            for frame in pending:
+                text = frame.ws_text if isinstance(frame, BoardFrames) else frame
+                assert isinstance(text, str)
+                self.conn.sending_since = loop.time()
+                await self.websocket.send_text(text)
+                self.conn.sending_since = 0.0
+            sent.inc(len(pending))
+        if self.conn.life.state is State.DRAINING and not self.closing:
+            self.closing = True
+            with contextlib.suppress(Exception):
+                await self._flush()
+                await self.websocket.send_text(
+                    encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))
+                )
+                await self.websocket.close(CLOSE_RESTART)

@@ -1,0 +1,146 @@
+"""The achievement consumer: what a completed lecture adds to a learner's durable history.
+
+Consumes the completion stream (run inside ``python -m ingest.worker``). Per event, every step
+is idempotent, so a redelivery after a crash changes nothing twice:
+
+1. the ``progress`` document: ``completedLectures`` and the next lecture in
+   ``unlockedLectures`` (``$addToSet``: incremental, the course is never re-read lecture by
+   lecture; marks obtained follow from the completed set and the course's marks);
+2. the activity heatmap: one document per user per local day, counting each event once
+   (the day's ``events`` set);
+3. the streak and totals in ``student_stats``, precomputed in the learner's time zone;
+4. a score on the course board: a ScoreAction whose actionId is the event id (the score worker
+   counts an actionId once, ever).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Collection
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from contract import keys
+from contract.courses import CourseCatalog
+from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
+from contract.settings import Settings
+from contract.streaks import Streak, local_day
+from ingest.consumer import Entry, StreamConsumer
+
+log = logging.getLogger("scorecast.achievements")
+
+PROGRESS = "progress"
+ACTIVITY = "activity"
+STATS = "student_stats"
+COMPLETIONS = "completions"
+
+
+async def record_activity(db: Any, user_id: str, day: dt.date, event_id: str) -> bool:
+    """Count one activity on ``day`` for ``user_id``, once per ``event_id``. True when new.
+
+    The day's count is the size of its ``events`` set: ``$addToSet`` makes a redelivery a no-op.
+    """
+    result = await db[ACTIVITY].update_one(
+        {"_id": f"{user_id}|{day.isoformat()}"},
+        {"$addToSet": {"events": event_id}, "$set": {"userId": user_id, "date": day.isoformat()}},
+        upsert=True,
+    )
+    return bool(result.modified_count or result.upserted_id)
+
+
+async def record_streak(db: Any, user_id: str, day: dt.date, tz: str) -> None:
+    """Move the user's streak to ``day`` (a no-op for a day already counted or an older one)."""
+    doc = await db[STATS].find_one({"_id": user_id}) or {}
+    before = Streak.from_doc(doc)
+    after = before.on_active(day)
+    if after != before:
+        await db[STATS].update_one({"_id": user_id}, {"$set": {**after.to_doc(), "tz": tz}}, upsert=True)
+
+
+class Achievements:
+    def __init__(self, *, redis: Any, db: Any, settings: Settings) -> None:
+        self.redis = redis
+        self.db = db
+        self.settings = settings
+        self.catalog = CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s)
+
+    def consumer(self, name: str) -> StreamConsumer:
+        s = self.settings
+        return StreamConsumer(
+            self.redis,
+            stream=keys.COMPLETION_STREAM,
+            group=keys.ACHIEVEMENT_GROUP,
+            consumer=name,
+            dead_letter=keys.COMPLETION_DEAD_LETTER,
+            handler=self.handle,
+            batch_size=s.stream_batch_size,
+            block_ms=s.stream_block_ms,
+            claim_idle_ms=s.claim_idle_ms,
+            max_deliveries=s.max_deliveries,
+        )
+
+    async def handle(self, entries: list[Entry]) -> Collection[str]:
+        poison: set[str] = set()
+        for entry_id, fields in entries:
+            try:
+                event = completion_event_decoder.decode(fields["d"])
+            except (KeyError, msgspec.DecodeError) as exc:
+                log.warning("poison completion %s: %s", entry_id, exc)
+                poison.add(entry_id)
+                continue
+            await self.apply(event)
+        return poison
+
+    async def apply(self, event: CompletionEvent) -> None:
+        meta = await self.catalog.get(event.course_id)
+        unlocks = meta.next_lecture(event.lecture_id) if meta else None
+        additions: dict[str, Any] = {"completedLectures": event.lecture_id}
+        if unlocks:
+            additions["unlockedLectures"] = unlocks
+        await self.db[PROGRESS].update_one(
+            {"_id": f"{event.user_id}|{event.course_id}"},
+            {"$addToSet": additions, "$setOnInsert": {"userId": event.user_id, "courseId": event.course_id}},
+            upsert=True,
+        )
+        await self.db[COMPLETIONS].update_one(
+            {"_id": event.event_id},
+            {
+                "$setOnInsert": {
+                    "userId": event.user_id,
+                    "courseId": event.course_id,
+                    "lectureId": event.lecture_id,
+                    "tsMs": event.ts_ms,
+                }
+            },
+            upsert=True,
+        )
+        tz = event.tz if _valid_zone(event.tz) else "UTC"
+        day = local_day(event.ts_ms, tz)
+        await record_activity(self.db, event.user_id, day, event.event_id)
+        await record_streak(self.db, event.user_id, day, tz)
+        total = await self.db[COMPLETIONS].count_documents({"userId": event.user_id})
+        await self.db[STATS].update_one(
+            {"_id": event.user_id}, {"$set": {"totalCompleted": total}}, upsert=True
+        )
+        action = ScoreAction(
+            action_id=event.event_id,
+            user_id=event.user_id,
+            name=event.name or event.user_id,
+            increment=max(event.marks, self.settings.completion_score),
+            ts_ms=event.ts_ms,
+            region=event.region,
+            course_id=event.course_id,
+            source="completion",
+        )
+        await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(action)})
+
+
+def _valid_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (KeyError, ValueError):
+        return False
+    return True

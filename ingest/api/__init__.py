@@ -1,0 +1,1 @@
+"""The ingest HTTP API. ``python -m ingest.api`` serves it with uvicorn."""

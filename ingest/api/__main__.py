@@ -1,0 +1,26 @@
+"""Serve the ingest API: ``python -m ingest.api``."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from contract.settings import Settings
+from ingest.api.app import create_app
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_timeout_s),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The ingest API application: routes of every module, one lifespan owning the clients."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from contract.auth import TokenIssuer, TokenVerifier
+from contract.boardstore import BoardStore
+from contract.clients import redis_client
+from contract.courses import CourseCatalog
+from contract.http import JSONResponse, install_error_handlers
+from contract.progress import ProgressStore
+from contract.settings import Settings
+from ingest import store
+from ingest.api import auth, courses, heatmap, progress, quiz, scores, stats
+from ingest.api.state import IngestState
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = redis_client(settings.redis_url)
+        mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+        db = mongo_client[settings.mongo_db]
+        await store.ensure_indexes(db)
+        app.state.ingest = IngestState(
+            settings=settings,
+            redis=redis,
+            mongo=db,
+            boards=BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s),
+            issuer=TokenIssuer(settings),
+            verifier=TokenVerifier(settings),
+            progress=ProgressStore(
+                redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
+            ),
+            catalog=CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s),
+        )
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await mongo_client.close()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        *auth.routes,
+        *scores.routes,
+        *quiz.routes,
+        *courses.routes,
+        *heatmap.routes,
+        *progress.routes,
+        *stats.routes,
+    ]
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["authorization", "content-type"],
+            allow_credentials=True,
+        )
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    install_error_handlers(app)
+    return app

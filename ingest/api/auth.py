@@ -1,0 +1,88 @@
+"""Development login and single-use refresh tokens.
+
+``POST /api/v1/auth/login`` is the development identity provider: off unless
+``DEV_LOGIN_ENABLED`` (production verifies tokens of the real identity provider and never
+issues them here). A refresh token works once: its ``jti`` is recorded in Redis at issue and
+removed atomically (GETDEL) at use.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from contract import keys
+from contract.auth import Claims
+from contract.errors import AuthError, BadRequest, NotFound
+from contract.http import JSONResponse, decode_body
+from contract.messages import LoginRequest, RefreshRequest, TokenPair
+from ingest import store
+from ingest.api.state import IngestState, state
+
+
+async def issue_pair(st: IngestState, claims: Claims) -> TokenPair:
+    access = st.issuer.access_token(
+        user_id=claims.sub,
+        name=claims.name,
+        region=claims.region,
+        roles=list(claims.roles),
+        avatar_url=claims.avatar_url,
+        tz=claims.tz,
+    )
+    refresh, jti = st.issuer.refresh_token(claims)
+    await st.redis.set(keys.refresh_token(jti), claims.sub, ex=st.issuer.refresh_ttl_s)
+    return TokenPair(access_token=access, refresh_token=refresh, expires_in=st.issuer.access_ttl_s)
+
+
+async def login(request: Request) -> Response:
+    st = state(request)
+    if not st.settings.dev_login_enabled:
+        raise NotFound("development login is disabled")
+    body = await decode_body(request, LoginRequest, max_bytes=st.settings.max_body_bytes)
+    try:
+        zoneinfo.ZoneInfo(body.time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise BadRequest(f"unknown time zone {body.time_zone!r}", code="bad_timezone") from None
+    region = body.region.upper() if body.region else None
+    claims = Claims(
+        sub=body.user_id,
+        name=body.name,
+        exp=0,
+        iat=0,
+        jti="",
+        region=region,
+        roles=list(body.roles),
+        avatar_url=body.avatar_url,
+        tz=body.time_zone,
+    )
+    profile = keys.user_profile(body.user_id)
+    pipe = st.redis.pipeline(transaction=False)
+    pipe.hset(
+        profile, mapping={"name": body.name, "avatarUrl": body.avatar_url or "", "region": region or ""}
+    )
+    pipe.expire(profile, st.settings.user_cache_ttl_s)
+    await pipe.execute()
+    await st.mongo[store.USERS].update_one(
+        {"_id": body.user_id},
+        {"$set": {**store.user_doc(body.name, body.avatar_url, region), "tz": body.time_zone}},
+        upsert=True,
+    )
+    return JSONResponse(await issue_pair(st, claims))
+
+
+async def refresh(request: Request) -> Response:
+    st = state(request)
+    body = await decode_body(request, RefreshRequest, max_bytes=st.settings.max_body_bytes)
+    claims = st.verifier.verify(body.refresh_token, typ="refresh")
+    if await st.redis.getdel(keys.refresh_token(claims.jti)) is None:
+        raise AuthError("refresh token already used or revoked", code="invalid_token")
+    return JSONResponse(await issue_pair(st, claims))
+
+
+routes: list[BaseRoute] = [
+    Route("/api/v1/auth/login", login, methods=["POST"]),
+    Route("/api/v1/auth/refresh", refresh, methods=["POST"]),
+]

@@ -1,0 +1,71 @@
+"""Quizzes graded by the server: the client sends answers, never a score.
+
+``PUT /api/v1/quizzes/{quizId}`` (role admin) stores the answer key in MongoDB;
+``POST /api/v1/quiz/submit`` grades and queues the points as a score action (``source: "quiz"``)
+with the submission's actionId, so a resubmission is counted once.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from contract.errors import BadRequest, NotFound
+from contract.http import JSONResponse, decode_body
+from contract.messages import ID_PATTERN, QuizGraded, QuizIn, QuizSubmitRequest
+from ingest.api.scores import action_for, check_rate, enqueue
+from ingest.api.state import authenticate, state
+
+QUIZZES = "quizzes"
+_ID = re.compile(ID_PATTERN)
+
+
+async def put_quiz(request: Request) -> Response:
+    st = state(request)
+    authenticate(request, role="admin")
+    quiz_id = request.path_params["quiz_id"]
+    if not _ID.match(quiz_id):
+        raise BadRequest("quizId must be 1-64 letters, digits, '.', '_' or '-'", code="bad_id")
+    body = await decode_body(request, QuizIn, max_bytes=st.settings.max_body_bytes)
+    doc = {
+        "title": body.title,
+        "courseId": body.course_id,
+        "key": {q.question_id: q.correct_option for q in body.questions},
+        "points": {q.question_id: q.points for q in body.questions},
+    }
+    await st.mongo[QUIZZES].replace_one({"_id": quiz_id}, doc, upsert=True)
+    return JSONResponse({"quizId": quiz_id, "questions": len(body.questions)})
+
+
+async def submit(request: Request) -> Response:
+    st = state(request)
+    claims = authenticate(request)
+    body = await decode_body(request, QuizSubmitRequest, max_bytes=st.settings.max_body_bytes)
+    quiz = await st.mongo[QUIZZES].find_one({"_id": body.quiz_id})
+    if quiz is None:
+        raise NotFound(f"no quiz {body.quiz_id!r}", code="unknown_quiz")
+    answers = {a.question_id: a.selected_option for a in body.answers}
+    correct = [q for q, option in quiz["key"].items() if answers.get(q) == option]
+    delta = min(sum(int(quiz["points"][q]) for q in correct), st.settings.max_score_increment)
+    action = action_for(claims, body.action_id, delta, course_id=quiz.get("courseId"), source="quiz")
+    status = "graded"
+    if delta > 0:
+        await check_rate(st, claims.sub)
+        status = "queued" if await enqueue(st, action) else "duplicate"
+    graded = QuizGraded(
+        status=status,
+        correct=len(correct),
+        total=len(quiz["key"]),
+        score_delta=delta,
+        action_id=action.action_id,
+    )
+    return JSONResponse(graded, status_code=202 if status == "queued" else 200)
+
+
+routes: list[BaseRoute] = [
+    Route("/api/v1/quizzes/{quiz_id}", put_quiz, methods=["PUT"]),
+    Route("/api/v1/quiz/submit", submit, methods=["POST"]),
+]

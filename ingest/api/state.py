@@ -1,0 +1,44 @@
+"""Shared runtime state of the ingest API, built by the lifespan and handed to endpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from contract.auth import Claims, TokenIssuer, TokenVerifier, token_from_request
+from contract.boardstore import BoardStore
+from contract.courses import CourseCatalog
+from contract.errors import AuthError, Forbidden
+from contract.progress import ProgressStore
+from contract.settings import Settings
+
+
+@dataclasses.dataclass(kw_only=True)
+class IngestState:
+    settings: Settings
+    redis: Redis
+    mongo: Any  # pymongo AsyncDatabase
+    boards: BoardStore
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    progress: ProgressStore
+    catalog: CourseCatalog
+
+
+def state(request: Request) -> IngestState:
+    found: IngestState = request.app.state.ingest
+    return found
+
+
+def authenticate(request: Request, *, role: str | None = None) -> Claims:
+    """The verified claims of the request's token. Raises AuthError (401) or Forbidden (403)."""
+    token = token_from_request(request.headers, request.query_params, request.cookies)
+    if not token:
+        raise AuthError("a bearer token is required", code="unauthorized")
+    claims = state(request).verifier.verify(token)
+    if role is not None and not claims.has_role(role):
+        raise Forbidden(f"role {role!r} required")
+    return claims

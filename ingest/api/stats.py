@@ -1,0 +1,70 @@
+"""Learner statistics: ``GET /api/v1/stats/student`` and ``GET /api/v1/stats/course-progress``.
+
+Streaks and totals are precomputed on write (``ingest.achievements``); a read only decides
+whether the current streak is still alive today, in the learner's time zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from contract.courses import COURSES
+from contract.http import JSONResponse
+from contract.progress import percentage
+from contract.streaks import Streak
+from ingest.achievements import PROGRESS, STATS
+from ingest.api.state import authenticate, state
+
+
+async def student(request: Request) -> Response:
+    st = state(request)
+    claims = authenticate(request)
+    doc = await st.mongo[STATS].find_one({"_id": claims.sub}) or {}
+    streak = Streak.from_doc(doc)
+    today = dt.datetime.now(zoneinfo.ZoneInfo(doc.get("tz") or claims.tz)).date()
+    return JSONResponse(
+        {
+            "currentStreak": streak.current_on(today),
+            "longestStreak": streak.longest,
+            "lastActiveDate": doc.get("lastActiveDate"),
+            "totalCompleted": int(doc.get("totalCompleted", 0)),
+        }
+    )
+
+
+async def course_progress(request: Request) -> Response:
+    st = state(request)
+    claims = authenticate(request)
+    docs = [
+        d
+        async for d in st.mongo[PROGRESS].find(
+            {"userId": claims.sub}, {"courseId": 1, "completedLectures": 1}
+        )
+    ]
+    counts = {
+        c["_id"]: int(c["lectureCount"])
+        async for c in st.mongo[COURSES].find(
+            {"_id": {"$in": [d["courseId"] for d in docs]}}, {"lectureCount": 1}
+        )
+    }
+    return JSONResponse(
+        [
+            {
+                "courseId": d["courseId"],
+                "progress": percentage(len(set(d.get("completedLectures", []))), counts[d["courseId"]]),
+            }
+            for d in docs
+            if d["courseId"] in counts
+        ]
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/api/v1/stats/student", student, methods=["GET"]),
+    Route("/api/v1/stats/course-progress", course_progress, methods=["GET"]),
+]

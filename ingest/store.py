@@ -1,0 +1,36 @@
+"""MongoDB collections of Scorecast and their indexes. Documents stay flat (see DESIGN.md's
+note on nx-27017 and dotted upserts).
+
+- ``users``        {_id: userId, name, avatarUrl, region, updatedAt}
+- ``score_events`` {_id: actionId, userId, increment, boards, tsMs, source, applied}: the audit
+                   log; its _id makes an actionId count once, ever.
+- ``board_totals`` {_id: "<board>|<userId>", board, userId, score, seq}: durable truth of
+                   every board, what REBUILD reads.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+USERS = "users"
+SCORE_EVENTS = "score_events"
+BOARD_TOTALS = "board_totals"
+
+
+def total_id(board: str, user_id: str) -> str:
+    return f"{board}|{user_id}"
+
+
+async def ensure_indexes(db: Any) -> None:
+    """Create every index the code relies on. Idempotent; call at process start."""
+    await db[BOARD_TOTALS].create_index([("board", 1), ("score", -1), ("seq", 1)])
+    await db[SCORE_EVENTS].create_index([("userId", 1), ("tsMs", -1)])
+    await db["progress"].create_index([("userId", 1)])
+    await db["activity"].create_index([("userId", 1), ("date", 1)])
+    await db["completions"].create_index([("userId", 1)])
+
+
+def user_doc(name: str, avatar_url: str | None, region: str | None) -> dict[str, Any]:
+    """The ``$set`` part of a ``users`` upsert (flat fields)."""
+    return {"name": name, "avatarUrl": avatar_url, "region": region, "updatedAt": time.time()}

@@ -1,0 +1,221 @@
+"""The score worker: consumes the score stream and applies each action exactly once.
+
+Per batch, in this order (each step is idempotent, so a crash anywhere is repaired by the retry):
+
+1. ``score_events`` upsert with ``_id = actionId`` (``$setOnInsert``, ``applied: false``): the
+   audit log, and what makes an actionId count once even after Redis lost its guards;
+2. actions whose event is already ``applied: true`` are dropped;
+3. one pipelined round trip applies every (board, action) step in Redis (atomic and idempotent
+   per board); a missing board is rebuilt from MongoDB and the step re-applied;
+4. ``board_totals`` and ``users`` bulk upserts, then the events are marked applied;
+5. one ``BoardEvent`` per changed board is published with its newest version;
+6. the consumer XACKs (only after MongoDB acknowledged).
+
+Run as ``python -m ingest.worker``: it also runs the achievement consumer of the completion
+stream (``ingest.achievements``). SIGTERM finishes the batch in hand and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+from pymongo import AsyncMongoClient, UpdateOne
+
+from contract import keys
+from contract.boards import segments_for
+from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore
+from contract.clients import redis_client
+from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
+from contract.settings import Settings
+from ingest import store
+from ingest.achievements import Achievements
+from ingest.consumer import Entry, StreamConsumer
+from ingest.rebuild import rebuild_board
+
+log = logging.getLogger("scorecast.worker")
+
+
+def boards_of(action: ScoreAction) -> list[str]:
+    when = dt.datetime.fromtimestamp(action.ts_ms / 1000, dt.UTC)
+    return segments_for(when, region=action.region, course_id=action.course_id)
+
+
+class ScoreWorker:
+    """The handler of the score stream (see the module docstring for the order of steps)."""
+
+    def __init__(self, *, redis: Any, db: Any, settings: Settings) -> None:
+        self.redis = redis
+        self.db = db
+        self.settings = settings
+        self.boards = BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s)
+
+    def consumer(self, name: str) -> StreamConsumer:
+        s = self.settings
+        return StreamConsumer(
+            self.redis,
+            stream=keys.SCORE_STREAM,
+            group=keys.WORKER_GROUP,
+            consumer=name,
+            dead_letter=keys.SCORE_DEAD_LETTER,
+            handler=self.handle,
+            batch_size=s.stream_batch_size,
+            block_ms=s.stream_block_ms,
+            claim_idle_ms=s.claim_idle_ms,
+            max_deliveries=s.max_deliveries,
+        )
+
+    async def handle(self, entries: list[Entry]) -> Collection[str]:
+        poison: set[str] = set()
+        actions: dict[str, ScoreAction] = {}
+        for entry_id, fields in entries:
+            try:
+                entry = stream_entry_decoder.decode(fields["d"])
+            except (KeyError, msgspec.DecodeError) as exc:
+                log.warning("poison entry %s: %s", entry_id, exc)
+                poison.add(entry_id)
+                continue
+            if isinstance(entry, RebuildRequest):
+                if await rebuild_board(self.boards, self.db, entry.board, force=entry.force):
+                    version = int(await self.redis.get(keys.board_keys(entry.board).version) or 0)
+                    await self._publish({entry.board: version})
+            else:
+                actions.setdefault(entry.action_id, entry)
+        if actions:
+            await self.apply(list(actions.values()))
+        return poison
+
+    async def apply(self, actions: list[ScoreAction]) -> None:
+        events = self.db[store.SCORE_EVENTS]
+        await events.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": a.action_id},
+                    {"$setOnInsert": {**event_doc(a), "applied": False}},
+                    upsert=True,
+                )
+                for a in actions
+            ],
+            ordered=False,
+        )
+        done = {
+            d["_id"]
+            async for d in events.find(
+                {"_id": {"$in": [a.action_id for a in actions]}, "applied": True}, {"_id": 1}
+            )
+        }
+        todo = [a for a in actions if a.action_id not in done]
+        if not todo:
+            return
+        steps = [(board, a.action_id, a.user_id, a.increment) for a in todo for board in boards_of(a)]
+        results = await self.boards.apply_many(steps)
+        missing = {r.board for r in results if r.status == MISSING}
+        if missing:
+            for board in missing:
+                await rebuild_board(self.boards, self.db, board, force=False)
+            retried = iter(await self.boards.apply_many(s for s in steps if s[0] in missing))
+            results = [next(retried) if r.status == MISSING else r for r in results]
+        await self._persist(todo, steps, results)
+        await events.update_many({"_id": {"$in": [a.action_id for a in todo]}}, {"$set": {"applied": True}})
+        newest: dict[str, int] = {}
+        for r in results:
+            if r.status == APPLIED:
+                newest[r.board] = max(newest.get(r.board, 0), r.seq)
+        await self._publish(newest)
+
+    async def _persist(
+        self, todo: list[ScoreAction], steps: list[tuple[str, str, str, int]], results: list[ApplyResult]
+    ) -> None:
+        totals: dict[tuple[str, str], ApplyResult] = {}
+        for (board, _, user_id, _), r in zip(steps, results, strict=True):
+            if r.status == MISSING:
+                raise RuntimeError(f"board {board} still missing after rebuild")
+            known = totals.get((board, user_id))
+            if known is None or r.total > known.total:
+                totals[(board, user_id)] = r
+        await self.db[store.BOARD_TOTALS].bulk_write(
+            [
+                UpdateOne(
+                    {"_id": store.total_id(board, user_id)},
+                    {
+                        "$max": {"score": r.total, "seq": r.seq},
+                        "$setOnInsert": {"board": board, "userId": user_id},
+                    },
+                    upsert=True,
+                )
+                for (board, user_id), r in totals.items()
+            ],
+            ordered=False,
+        )
+        users = {a.user_id: a for a in todo}
+        await self.db[store.USERS].bulk_write(
+            [
+                UpdateOne({"_id": uid}, {"$set": store.user_doc(a.name, a.avatar_url, a.region)}, upsert=True)
+                for uid, a in users.items()
+            ],
+            ordered=False,
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for uid, a in users.items():
+            profile = keys.user_profile(uid)
+            pipe.hset(profile, mapping={"name": a.name, "avatarUrl": a.avatar_url or ""})
+            pipe.expire(profile, self.settings.user_cache_ttl_s)
+        await pipe.execute()
+
+    async def _publish(self, versions: dict[str, int]) -> None:
+        if not versions:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for board, version in versions.items():
+            pipe.publish(
+                keys.board_channel(board), json_encoder.encode(BoardEvent(board=board, version=version))
+            )
+        await pipe.execute()
+
+
+def event_doc(action: ScoreAction) -> dict[str, Any]:
+    return {
+        "userId": action.user_id,
+        "increment": action.increment,
+        "boards": boards_of(action),
+        "tsMs": action.ts_ms,
+        "source": action.source,
+        "courseId": action.course_id,
+    }
+
+
+async def main(settings: Settings) -> None:
+    redis = redis_client(settings.redis_url)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+    db = client[settings.mongo_db]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    name = settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        await store.ensure_indexes(db)
+        consumers = [
+            ScoreWorker(redis=redis, db=db, settings=settings).consumer(name),
+            Achievements(redis=redis, db=db, settings=settings).consumer(name),
+        ]
+        log.info("worker %s consuming %s", name, ", ".join(c.stream for c in consumers))
+        await asyncio.gather(*(c.run(stop) for c in consumers))
+    finally:
+        await redis.aclose()
+        await client.close()
+
+
+if __name__ == "__main__":
+    _settings = Settings.from_env()
+    logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    import uvloop
+
+    uvloop.run(main(_settings))

@@ -1,0 +1,89 @@
+"""Fixtures: the real Redis-protocol and MongoDB-protocol servers on free ports, clean per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+
+from contract.auth import TokenIssuer
+from contract.settings import Settings
+from devstack.servers import ManagedServer, free_port, mongo_server, redis_server
+from tests.helpers import asgi_client
+from tests.stack import Stack
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+@pytest.fixture(scope="session")
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+    server = redis_server(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServer]:
+    server = mongo_server(free_port(), tmp_path_factory.mktemp("mongo")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_srv: ManagedServer, mongo_srv: ManagedServer) -> Settings:
+    """Settings for one test: its own MongoDB database; Redis is flushed by ``redis``."""
+    return Settings(
+        redis_url=redis_srv.url,
+        mongo_url=mongo_srv.url,
+        mongo_db=f"t{uuid.uuid4().hex[:12]}",
+        jwt_secret=TEST_SECRET,
+        dev_login_enabled=True,
+        flush_interval_s=0.5,
+        claim_idle_ms=1000,
+        stream_block_ms=200,
+        static_dir=str(Path(__file__).resolve().parent.parent / "static"),
+    )
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def mongo(settings: Settings) -> AsyncIterator[Any]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+    yield client[settings.mongo_db]
+    await client.drop_database(settings.mongo_db)
+    await client.close()
+
+
+@pytest.fixture
+def issuer(settings: Settings) -> TokenIssuer:
+    return TokenIssuer(settings)
+
+
+@pytest.fixture
+def stack(settings: Settings, redis: aioredis.Redis, tmp_path: Path) -> Iterator[Stack]:
+    """Scorecast processes for this test (start them with ``stack.start(...)``)."""
+    running = Stack(settings, tmp_path)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+async def ingest(settings: Settings, redis: aioredis.Redis, mongo: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The ingest API in-process, on the test's Redis and MongoDB."""
+    from ingest.api.app import create_app
+
+    async with asgi_client(create_app(settings), "http://ingest") as client:
+        yield client

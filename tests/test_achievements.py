@@ -1,0 +1,126 @@
+"""Completions become durable history: activity heatmap, streaks in the learner's zone, stats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from typing import Any
+
+import httpx
+
+from contract import keys
+from contract.auth import TokenIssuer
+from contract.messages import json_encoder, stream_entry_decoder
+from contract.progress import completion_event
+from contract.settings import Settings
+from ingest.achievements import ACTIVITY, Achievements
+from tests.helpers import bearer
+
+
+def at(day: int, hour: int, minute: int = 0) -> int:
+    return int(dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def event(user: str, lecture: str, ts_ms: int, tz: str = "UTC") -> Any:
+    return completion_event(
+        user_id=user,
+        course_id="py",
+        lecture_id=lecture,
+        ts_ms=ts_ms,
+        tz=tz,
+        name=user.title(),
+        region="EU",
+        marks=3,
+    )
+
+
+def entry(e: Any, n: int) -> tuple[str, dict[str, str]]:
+    return (f"{n}-0", {"d": json_encoder.encode(e).decode()})
+
+
+async def test_the_day_of_a_completion_is_the_learners_day(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    late_evening_utc = at(23, 23, 30)
+    await achievements.apply(event("tokyo", "intro", late_evening_utc, "Asia/Tokyo"))
+    await achievements.apply(event("newyork", "intro", late_evening_utc, "America/New_York"))
+    days = {d["userId"]: d["date"] async for d in mongo[ACTIVITY].find({})}
+    assert days == {"tokyo": "2026-11-24", "newyork": "2026-11-23"}
+    stats = {d["_id"]: d async for d in mongo["student_stats"].find({})}
+    assert stats["tokyo"]["lastActiveDate"] == "2026-11-24"
+    assert stats["newyork"]["lastActiveDate"] == "2026-11-23"
+
+
+async def test_a_missed_day_resets_the_current_streak_and_keeps_the_longest(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    for day, lecture in ((1, "a"), (2, "b"), (3, "c"), (5, "d")):
+        await achievements.apply(event("ada", lecture, at(day, 12)))
+    stats = await mongo["student_stats"].find_one({"_id": "ada"})
+    assert (stats["currentStreak"], stats["longestStreak"], stats["lastActiveDate"]) == (1, 3, "2026-11-05")
+    assert stats["totalCompleted"] == 4
+
+
+async def test_a_streak_crosses_midnight_in_the_learners_zone(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    # 14:00 and 16:00 UTC on the same UTC day are two different days in Tokyo (23:00, 01:00).
+    await achievements.apply(event("ken", "a", at(10, 14), "Asia/Tokyo"))
+    await achievements.apply(event("ken", "b", at(10, 16), "Asia/Tokyo"))
+    stats = await mongo["student_stats"].find_one({"_id": "ken"})
+    assert (stats["currentStreak"], stats["lastActiveDate"]) == (2, "2026-11-11")
+    await achievements.apply(event("utc", "a", at(10, 14)))
+    await achievements.apply(event("utc", "b", at(10, 16)))
+    assert (await mongo["student_stats"].find_one({"_id": "utc"}))["currentStreak"] == 1
+
+
+async def test_a_redelivered_event_counts_once(redis: Any, mongo: Any, settings: Settings) -> None:
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    done = event("ada", "intro", at(20, 9))
+    for n in range(3):
+        assert await achievements.handle([entry(done, n)]) == set()
+    day = await mongo[ACTIVITY].find_one({"userId": "ada"})
+    assert day["events"] == [done.event_id]
+    stats = await mongo["student_stats"].find_one({"_id": "ada"})
+    assert (stats["totalCompleted"], stats["currentStreak"]) == (1, 1)
+    progress = await mongo["progress"].find_one({"_id": "ada|py"})
+    assert progress["completedLectures"] == ["intro"]
+    actions = [stream_entry_decoder.decode(f["d"]) for _, f in await redis.xrange(keys.SCORE_STREAM)]
+    assert {a.action_id for a in actions} == {done.event_id}  # the worker counts an actionId once
+    assert actions[0].course_id == "py"
+    assert actions[0].increment == settings.completion_score
+    assert await achievements.handle([("9-0", {"d": "{broken"})]) == {"9-0"}
+
+
+async def test_heatmap_mark_and_data(ingest: httpx.AsyncClient, issuer: TokenIssuer) -> None:
+    token = issuer.access_token(user_id="ada", name="Ada", tz="Pacific/Auckland")
+    for _ in range(2):
+        r = await ingest.post("/api/v1/progress/heatmap/mark", headers=bearer(token))
+        assert r.json() == {"message": "marked"}
+    today = dt.datetime.now(zoneinfo.ZoneInfo("Pacific/Auckland")).date().isoformat()
+    r = await ingest.get("/api/v1/progress/heatmap/data", params={"days": 7}, headers=bearer(token))
+    assert r.json() == [{"date": today, "count": 2}]
+    stats = (await ingest.get("/api/v1/stats/student", headers=bearer(token))).json()
+    assert stats == {"currentStreak": 1, "longestStreak": 1, "lastActiveDate": today, "totalCompleted": 0}
+    for params, code in (
+        ({"days": 0}, "bad_query"),
+        ({"days": 400}, "bad_query"),
+        ({"tz": "Nowhere/City"}, "bad_timezone"),
+    ):
+        r = await ingest.get("/api/v1/progress/heatmap/data", params=params, headers=bearer(token))
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code)
+
+
+async def test_history_needs_a_token(ingest: httpx.AsyncClient) -> None:
+    for method, path in (
+        ("POST", "/api/v1/progress/heatmap/mark"),
+        ("GET", "/api/v1/progress/heatmap/data"),
+        ("GET", "/api/v1/stats/student"),
+        ("GET", "/api/v1/stats/course-progress"),
+        ("GET", "/api/v1/progress/py"),
+    ):
+        r = await ingest.request(method, path)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized"), path

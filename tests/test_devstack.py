@@ -1,0 +1,71 @@
+"""`make run`'s launcher: embedded servers + every process come up, answer, and stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from devstack.servers import free_port, redis_binary
+from tests.stack import ROOT
+
+
+def _wait_ok(url: str, deadline: float) -> httpx.Response:
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered 200: {last}")
+
+
+def test_redis_binary_is_found() -> None:
+    assert Path(redis_binary()).exists()
+
+
+def test_make_run_starts_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    ingest_port, gateway_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL", "JWT_SECRET")}
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        INGEST_PORT=str(ingest_port),
+        GATEWAY_PORT=str(gateway_port),
+        EMBEDDED_REDIS_PORT=str(free_port()),
+        EMBEDDED_MONGO_PORT=str(free_port()),
+    )
+    log = (tmp_path / "devstack.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        _wait_ok(f"http://127.0.0.1:{ingest_port}/healthz", deadline)
+        _wait_ok(f"http://127.0.0.1:{gateway_port}/healthz", deadline)
+        page = _wait_ok(f"http://127.0.0.1:{gateway_port}/", deadline)
+        assert "<html" in page.text.lower()
+        login = httpx.post(
+            f"http://127.0.0.1:{ingest_port}/api/v1/auth/login",
+            json={"userId": "ada", "name": "Ada"},
+            timeout=5.0,
+        )
+        assert login.status_code == 200, login.text
+        assert login.json()["accessToken"]
+        assert (tmp_path / "data" / "jwt_secret").exists()
+        player = _wait_ok(f"http://127.0.0.1:{gateway_port}/player.html", deadline)
+        assert "<video" in player.text
+        course = _wait_ok(f"http://127.0.0.1:{ingest_port}/api/v1/courses/demo", deadline)
+        assert course.json()["lectureCount"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "devstack.log").read_text()
+    assert code == 0, output
+    assert "Scorecast is running" in output

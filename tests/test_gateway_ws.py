@@ -1,0 +1,132 @@
+"""The gateway's WebSocket on a real gateway process: boards, keepalive, every bad message kind."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from contract.auth import TokenIssuer
+from devstack.processes import Stack
+from tests.browser import open_connections
+from tests.conftest import TEST_SECRET
+from tests.test_gateway_sse import apply, make_board, publish
+
+
+def ws_url(stack: Stack, token: str | None) -> str:
+    url = stack.gateway_url.replace("http://", "ws://") + "/api/v1/ws"
+    return f"{url}?access_token={token}" if token else url
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await ws.recv(decode=True))
+    return message
+
+
+async def recv_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next message of ``kind`` (leaderboard frames may arrive in between)."""
+    while True:
+        message = await recv(ws)
+        if message["type"] == kind:
+            return message
+
+
+@pytest.fixture
+def token(issuer: TokenIssuer) -> str:
+    return issuer.access_token(user_id="ada", name="Ada")
+
+
+async def test_subscribe_gets_a_snapshot_then_updates(stack: Stack, redis: Any, token: str) -> None:
+    store = await make_board(redis, scores={"ada": 3})
+    stack.start("gateway")
+    async with connect(ws_url(stack, token)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "board": "global"}))
+        snapshot = await recv(ws)
+        assert snapshot["type"] == "leaderboard"
+        assert snapshot["board"] == "global"
+        assert snapshot["leaderboard"] == [{"rank": 1, "userId": "ada", "name": "ada", "score": 3}]
+        version = await apply(store, "global", {"bo": 8})
+        await publish(redis, "global", version)
+        update = await recv(ws)
+        assert (update["type"], update["version"]) == ("leaderboard", version)
+        assert [e["userId"] for e in update["leaderboard"]] == ["bo", "ada"]
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+        assert await open_connections(stack.gateway_url, "ws") == 1
+
+
+async def test_token_in_header_and_cookie(stack: Stack, token: str) -> None:
+    stack.start("gateway")
+    for headers in ({"authorization": f"Bearer {token}"}, {"cookie": f"scorecast_token={token}"}):
+        async with connect(ws_url(stack, None), additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert await recv(ws) == {"type": "pong"}
+
+
+BAD_MESSAGES = [
+    ("not json", "{nope", "bad_json"),
+    ("not an object", "[1, 2]", "bad_message"),
+    ("unknown type", json.dumps({"type": "teleport"}), "unknown_type"),
+    ("missing field", json.dumps({"type": "subscribe"}), "bad_message"),
+    ("unknown field", json.dumps({"type": "ping", "extra": 1}), "bad_message"),
+    ("bad board", json.dumps({"type": "subscribe", "board": "galaxy"}), "invalid_board"),
+    ("negative position", json.dumps({"type": "progress", "courseId": "c", "lectureId": "l", "position": -1,
+                                      "seq": 1}), "bad_message"),
+    ("oversized", json.dumps({"type": "ping", "pad": "x" * 5000}), "too_large"),
+    ("binary junk", b"\x00\xff\x00", "bad_json"),
+]  # fmt: skip
+
+
+async def test_every_bad_message_gets_an_error_and_the_connection_survives(stack: Stack, token: str) -> None:
+    stack.start("gateway")
+    async with connect(ws_url(stack, token)) as ws:
+        for why, raw, code in BAD_MESSAGES:
+            await ws.send(raw)
+            error = await recv(ws)
+            assert error["type"] == "error", why
+            assert error["code"] == code, why
+            assert error["message"], why
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+
+
+async def test_a_flood_gets_errors_then_a_policy_close(stack: Stack, token: str) -> None:
+    stack.start("gateway", ws_rate_limit_per_s=1.0, ws_rate_limit_burst=3, ws_max_violations=5)
+    codes: list[str] = []
+    async with connect(ws_url(stack, token)) as ws:
+        for _ in range(30):
+            await ws.send(json.dumps({"type": "ping"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                message = await recv(ws)
+                codes.append(message.get("code", message["type"]))
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert codes[:3] == ["pong", "pong", "pong"]
+    assert codes.count("rate_limited") == 5
+    assert codes[-1] == "too_many_errors"
+
+
+@pytest.mark.parametrize("kind", ["missing", "expired", "forged"])
+async def test_bad_tokens_close_with_4401(stack: Stack, kind: str) -> None:
+    stack.start("gateway")
+    now = int(time.time())
+    claims = {"sub": "ada", "name": "Ada", "iat": now - 100, "exp": now - 10, "jti": "j", "aud": "scorecast"}
+    token = {
+        "missing": None,
+        "expired": jwt.encode(claims, TEST_SECRET, algorithm="HS256"),
+        "forged": jwt.encode({**claims, "exp": now + 100}, "wrong-" + "k" * 40, algorithm="HS256"),
+    }[kind]
+    async with connect(ws_url(stack, token)) as ws:
+        error = await recv(ws)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    want = {"missing": "unauthorized", "expired": "token_expired", "forged": "invalid_token"}[kind]
+    assert error == {"type": "error", "code": want, "message": error["message"]}
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, want)

@@ -1,0 +1,88 @@
+"""Every MongoDB behaviour Scorecast relies on, checked against the MongoDB-protocol server we
+run (nx-27017 in development and tests; real MongoDB in production must behave the same)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+
+async def test_an_id_is_unique(mongo: Any) -> None:
+    await mongo.c.insert_one({"_id": "a"})
+    with pytest.raises(DuplicateKeyError):
+        await mongo.c.insert_one({"_id": "a"})
+
+
+async def test_bulk_upsert_set_on_insert_keeps_the_first_version(mongo: Any) -> None:
+    ops = [UpdateOne({"_id": k}, {"$setOnInsert": {"v": 1, "applied": False}}, upsert=True) for k in "abc"]
+    await mongo.c.bulk_write(ops, ordered=False)
+    await mongo.c.update_many({"_id": {"$in": ["a", "b"]}}, {"$set": {"applied": True}})
+    again = [UpdateOne({"_id": k}, {"$setOnInsert": {"v": 2, "applied": False}}, upsert=True) for k in "abcd"]
+    await mongo.c.bulk_write(again, ordered=False)
+    docs = {d["_id"]: (d["v"], d["applied"]) async for d in mongo.c.find({})}
+    assert docs == {"a": (1, True), "b": (1, True), "c": (1, False), "d": (2, False)}
+    applied = [
+        d["_id"] async for d in mongo.c.find({"_id": {"$in": list("abcd")}, "applied": True}, {"_id": 1})
+    ]
+    assert sorted(applied) == ["a", "b"]
+
+
+async def test_max_on_flat_fields_works_on_both_upsert_branches(mongo: Any) -> None:
+    for score in (5, 3, 9):
+        await mongo.c.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": "t"},
+                    {"$max": {"score": score, "w_l1": score}, "$setOnInsert": {"b": "g"}},
+                    upsert=True,
+                )
+            ]
+        )
+    assert await mongo.c.find_one({"_id": "t"}) == {"_id": "t", "score": 9, "w_l1": 9, "b": "g"}
+
+
+async def test_conditional_upsert_on_a_newer_document_is_a_duplicate_key(mongo: Any) -> None:
+    def resume(seq: int) -> UpdateOne:
+        newer = {"_id": "p", "$or": [{"lastSeq": {"$lt": seq}}, {"lastSeq": {"$exists": False}}]}
+        return UpdateOne(newer, {"$set": {"lastSeq": seq}}, upsert=True)
+
+    await mongo.c.bulk_write([resume(5)], ordered=False)
+    with pytest.raises(BulkWriteError) as raised:
+        await mongo.c.bulk_write(
+            [resume(3), UpdateOne({"_id": "q"}, {"$set": {"x": 1}}, upsert=True)], ordered=False
+        )
+    assert [e["code"] for e in raised.value.details["writeErrors"]] == [11000]
+    assert (await mongo.c.find_one({"_id": "p"}))["lastSeq"] == 5
+    assert await mongo.c.find_one({"_id": "q"}) is not None  # unordered: the rest went through
+    await mongo.c.bulk_write([resume(8)], ordered=False)
+    assert (await mongo.c.find_one({"_id": "p"}))["lastSeq"] == 8
+
+
+async def test_add_to_set_is_idempotent_and_upserts(mongo: Any) -> None:
+    first = await mongo.c.update_one(
+        {"_id": "d"}, {"$addToSet": {"events": "e1"}, "$set": {"u": 1}}, upsert=True
+    )
+    assert first.upserted_id == "d"
+    again = await mongo.c.update_one(
+        {"_id": "d"}, {"$addToSet": {"events": "e1"}, "$set": {"u": 1}}, upsert=True
+    )
+    assert again.modified_count == 0
+    await mongo.c.update_one({"_id": "d"}, {"$addToSet": {"events": {"$each": ["e1", "e2"]}}})
+    assert (await mongo.c.find_one({"_id": "d"}))["events"] == ["e1", "e2"]
+
+
+async def test_range_query_sorted_with_projection_and_counts(mongo: Any) -> None:
+    await mongo.c.insert_many(
+        [{"_id": f"u|{d}", "userId": "u", "date": d} for d in ("2026-11-03", "2026-11-01")]
+    )
+    await mongo.c.insert_one({"_id": "v|2026-11-02", "userId": "v", "date": "2026-11-02"})
+    cursor = mongo.c.find(
+        {"userId": "u", "date": {"$gte": "2026-11-01", "$lte": "2026-11-30"}}, {"_id": 0, "date": 1}
+    )
+    assert [d async for d in cursor.sort("date", 1)] == [{"date": "2026-11-01"}, {"date": "2026-11-03"}]
+    assert await mongo.c.count_documents({"userId": "u"}) == 2
+    await mongo.c.replace_one({"_id": "v|2026-11-02"}, {"userId": "v", "date": "x"}, upsert=True)
+    assert (await mongo.c.find_one({"_id": "v|2026-11-02"}))["date"] == "x"

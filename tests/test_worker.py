@@ -1,0 +1,254 @@
+"""The worker on real processes: exactly once, crash recovery, dead letters, rebuild, ties."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from contract import keys
+from contract.auth import TokenIssuer
+from contract.boards import monthly_name, weekly_name
+from devstack.processes import Stack
+from ingest import store
+from ingest.consumer import StreamConsumer
+from tests.eventually import eventually
+from tests.helpers import bearer
+
+
+async def post(
+    http: httpx.AsyncClient, token: str, increment: int, action_id: str | None = None, **extra: Any
+) -> int:
+    body = {"scoreIncrement": increment, "actionId": action_id or str(uuid.uuid4()), **extra}
+    r = await http.post("/api/v1/scores/update", json=body, headers=bearer(token))
+    assert r.status_code in (200, 202), r.text
+    return r.status_code
+
+
+async def board(http: httpx.AsyncClient, name: str = "global", limit: int = 100) -> list[tuple[str, int]]:
+    r = await http.get("/api/v1/scores/leaderboard", params={"board": name, "limit": limit})
+    assert r.status_code == 200, r.text
+    return [(e["userId"], e["score"]) for e in r.json()["entries"]]
+
+
+async def test_every_segment_board_is_updated(stack: Stack, issuer: TokenIssuer) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    token = issuer.access_token(user_id="ada", name="Ada Lovelace", region="eu", avatar_url="https://a/b.png")
+    now = dt.datetime.now(dt.UTC)
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await post(http, token, 12, courseId="py101")
+        for name in (
+            "global",
+            weekly_name(now),
+            monthly_name(now),
+            "weekly",
+            "monthly",
+            "region:EU",
+            "course:py101",
+        ):
+            assert await eventually(lambda n=name: board(http, n), until=lambda b: b == [("ada", 12)]) == [
+                ("ada", 12)
+            ]
+        page = (await http.get("/api/v1/scores/leaderboard")).json()
+        assert page["entries"][0]["name"] == "Ada Lovelace"
+        assert page["entries"][0]["avatarUrl"] == "https://a/b.png"
+        assert page["version"] > 0
+        around = (await http.get("/api/v1/scores/around/ada")).json()
+        assert around["self"]["rank"] == 1
+        assert (await http.get("/api/v1/scores/rank/ada")).json() == {
+            "board": "global",
+            "userId": "ada",
+            "rank": 1,
+            "score": 12,
+        }
+
+
+async def test_duplicate_action_counts_once_even_after_redis_is_flushed(
+    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    token = issuer.access_token(user_id="ada", name="Ada")
+    action_id = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        assert await post(http, token, 10, action_id) == 202
+        assert await post(http, token, 10, action_id) == 200
+        await eventually(lambda: board(http), until=lambda b: b == [("ada", 10)])
+        await redis.flushall()  # guards, boards and stream group are gone; MongoDB remembers
+        assert await post(http, token, 10, action_id) == 202
+        await post(http, token, 1)  # a new action after the duplicate: when it shows, both were handled
+        assert await eventually(lambda: board(http), until=lambda b: b == [("ada", 11)]) == [("ada", 11)]
+    assert await mongo[store.SCORE_EVENTS].count_documents({"userId": "ada"}) == 2
+
+
+@pytest.mark.timeout(120)
+async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
+    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+) -> None:
+    stack.start("ingest.api", rate_limit_per_s=10_000.0, rate_limit_burst=10_000)
+    users = [f"u{i}" for i in range(12)]
+    tokens = {u: issuer.access_token(user_id=u, name=u) for u in users}
+    expected = dict.fromkeys(users, 0)
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for n in range(600):
+            user = users[n % len(users)]
+            increment = 1 + n % 17
+            expected[user] += increment
+            await post(http, tokens[user], increment)
+        first = stack.start("ingest.worker", stream_batch_size=20, consumer_name="doomed")
+        # Kill it while it is working through the backlog.
+        await eventually(
+            lambda: mongo[store.SCORE_EVENTS].count_documents({"applied": True}), until=lambda n: n >= 60
+        )
+        first.kill()
+        assert await mongo[store.SCORE_EVENTS].count_documents({"applied": True}) < 600
+        stack.start("ingest.worker", consumer_name="rescuer")
+        want = sorted(expected.items(), key=lambda kv: -kv[1])
+
+        async def totals() -> list[tuple[str, int]]:
+            return sorted(await board(http), key=lambda kv: -kv[1])
+
+        assert await eventually(totals, until=lambda got: got == want, timeout_s=60) == want
+    applied = await eventually(
+        lambda: mongo[store.SCORE_EVENTS].count_documents({"applied": True}), until=lambda n: n == 600
+    )
+    assert applied == 600
+    durable = {d["userId"]: d["score"] async for d in mongo[store.BOARD_TOTALS].find({"board": "global"})}
+    assert durable == expected
+    pending = await eventually(
+        lambda: redis.xpending(keys.SCORE_STREAM, keys.WORKER_GROUP), until=lambda p: p["pending"] == 0
+    )
+    assert pending["pending"] == 0
+
+
+async def test_poison_entries_go_to_the_dead_letter_stream(
+    stack: Stack, issuer: TokenIssuer, redis: Any
+) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    await redis.xadd(keys.SCORE_STREAM, {"d": "{not json"})
+    await redis.xadd(keys.SCORE_STREAM, {"unexpected": "field"})
+    await redis.xadd(keys.SCORE_STREAM, {"d": json.dumps({"kind": "score", "actionId": "x"})})
+    token = issuer.access_token(user_id="ada", name="Ada")
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await post(http, token, 3)
+        assert await eventually(lambda: board(http), until=lambda b: b == [("ada", 3)]) == [("ada", 3)]
+    dead = await eventually(lambda: redis.xrange(keys.SCORE_DEAD_LETTER), until=lambda d: len(d) == 3)
+    assert {fields["reason"] for _, fields in dead} == {"rejected by the handler"}
+
+
+async def test_an_entry_that_keeps_killing_consumers_is_dead_lettered(redis: Any) -> None:
+    stream, group, dead = "stream:test", "g", "stream:test:dead"
+    handled: list[str] = []
+
+    async def handler(entries: list[tuple[str, dict[str, str]]]) -> set[str]:
+        handled.extend(entry_id for entry_id, _ in entries)
+        return set()
+
+    consumer = StreamConsumer(
+        redis, stream=stream, group=group, consumer="survivor", dead_letter=dead, handler=handler,
+        batch_size=10, block_ms=10, claim_idle_ms=0, max_deliveries=3,
+    )  # fmt: skip
+    await consumer.ensure_group()
+    bad = await redis.xadd(stream, {"d": "crashes every consumer"})
+    # Consumers that read it and died: every claim counts one more delivery.
+    await redis.xreadgroup(group, "ghost", {stream: ">"})
+    for _ in range(3):
+        await redis.xclaim(stream, group, "ghost", 0, [bad])
+    good = await redis.xadd(stream, {"d": "fine"})
+    while await consumer.step():
+        pass
+    assert handled == [good]
+    dead_entries = await redis.xrange(dead)
+    assert [(f["sourceId"], f["d"]) for _, f in dead_entries] == [(bad, "crashes every consumer")]
+    assert (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def test_a_failing_batch_is_retried_without_counting_deliveries(redis: Any) -> None:
+    attempts: list[int] = []
+
+    async def flaky(entries: list[tuple[str, dict[str, str]]]) -> set[str]:
+        attempts.append(len(entries))
+        if len(attempts) < 5:
+            raise ConnectionError("MongoDB is down")
+        return set()
+
+    consumer = StreamConsumer(
+        redis, stream="s", group="g", consumer="c", dead_letter="s:dead", handler=flaky,
+        batch_size=10, block_ms=10, claim_idle_ms=60_000, max_deliveries=1,
+    )  # fmt: skip
+    await consumer.ensure_group()
+    await redis.xadd("s", {"d": "1"})
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            await consumer.step()
+    assert await consumer.step() == 1
+    assert attempts == [1, 1, 1, 1, 1]
+    assert await redis.xlen("s:dead") == 0
+
+
+async def test_deleted_board_is_rebuilt_from_mongodb(stack: Stack, issuer: TokenIssuer, redis: Any) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for i, user in enumerate(["a", "b", "c", "d"]):
+            await post(http, issuer.access_token(user_id=user, name=user.upper()), 10 * (i + 1))
+        await post(http, issuer.access_token(user_id="e", name="E"), 20)  # ties with b, later
+        want = [("d", 40), ("c", 30), ("b", 20), ("e", 20), ("a", 10)]
+        await eventually(lambda: board(http), until=lambda b: b == want)
+        version = (await http.get("/api/v1/scores/leaderboard")).json()["version"]
+        k = keys.board_keys("global")
+        await redis.delete(k.zset, k.version, k.members)
+        assert await board(http) == want  # rebuilt by the read itself, tie order kept
+        assert (await http.get("/api/v1/scores/leaderboard")).json()["version"] > version
+        # And the worker keeps applying on top of the rebuilt board.
+        await post(http, issuer.access_token(user_id="a", name="A"), 35)
+        want = [("a", 45), ("d", 40), ("c", 30), ("b", 20), ("e", 20)]
+        assert await eventually(lambda: board(http), until=lambda b: b == want) == want
+
+
+async def test_ties_go_to_who_reached_the_score_first(stack: Stack, issuer: TokenIssuer) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    a = issuer.access_token(user_id="a", name="A")
+    b = issuer.access_token(user_id="b", name="B")
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await post(http, a, 10)
+        await eventually(lambda: board(http), until=lambda got: got == [("a", 10)])
+        await post(http, b, 10)
+        assert await eventually(lambda: board(http), until=lambda got: len(got) == 2) == [
+            ("a", 10),
+            ("b", 10),
+        ]
+        await post(http, b, 5)
+        await eventually(lambda: board(http), until=lambda got: got[0] == ("b", 15))
+        await post(http, a, 5)
+        want = [("b", 15), ("a", 15)]
+        assert await eventually(lambda: board(http), until=lambda got: got == want) == want
+
+
+async def test_admin_rebuild_replaces_a_drifted_board(stack: Stack, issuer: TokenIssuer, redis: Any) -> None:
+    stack.start("ingest.api")
+    stack.start("ingest.worker")
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await post(http, issuer.access_token(user_id="a", name="A"), 10)
+        await eventually(lambda: board(http), until=lambda got: got == [("a", 10)])
+        k = keys.board_keys("global")
+        await redis.zadd(k.zset, {"000000000000001intruder": 999})  # drift, not in MongoDB
+        assert ("intruder", 999) in await board(http)
+        admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
+        r = await http.post("/api/v1/admin/boards/global/rebuild", headers=bearer(admin))
+        assert r.status_code == 202
+        assert await eventually(lambda: board(http), until=lambda got: got == [("a", 10)]) == [("a", 10)]
+
+
+async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
+    worker = stack.start("ingest.worker")
+    await asyncio.sleep(0.5)
+    assert worker.stop() == 0
