@@ -1,7 +1,8 @@
 """The JSON error shape of API.md for Starlette apps, and bounded body decoding.
 
 ``{"error": {"code": "<snake_case>", "message": "<human text>"}}`` with a fitting status, for
-every error: Scorecast's own, Starlette's HTTP errors (404, 405) and anything unexpected.
+every error: Scorecast's own, Starlette's HTTP errors (404, 405), Redis or MongoDB being
+unreachable (503 ``unavailable``) and anything unexpected (500).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import logging
 from typing import Any, TypeVar
 
 import msgspec
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -60,6 +64,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _backend_down(request: Request, exc: Exception) -> Response:
+    log.warning("backing service unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503, "unavailable", "a backing service is unavailable; retry shortly", {"Retry-After": "1"}
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error")
@@ -68,6 +79,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: Starlette) -> None:
     app.add_exception_handler(ScorecastError, _scorecast_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # Redis or MongoDB unreachable: nothing was accepted, the client may retry.
+    for outage in (RedisConnectionError, RedisTimeoutError, ConnectionFailure):
+        app.add_exception_handler(outage, _backend_down)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -23,7 +23,7 @@ from contract.boardstore import BoardStore
 from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
 from contract.settings import Settings
 from gateway.metrics import Metrics
-from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, utc_timestamp
+from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
 
 log = logging.getLogger("scorecast.gateway")
 
@@ -42,6 +42,7 @@ class Connection:
         "life",
         "outbox",
         "sending_since",
+        "sink",
         "task",
         "transport",
         "user_id",
@@ -61,6 +62,8 @@ class Connection:
         self.waiter: asyncio.Future[None] | None = None
         self.sending_since = 0.0
         self.task: asyncio.Task[Any] | None = None
+        # Set by the SSE endpoint when the server exposes its socket (see gateway.sse.DirectSink).
+        self.sink: Any = None
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -71,14 +74,31 @@ class Connection:
         if self.versions.get(frames.board, -1) >= frames.version:
             return False
         self.versions[frames.board] = frames.version
+        if self._direct():
+            self.sink.write(frames.update_chunk)
+            return False
         replaced = self.outbox.put_board(frames.board, frames)
         self.wake()
         return replaced
 
     def push(self, message: object) -> bool:
+        if isinstance(message, bytes) and self._direct():
+            self.sink.write(http_chunk(message))
+            return True
         ok = self.outbox.put(message)
         self.wake()
         return ok
+
+    def _direct(self) -> bool:
+        """Whether a frame can go straight to the socket: nothing queued ahead of it, no write
+        in progress, the socket not write-paused. Otherwise the endpoint's own loop sends it."""
+        return (
+            self.sink is not None
+            and not self.outbox
+            and not self.sending_since
+            and self.life.state is State.OPEN
+            and self.sink.writable()
+        )
 
     async def next_frames(self) -> list[object]:
         """Wait until frames are pending or the connection leaves OPEN; [] means stop writing."""
@@ -287,12 +307,15 @@ class Hub:
     def _fan_out(self, board: Board) -> None:
         frames = board.frames
         assert frames is not None
-        drops = 0
+        drops = handed = 0
         for conn in board.subscribers:
-            if conn.life.open and conn.push_board(frames):
-                drops += 1
+            if conn.life.open:
+                handed += 1
+                if conn.push_board(frames):
+                    drops += 1
         if drops:
             self.metrics.drops.inc(drops)
+        self.metrics.frames.inc(handed)
 
     # ------------------------------------------------------------ housekeeping
     async def _heartbeat(self) -> None:

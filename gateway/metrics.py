@@ -18,6 +18,9 @@ class Metrics:
         self.messages = Counter(
             "scorecast_gateway_messages", "Frames written to clients", ["transport"], registry=self.registry
         )
+        self.frames = Counter(
+            "scorecast_gateway_board_frames", "Board frames handed to subscribers", registry=self.registry
+        )
         self.drops = Counter(
             "scorecast_gateway_dropped_frames",
             "Board frames replaced by a newer one before a slow client took them",

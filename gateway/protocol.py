@@ -33,6 +33,11 @@ class Throttle:
         self.last_sent = now
 
 
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one chunk of an HTTP/1.1 chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 def utc_timestamp(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -41,7 +46,7 @@ def utc_timestamp(now: dt.datetime | None = None) -> str:
 class BoardFrames:
     """A board at one version: the SSE ``snapshot``/``update`` events and the WebSocket message."""
 
-    __slots__ = ("board", "entries", "snapshot", "timestamp", "update", "version", "ws_text")
+    __slots__ = ("board", "entries", "snapshot", "timestamp", "update", "update_chunk", "version", "ws_text")
 
     def __init__(self, board: str, version: int, entries: list[FrameEntry], timestamp: str) -> None:
         self.board = board
@@ -54,6 +59,7 @@ class BoardFrames:
         head = b"id: %d\n" % version
         self.snapshot = head + b"event: snapshot\ndata: " + data + b"\n\n"
         self.update = head + b"event: update\ndata: " + data + b"\n\n"
+        self.update_chunk = http_chunk(self.update)
         message = LeaderboardMessage(board=board, version=version, timestamp=timestamp, leaderboard=entries)
         self.ws_text = json_encoder.encode(message).decode()
 

@@ -4,16 +4,23 @@ A hand-written ASGI response: ``retry:``, then ``event: snapshot`` at once from 
 board (skipped when ``Last-Event-ID`` already names the current version), then the board's
 pre-encoded ``update`` frames as the hub hands them over, and ``: ping`` comments from the hub's
 one heartbeat loop. On drain: ``event: reconnect`` with a jittered ``afterMs``, then the end.
+
+Broadcast frames take one of two paths. Fast: the hub writes the frame's pre-framed HTTP chunk
+(the same bytes object for every subscriber) straight to the socket (:class:`DirectSink`).
+Otherwise — a socket that is write-paused, frames already queued, a server that does not expose
+its socket — the frame waits in the connection's newest-only outbox and this endpoint's loop
+sends it through ASGI, where a client that stays stuck is found by the hub's sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.auth import token_from_request
 from contract.boards import resolve
@@ -27,6 +34,50 @@ HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+RAW_SEND = "scorecast.raw_send"
+
+
+def expose_send(app: ASGIApp) -> ASGIApp:
+    """Wrap the app so SSE streams can find the server's own ``send`` under the middleware."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[RAW_SEND] = send
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+class DirectSink:
+    """The socket under an SSE response, for writing broadcast frames without a coroutine switch.
+
+    uvicorn's HTTP protocols do not expose the transport through ASGI; its httptools cycle (the
+    ``send`` bound method's owner) has it. When that shape is not there — another server, an
+    in-process test client — :meth:`of` answers None and frames take the ASGI path. A socket that
+    is write-paused is never written here: the endpoint's loop sends through ASGI, which waits.
+    """
+
+    __slots__ = ("cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self.cycle = cycle
+
+    @classmethod
+    def of(cls, send: object) -> DirectSink | None:
+        cycle = getattr(send, "__self__", None)
+        needed = ("transport", "flow", "disconnected", "response_complete")
+        if cycle is None or not all(hasattr(cycle, a) for a in needed) or cycle.chunked_encoding is not True:
+            return None
+        return cls(cycle)
+
+    def writable(self) -> bool:
+        cycle = self.cycle
+        return not (cycle.flow.write_paused or cycle.disconnected or cycle.response_complete)
+
+    def write(self, chunk: bytes) -> None:
+        self.cycle.transport.write(chunk)
 
 
 class SlowClientError(Exception):
@@ -58,6 +109,7 @@ class EventStream(Response):
             conn.outbox.boards.pop(self.board, None)  # the snapshot is at least as new
             conn.versions[self.board] = frames.version
             await self._write(send, first)
+            conn.sink = DirectSink.of(scope.get(RAW_SEND))
             while True:
                 pending = await conn.next_frames()
                 if not pending:

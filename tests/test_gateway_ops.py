@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
+import uuid
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from contract.auth import TokenIssuer
+from contract.boardstore import BoardStore
 from contract.settings import Settings
 from devstack.processes import Stack
 from gateway.app import create_app
 from gateway.hub import Connection
 from gateway.protocol import State
 from gateway.state import GatewayState
+from tests.browser import open_connections
 from tests.eventually import eventually
 from tests.helpers import asgi_client
 from tests.sse_client import sse
-from tests.test_gateway_sse import make_board
+from tests.test_gateway_sse import make_board, publish
 from tests.test_gateway_ws import recv, ws_url
 
 
@@ -88,3 +93,51 @@ async def test_a_client_stuck_in_a_write_is_disconnected(settings: Settings, red
         assert conn.life.state is State.CLOSED
         assert st.metrics.slow_disconnects._value.get() == 1
         assert not st.hub.connections
+
+
+async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
+    stack: Stack, redis: Any, issuer: TokenIssuer
+) -> None:
+    await make_board(redis)
+    users = [f"user-{i:03d}-{'x' * 40}" for i in range(100)]
+    for u in users:  # long names: big frames fill the socket buffers sooner
+        await redis.hset(f"user:{u}", mapping={"name": "N" * 60})
+    stack.start("gateway", top_k=100, broadcast_interval_s=0.01, slow_client_timeout_s=1.0)
+    token = issuer.access_token(user_id="viewer", name="Viewer")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", stack.settings.gateway_port))
+    sock.sendall(
+        f"GET /api/v1/leaderboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode(
+            "ascii"
+        )
+    )
+    assert sock.recv(12) == b"HTTP/1.1 200"  # then never read again
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            results = await BoardStore(redis).apply_many(
+                ("global", str(uuid.uuid4()), users[(n + k) % 100], 1 + k) for k in range(5)
+            )
+            await publish(redis, "global", max(r.seq for r in results))
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(churn())
+    try:
+        await eventually(
+            lambda: open_connections(stack.gateway_url, "sse"), until=lambda n: n == 0, timeout_s=90
+        )
+    finally:
+        stop.set()
+        await writer
+        sock.close()
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{stack.gateway_url}/metrics")).text
+    assert "scorecast_gateway_slow_client_disconnects_total 1.0" in metrics
+    dropped = [
+        line for line in metrics.splitlines() if line.startswith("scorecast_gateway_dropped_frames_total")
+    ]
+    assert dropped and float(dropped[0].split()[1]) > 0  # unsent frames were replaced by newer ones

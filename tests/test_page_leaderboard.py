@@ -75,6 +75,7 @@ async def test_without_shared_worker_each_tab_has_its_own_event_source(
             pages.append(page)
         await pages[0].fill("#name", "Ada")
         await pages[0].click("#login button[type=submit]")
+        await pages[0].wait_for_selector("#app:not(.hidden)")  # logged in: the tokens are stored
         await pages[1].reload()
         for page in pages:
             await page.wait_for_selector("#status[data-state=open]")

@@ -161,3 +161,16 @@ async def test_unknown_route_and_method_keep_the_error_shape(ingest: httpx.Async
     r = await ingest.get("/api/v1/scores/update")
     assert r.status_code == 405
     assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_redis_unreachable_is_a_503_not_a_500(settings: Settings, mongo: Any, token: str) -> None:
+    from devstack.servers import free_port
+
+    down = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with asgi_client(create_app(down), "http://ingest") as client:
+        r = await client.post("/api/v1/scores/update", json=action(), headers=bearer(token))
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "unavailable"
+        assert r.headers["retry-after"] == "1"
+        r = await client.get("/api/v1/scores/leaderboard")
+        assert r.status_code == 503

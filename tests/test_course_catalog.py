@@ -1,0 +1,38 @@
+"""Course metadata cache on the real servers: one refill per key at a time, across processes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from contract import keys
+from contract.courses import COURSES, CourseCatalog, meta_from_doc
+
+DOC = {
+    "_id": "py",
+    "title": "Python",
+    "sections": [
+        {"sectionId": "s", "title": "S", "lectures": [
+            {"lectureId": "a", "title": "A", "durationSeconds": 60, "marks": 2},
+            {"lectureId": "b", "title": "B", "durationSeconds": 90, "marks": 3},
+        ]},
+    ],
+}  # fmt: skip
+
+
+async def test_concurrent_misses_in_many_processes_refill_once(redis: Any, mongo: Any) -> None:
+    await mongo[COURSES].insert_one(dict(DOC))
+    catalogs = [CourseCatalog(redis, mongo, ttl_s=3600) for _ in range(5)]  # five gateway processes
+    found = await asyncio.gather(*(catalog.get("py") for catalog in catalogs for _ in range(20)))
+    assert all(meta == meta_from_doc(DOC) for meta in found)
+    assert sum(catalog.mongo_reads for catalog in catalogs) == 1
+    assert 0 < await redis.ttl(keys.course_meta("py")) <= 3600
+    assert not await redis.exists(keys.course_meta_lock("py"))
+
+
+async def test_an_unknown_course_is_remembered_briefly(redis: Any, mongo: Any) -> None:
+    catalog = CourseCatalog(redis, mongo, ttl_s=3600)
+    assert await catalog.get("nope") is None
+    assert await CourseCatalog(redis, mongo, ttl_s=3600).get("nope") is None
+    assert catalog.mongo_reads == 1
+    assert 0 < await redis.ttl(keys.course_meta("nope")) <= 30
