@@ -11,7 +11,7 @@ Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
@@ -224,6 +224,17 @@ class BoardStore:
         pipe.hset(keys.staging_members, mapping={m[SEQ_DIGITS:]: m for m in members})
         await pipe.execute()
 
+    async def cache_profiles(self, profiles: Mapping[str, Profile], *, ttl_s: int) -> None:
+        """Write display details into the ``user:<id>`` hashes (one round trip)."""
+        if not profiles:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id, profile in profiles.items():
+            key = user_profile(user_id)
+            pipe.hset(key, mapping={"name": profile.name, "avatarUrl": profile.avatar_url or ""})
+            pipe.expire(key, ttl_s)
+        await pipe.execute()
+
     async def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         """Cached display details of members, from the ``user:<id>`` hashes (one round trip)."""
         if not user_ids:
@@ -233,7 +244,7 @@ class BoardStore:
             pipe.hmget(user_profile(user_id), "name", "avatarUrl")
         replies = await pipe.execute()
         return {
-            user_id: Profile(name=name, avatar_url=avatar)
+            user_id: Profile(name=name, avatar_url=avatar or None)
             for user_id, (name, avatar) in zip(user_ids, replies, strict=True)
             if name is not None
         }

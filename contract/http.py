@@ -85,6 +85,17 @@ def install_error_handlers(app: Starlette) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+def path_param(request: Request, name: str, type_: Any) -> Any:
+    """The path parameter ``name`` checked against ``type_`` (an annotated msgspec type).
+
+    Raises BadRequest (``bad_id``).
+    """
+    try:
+        return msgspec.convert(request.path_params[name], type_)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"{name}: {exc}", code="bad_id") from None
+
+
 async def decode_body(request: Request, type_: type[T], *, max_bytes: int) -> T:
     """Read at most ``max_bytes`` of JSON body and decode it as ``type_``.
 

@@ -106,6 +106,11 @@ def progress(user_id: str, course_id: str) -> str:
     return f"progress:{{user:{user_id}}}:{course_id}"
 
 
+def presence(user_id: str) -> str:
+    """How many WebSocket connections the user has open, over every gateway (same slot as progress)."""
+    return f"presence:{{user:{user_id}}}"
+
+
 def parse_progress(key: str) -> tuple[str, str]:
     """(userId, courseId) of a :func:`progress` key."""
     user_part, _, course_id = key.removeprefix("progress:{user:").partition("}:")

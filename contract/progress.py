@@ -23,40 +23,52 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from contract import keys
+from contract.auth import Claims
 from contract.courses import CourseMeta
-from contract.messages import CompletionEvent, Output, ProgressEvent, json_encoder
+from contract.messages import CompletionEvent, Output, json_encoder
 
 COMPLETION_NAMESPACE = uuid.UUID("6f1c1b2e-6a8e-4f0e-9a51-3c0ad1f0e7a1")
 
-# KEYS: progress hash. ARGV: lecture, position, seq, duration or '', threshold, now ms,
-# channel or '', event JSON. Returns {moved, completed}.
-_PING = """
+# KEYS: progress hash, presence counter. ARGV[1]: the ping's fields joined by char 31 (one argument
+# keeps redis-py's per-argument packing off the hot path): lecture, position, seq, duration or '',
+# threshold, now ms, userId, courseId, origin, minimum presence to publish. Returns {moved, completed}.
+# The resume point moving is published on the user's channel only when another connection of the
+# user may be listening (presence counter >= the minimum).
+_PING = f"""
+local f = {{}}
+for part in string.gmatch(ARGV[1] .. '\\31', '([^\\31]*)\\31') do f[#f + 1] = part end
+local lecture, pos_s, seq_s, duration_s, threshold, now, user, course, origin, min_presence = unpack(f)
 local h = KEYS[1]
-local lecture, pos, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local pos, seq = tonumber(pos_s), tonumber(seq_s)
 local changed, moved, completed = 0, 0, 0
 local current = tonumber(redis.call('HGET', h, 'seq') or '-1')
-if seq == current then return {0, 0} end
+if seq == current then return {{0, 0}} end
 if seq > current then
-  redis.call('HSET', h, 'lecture', lecture, 'pos', ARGV[2], 'seq', ARGV[3])
+  redis.call('HSET', h, 'lecture', lecture, 'pos', pos_s, 'seq', seq_s)
   changed, moved = 1, 1
 end
 local wkey = 'w:' .. lecture
 local watched = tonumber(redis.call('HGET', h, wkey) or '0')
 if pos > watched then
-  redis.call('HSET', h, wkey, ARGV[2])
+  redis.call('HSET', h, wkey, pos_s)
   watched, changed = pos, 1
 end
-local duration = tonumber(ARGV[4])
-if duration and duration > 0 and watched >= tonumber(ARGV[5]) * duration then
-  if redis.call('HSETNX', h, 'c:' .. lecture, ARGV[6]) == 1 then completed, changed = 1, 1 end
+local duration = tonumber(duration_s)
+if duration and duration > 0 and watched >= tonumber(threshold) * duration then
+  if redis.call('HSETNX', h, 'c:' .. lecture, now) == 1 then completed, changed = 1, 1 end
 end
 if changed == 1 then
   redis.call('HINCRBY', h, 'rev', 1)
-  redis.call('HSET', h, 'upd', ARGV[6])
+  redis.call('HSET', h, 'upd', now)
   redis.call('PERSIST', h)
 end
-if moved == 1 and ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
-return {moved, completed}
+if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_presence) then
+  -- ids are restricted to [A-Za-z0-9_-], so they need no JSON escaping
+  local event = '{{"courseId":"' .. course .. '","lectureId":"' .. lecture .. '","position":' .. pos_s
+    .. ',"seq":' .. seq_s .. ',"origin":"' .. origin .. '"}}'
+  redis.call('PUBLISH', '{keys.USER_CHANNEL_PREFIX}' .. user, event)
+end
+return {{moved, completed}}
 """
 
 # KEYS: progress hash. ARGV: lecture, now ms. Returns 1 when newly completed.
@@ -86,6 +98,9 @@ class Ping:
     seq: int
     duration: float | None
     origin: str = ""
+    # Publish a move only when the user has at least this many WebSocket connections open: 2 for a
+    # ping from one of them (someone else to tell), 1 for the HTTP fallback.
+    min_presence: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,16 +136,15 @@ class ProgressStore:
         # EVALSHA by hand: redis-py's Script objects cost a SCRIPT EXISTS round trip and tens of
         # microseconds per call inside a pipeline, on the hottest path of the gateway.
         pipe = self.redis.pipeline(transaction=False)
-        encode = json_encoder.encode
+        sha, threshold = self._ping_sha, self.threshold
         for p in pings:
-            key = keys.progress(p.user_id, p.course_id)
-            event = encode(ProgressEvent(p.course_id, p.lecture_id, p.position, p.seq, p.origin))
             duration = "" if p.duration is None else repr(p.duration)
-            channel = keys.user_channel(p.user_id)
-            pipe.execute_command(
-                "EVALSHA", self._ping_sha, 1, key, p.lecture_id, repr(p.position), p.seq, duration,
-                self.threshold, now_ms, channel, event,
-            )  # fmt: skip
+            fields = (
+                f"{p.lecture_id}\x1f{p.position!r}\x1f{p.seq}\x1f{duration}\x1f{threshold}\x1f{now_ms}"
+                f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}"
+            )
+            key = keys.progress(p.user_id, p.course_id)
+            pipe.execute_command("EVALSHA", sha, 2, key, keys.presence(p.user_id), fields)
         # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
         pipe.sadd(keys.PROGRESS_DIRTY, *{keys.progress(p.user_id, p.course_id) for p in pings})
         replies = await pipe.execute(raise_on_error=False)
@@ -155,28 +169,19 @@ class ProgressStore:
         return found
 
 
-def completion_event(
-    *,
-    user_id: str,
-    course_id: str,
-    lecture_id: str,
-    ts_ms: int,
-    tz: str,
-    name: str,
-    region: str | None,
-    marks: int,
-) -> CompletionEvent:
-    event_id = str(uuid.uuid5(COMPLETION_NAMESPACE, f"{user_id}|{course_id}|{lecture_id}"))
+def completion_event(claims: Claims, meta: CourseMeta, lecture_id: str, ts_ms: int) -> CompletionEvent:
+    """The completion of ``lecture_id`` by the user of ``claims`` (one id per user and lecture)."""
+    event_id = str(uuid.uuid5(COMPLETION_NAMESPACE, f"{claims.sub}|{meta.course_id}|{lecture_id}"))
     return CompletionEvent(
         event_id=event_id,
-        user_id=user_id,
-        course_id=course_id,
+        user_id=claims.sub,
+        course_id=meta.course_id,
         lecture_id=lecture_id,
         ts_ms=ts_ms,
-        tz=tz,
-        name=name,
-        region=region,
-        marks=marks,
+        tz=claims.tz,
+        name=claims.name,
+        region=claims.region,
+        marks=meta.marks.get(lecture_id, 0),
     )
 
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from contract.errors import BadRequest
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``. Raises BadRequest (``bad_timezone``) for an unknown one."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadRequest(f"unknown time zone {name!r}", code="bad_timezone") from None
 
 
 def local_day(ts_ms: int, tz: str) -> dt.date:

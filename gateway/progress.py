@@ -15,7 +15,7 @@ import logging
 import time
 
 from contract.auth import Claims
-from contract.courses import CourseCatalog
+from contract.courses import CourseCatalog, CourseMeta
 from contract.messages import CompletionEvent, ProgressPing
 from contract.progress import Ping, PingResult, ProgressStore, completion_event, emit_completions
 
@@ -35,7 +35,7 @@ class ProgressWriter:
     def __init__(self, store: ProgressStore, catalog: CourseCatalog) -> None:
         self.store = store
         self.catalog = catalog
-        self._pending: list[tuple[Ping, Claims, int, asyncio.Future[PingResult]]] = []
+        self._pending: list[tuple[Ping, Claims, CourseMeta, asyncio.Future[PingResult]]] = []
         self._unsent: list[CompletionEvent] = []
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0
@@ -72,9 +72,10 @@ class ProgressWriter:
             seq=ping.seq,
             duration=duration,
             origin=origin,
+            min_presence=2,
         )
         future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, claims, meta.marks.get(ping.lecture_id, 0), future))
+        self._pending.append((item, claims, meta, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await future
@@ -87,17 +88,8 @@ class ProgressWriter:
                 self.round_trips += 1
                 results = await self.store.save([item for item, _, _, _ in batch], now_ms)
                 completions = [
-                    completion_event(
-                        user_id=item.user_id,
-                        course_id=item.course_id,
-                        lecture_id=item.lecture_id,
-                        ts_ms=now_ms,
-                        tz=claims.tz,
-                        name=claims.name,
-                        region=claims.region,
-                        marks=marks,
-                    )
-                    for (item, claims, marks, _), result in zip(batch, results, strict=True)
+                    completion_event(claims, meta, item.lecture_id, now_ms)
+                    for (item, claims, meta, _), result in zip(batch, results, strict=True)
                     if result.completed
                 ]
                 self._unsent.extend(completions)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from contract import keys
 from contract.auth import Claims, token_from_request
 from contract.boards import resolve
 from contract.errors import AuthError, BoardNameError
@@ -42,6 +44,8 @@ CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 MAX_BOARDS_PER_CONNECTION = 20
+PRESENCE_TTL_S = 24 * 3600
+log = logging.getLogger("scorecast.gateway.ws")
 
 
 def encode(message: msgspec.Struct) -> str:
@@ -85,6 +89,7 @@ class Session:
         hub = self.st.hub
         hub.register(self.conn)
         writer = asyncio.create_task(self._write_loop())
+        await self._presence(+1)
         try:
             await self._read_loop()
         except WebSocketDisconnect:
@@ -95,6 +100,20 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             hub.unregister(self.conn)
+            await self._presence(-1)
+
+    async def _presence(self, delta: int) -> None:
+        """Count the user's open connections in Redis: autosave pings publish a move only when
+        another connection of the user may be listening. A lost update only costs a needless
+        publish (too high) or is healed by the key's expiry."""
+        key = keys.presence(self.conn.user_id)
+        try:
+            pipe = self.st.redis.pipeline(transaction=False)
+            pipe.incrby(key, delta)
+            pipe.expire(key, PRESENCE_TTL_S)
+            await pipe.execute()
+        except Exception:
+            log.warning("presence update failed for %s", self.conn.user_id, exc_info=True)
 
     # ------------------------------------------------------------ in
     async def _read_loop(self) -> None:

@@ -19,23 +19,19 @@ import datetime as dt
 import logging
 from collections.abc import Collection
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 
 from contract import keys
 from contract.courses import CourseCatalog
+from contract.errors import BadRequest
 from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
 from contract.settings import Settings
-from contract.streaks import Streak, local_day
+from contract.streaks import Streak, local_day, zone
 from ingest.consumer import Entry, StreamConsumer
+from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id
 
 log = logging.getLogger("scorecast.achievements")
-
-PROGRESS = "progress"
-ACTIVITY = "activity"
-STATS = "student_stats"
-COMPLETIONS = "completions"
 
 
 async def record_activity(db: Any, user_id: str, day: dt.date, event_id: str) -> bool:
@@ -101,7 +97,7 @@ class Achievements:
         if unlocks:
             additions["unlockedLectures"] = unlocks
         await self.db[PROGRESS].update_one(
-            {"_id": f"{event.user_id}|{event.course_id}"},
+            {"_id": progress_id(event.user_id, event.course_id)},
             {"$addToSet": additions, "$setOnInsert": {"userId": event.user_id, "courseId": event.course_id}},
             upsert=True,
         )
@@ -117,7 +113,10 @@ class Achievements:
             },
             upsert=True,
         )
-        tz = event.tz if _valid_zone(event.tz) else "UTC"
+        try:
+            tz = zone(event.tz).key
+        except BadRequest:
+            tz = "UTC"  # the token's zone was validated at login; never drop a completion over it
         day = local_day(event.ts_ms, tz)
         await record_activity(self.db, event.user_id, day, event.event_id)
         await record_streak(self.db, event.user_id, day, tz)
@@ -136,11 +135,3 @@ class Achievements:
             source="completion",
         )
         await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(action)})
-
-
-def _valid_zone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (KeyError, ValueError):
-        return False
-    return True

@@ -28,17 +28,17 @@ from contract import keys
 from contract.clients import redis_client
 from contract.progress import ProgressStore
 from contract.settings import Settings
+from ingest.store import PROGRESS, progress_id
 
 log = logging.getLogger("scorecast.flusher")
 
-PROGRESS = "progress"
 DUPLICATE_KEY = 11000
 
 
 def operations(key: str, live: dict[str, str], now: float) -> list[UpdateOne]:
     """The MongoDB writes that make the ``progress`` document at least as new as ``live``."""
     user_id, course_id = keys.parse_progress(key)
-    doc_id = f"{user_id}|{course_id}"
+    doc_id = progress_id(user_id, course_id)
     watched = {f"w_{field[2:]}": float(value) for field, value in live.items() if field.startswith("w:")}
     completed = [field[2:] for field in live if field.startswith("c:")]
     update: dict[str, Any] = {

@@ -6,6 +6,13 @@ note on nx-27017 and dotted upserts).
                    log; its _id makes an actionId count once, ever.
 - ``board_totals`` {_id: "<board>|<userId>", board, userId, score, seq}: durable truth of
                    every board, what REBUILD reads.
+- ``courses``      {_id: courseId, title, sections, lectureCount, totalMarks} (contract.courses)
+- ``progress``     {_id: "<userId>|<courseId>", lastWatchedLecture, lastPosition, lastSeq,
+                   w_<lectureId> (seconds watched), completedLectures, unlockedLectures}
+- ``activity``     {_id: "<userId>|<YYYY-MM-DD>", userId, date, events: [eventId, ...]}
+- ``student_stats`` {_id: userId, currentStreak, longestStreak, lastActiveDate, totalCompleted, tz}
+- ``completions``  {_id: eventId, userId, courseId, lectureId, tsMs}: each lecture completion once
+- ``quizzes``      {_id: quizId, title, courseId, key, points} (ingest.api.quiz)
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ from typing import Any
 USERS = "users"
 SCORE_EVENTS = "score_events"
 BOARD_TOTALS = "board_totals"
+PROGRESS = "progress"
+ACTIVITY = "activity"
+STATS = "student_stats"
+COMPLETIONS = "completions"
+
+
+def progress_id(user_id: str, course_id: str) -> str:
+    return f"{user_id}|{course_id}"
 
 
 def total_id(board: str, user_id: str) -> str:
@@ -26,9 +41,9 @@ async def ensure_indexes(db: Any) -> None:
     """Create every index the code relies on. Idempotent; call at process start."""
     await db[BOARD_TOTALS].create_index([("board", 1), ("score", -1), ("seq", 1)])
     await db[SCORE_EVENTS].create_index([("userId", 1), ("tsMs", -1)])
-    await db["progress"].create_index([("userId", 1)])
-    await db["activity"].create_index([("userId", 1), ("date", 1)])
-    await db["completions"].create_index([("userId", 1)])
+    await db[PROGRESS].create_index([("userId", 1)])
+    await db[ACTIVITY].create_index([("userId", 1), ("date", 1)])
+    await db[COMPLETIONS].create_index([("userId", 1)])
 
 
 def user_doc(name: str, avatar_url: str | None, region: str | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 
 from contract import keys
 from contract.boards import segments_for
-from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore
+from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore, Profile
 from contract.clients import redis_client
 from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
 from contract.settings import Settings
@@ -162,12 +162,10 @@ class ScoreWorker:
             ],
             ordered=False,
         )
-        pipe = self.redis.pipeline(transaction=False)
-        for uid, a in users.items():
-            profile = keys.user_profile(uid)
-            pipe.hset(profile, mapping={"name": a.name, "avatarUrl": a.avatar_url or ""})
-            pipe.expire(profile, self.settings.user_cache_ttl_s)
-        await pipe.execute()
+        await self.boards.cache_profiles(
+            {uid: Profile(name=a.name, avatar_url=a.avatar_url) for uid, a in users.items()},
+            ttl_s=self.settings.user_cache_ttl_s,
+        )
 
     async def _publish(self, versions: dict[str, int]) -> None:
         if not versions:

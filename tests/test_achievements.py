@@ -9,12 +9,22 @@ from typing import Any
 import httpx
 
 from contract import keys
-from contract.auth import TokenIssuer
+from contract.auth import Claims, TokenIssuer
+from contract.courses import CourseMeta
 from contract.messages import json_encoder, stream_entry_decoder
 from contract.progress import completion_event
 from contract.settings import Settings
-from ingest.achievements import ACTIVITY, Achievements
+from ingest.achievements import Achievements
+from ingest.store import ACTIVITY
 from tests.helpers import bearer
+
+COURSE = CourseMeta(
+    course_id="py",
+    title="Python",
+    lecture_order=["intro", "a", "b", "c", "d"],
+    durations=dict.fromkeys(["intro", "a", "b", "c", "d"], 60.0),
+    marks=dict.fromkeys(["intro", "a", "b", "c", "d"], 3),
+)
 
 
 def at(day: int, hour: int, minute: int = 0) -> int:
@@ -22,16 +32,8 @@ def at(day: int, hour: int, minute: int = 0) -> int:
 
 
 def event(user: str, lecture: str, ts_ms: int, tz: str = "UTC") -> Any:
-    return completion_event(
-        user_id=user,
-        course_id="py",
-        lecture_id=lecture,
-        ts_ms=ts_ms,
-        tz=tz,
-        name=user.title(),
-        region="EU",
-        marks=3,
-    )
+    claims = Claims(sub=user, name=user.title(), exp=0, iat=0, jti="", region="EU", tz=tz)
+    return completion_event(claims, COURSE, lecture, ts_ms)
 
 
 def entry(e: Any, n: int) -> tuple[str, dict[str, str]]:

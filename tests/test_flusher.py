@@ -14,7 +14,8 @@ from contract.progress import Ping, ProgressStore
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port, mongo_server
-from ingest.flusher import PROGRESS, Flusher
+from ingest.flusher import Flusher
+from ingest.store import PROGRESS
 from tests.eventually import eventually
 
 

@@ -276,3 +276,18 @@ async def test_many_concurrent_pings_share_round_trips(stack: Stack, issuer: Tok
         finally:
             for ws in sockets:
                 await ws.close()
+
+
+async def test_presence_counts_the_users_open_connections(stack: Stack, token: str, redis: Any) -> None:
+    stack.start("gateway")
+    key = keys.presence("ada")
+    async with connect(ws_url(stack, token)) as first:
+        await first.send(json.dumps({"type": "ping"}))
+        await recv(first)
+        assert await redis.get(key) == "1"
+        async with connect(ws_url(stack, token)) as second:
+            await second.send(json.dumps({"type": "ping"}))
+            await recv(second)
+            assert await redis.get(key) == "2"
+        assert await eventually(lambda: redis.get(key), until=lambda v: v == "1") == "1"
+    assert await eventually(lambda: redis.get(key), until=lambda v: v == "0") == "0"

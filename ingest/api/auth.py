@@ -8,17 +8,17 @@ removed atomically (GETDEL) at use.
 
 from __future__ import annotations
 
-import zoneinfo
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contract import keys
 from contract.auth import Claims
-from contract.errors import AuthError, BadRequest, NotFound
+from contract.boardstore import Profile
+from contract.errors import AuthError, NotFound
 from contract.http import JSONResponse, decode_body
 from contract.messages import LoginRequest, RefreshRequest, TokenPair
+from contract.streaks import zone
 from ingest import store
 from ingest.api.state import IngestState, state
 
@@ -42,10 +42,7 @@ async def login(request: Request) -> Response:
     if not st.settings.dev_login_enabled:
         raise NotFound("development login is disabled")
     body = await decode_body(request, LoginRequest, max_bytes=st.settings.max_body_bytes)
-    try:
-        zoneinfo.ZoneInfo(body.time_zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise BadRequest(f"unknown time zone {body.time_zone!r}", code="bad_timezone") from None
+    zone(body.time_zone)
     region = body.region.upper() if body.region else None
     claims = Claims(
         sub=body.user_id,
@@ -58,13 +55,8 @@ async def login(request: Request) -> Response:
         avatar_url=body.avatar_url,
         tz=body.time_zone,
     )
-    profile = keys.user_profile(body.user_id)
-    pipe = st.redis.pipeline(transaction=False)
-    pipe.hset(
-        profile, mapping={"name": body.name, "avatarUrl": body.avatar_url or "", "region": region or ""}
-    )
-    pipe.expire(profile, st.settings.user_cache_ttl_s)
-    await pipe.execute()
+    profile = Profile(name=body.name, avatar_url=body.avatar_url)
+    await st.boards.cache_profiles({body.user_id: profile}, ttl_s=st.settings.user_cache_ttl_s)
     await st.mongo[store.USERS].update_one(
         {"_id": body.user_id},
         {"$set": {**store.user_doc(body.name, body.avatar_url, region), "tz": body.time_zone}},

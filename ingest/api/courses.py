@@ -6,7 +6,6 @@ the Redis course metadata that pings are validated against (see ``contract.cours
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -17,17 +16,13 @@ from starlette.routing import BaseRoute, Route
 
 from contract.courses import COURSES, CourseMeta, meta_from_doc
 from contract.errors import BadRequest, NotFound
-from contract.http import JSONResponse, decode_body
-from contract.messages import KEY_PATTERN, CourseIn
+from contract.http import JSONResponse, decode_body, path_param
+from contract.messages import CourseIn, KeyId
 from ingest.api.state import IngestState, authenticate, state
-
-_KEY = re.compile(KEY_PATTERN)
 
 
 def course_id_param(request: Request) -> str:
-    course_id: str = request.path_params["course_id"]
-    if not _KEY.match(course_id):
-        raise BadRequest("courseId must be 1-64 letters, digits, '_' or '-'", code="bad_id")
+    course_id: str = path_param(request, "course_id", KeyId)
     return course_id
 
 

@@ -9,27 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-import zoneinfo
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from contract.errors import BadRequest
 from contract.http import JSONResponse
-from contract.streaks import local_day
-from ingest.achievements import ACTIVITY, record_activity, record_streak
+from contract.streaks import local_day, zone
+from ingest.achievements import record_activity, record_streak
 from ingest.api.scores import int_param
 from ingest.api.state import authenticate, state
-
-
-def zone_param(request: Request, default: str) -> str:
-    tz = request.query_params.get("tz", default)
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise BadRequest(f"unknown time zone {tz!r}", code="bad_timezone") from None
-    return tz
+from ingest.store import ACTIVITY
 
 
 async def mark(request: Request) -> Response:
@@ -45,8 +35,7 @@ async def data(request: Request) -> Response:
     st = state(request)
     claims = authenticate(request)
     days = int_param(request, "days", 365, 1, 366)
-    tz = zone_param(request, claims.tz)
-    today = dt.datetime.now(zoneinfo.ZoneInfo(tz)).date()
+    today = dt.datetime.now(zone(request.query_params.get("tz", claims.tz))).date()
     first = (today - dt.timedelta(days=days - 1)).isoformat()
     cursor = (
         st.mongo[ACTIVITY]

@@ -22,12 +22,7 @@ from contract.messages import ProgressCompleteRequest, ProgressSaveRequest
 from contract.progress import Ping, ProgressView, completion_event, emit_completions, merge
 from ingest.api.courses import course_id_param, course_meta
 from ingest.api.state import IngestState, authenticate, state
-
-PROGRESS = "progress"
-
-
-def progress_id(user_id: str, course_id: str) -> str:
-    return f"{user_id}|{course_id}"
+from ingest.store import PROGRESS, progress_id
 
 
 def lecture_of(meta: CourseMeta, lecture_id: str) -> float:
@@ -40,16 +35,7 @@ def lecture_of(meta: CourseMeta, lecture_id: str) -> float:
 async def emit_completion(
     st: IngestState, claims: Claims, meta: CourseMeta, lecture_id: str, now_ms: int
 ) -> None:
-    event = completion_event(
-        user_id=claims.sub,
-        course_id=meta.course_id,
-        lecture_id=lecture_id,
-        ts_ms=now_ms,
-        tz=claims.tz,
-        name=claims.name,
-        region=claims.region,
-        marks=meta.marks.get(lecture_id, 0),
-    )
+    event = completion_event(claims, meta, lecture_id, now_ms)
     await emit_completions(st.redis, [event])
 
 

@@ -7,28 +7,23 @@ with the submission's actionId, so a resubmission is counted once.
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from contract.errors import BadRequest, NotFound
-from contract.http import JSONResponse, decode_body
-from contract.messages import ID_PATTERN, QuizGraded, QuizIn, QuizSubmitRequest
+from contract.errors import NotFound
+from contract.http import JSONResponse, decode_body, path_param
+from contract.messages import Id, QuizGraded, QuizIn, QuizSubmitRequest
 from ingest.api.scores import action_for, check_rate, enqueue
 from ingest.api.state import authenticate, state
 
 QUIZZES = "quizzes"
-_ID = re.compile(ID_PATTERN)
 
 
 async def put_quiz(request: Request) -> Response:
     st = state(request)
     authenticate(request, role="admin")
-    quiz_id = request.path_params["quiz_id"]
-    if not _ID.match(quiz_id):
-        raise BadRequest("quizId must be 1-64 letters, digits, '.', '_' or '-'", code="bad_id")
+    quiz_id: str = path_param(request, "quiz_id", Id)
     body = await decode_body(request, QuizIn, max_bytes=st.settings.max_body_bytes)
     doc = {
         "title": body.title,

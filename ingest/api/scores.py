@@ -152,17 +152,12 @@ async def hydrate(st: IngestState, rows: Sequence[Row]) -> list[LeaderboardEntry
     profiles = await st.boards.profiles(user_ids)
     missing = [u for u in user_ids if u not in profiles]
     if missing:
-        pipe = st.redis.pipeline(transaction=False)
-        async for doc in st.mongo[store.USERS].find({"_id": {"$in": missing}}):
-            profiles[doc["_id"]] = Profile(
-                name=doc.get("name") or doc["_id"], avatar_url=doc.get("avatarUrl")
-            )
-            profile = keys.user_profile(doc["_id"])
-            pipe.hset(
-                profile, mapping={"name": profiles[doc["_id"]].name, "avatarUrl": doc.get("avatarUrl") or ""}
-            )
-            pipe.expire(profile, st.settings.user_cache_ttl_s)
-        await pipe.execute()
+        loaded = {
+            doc["_id"]: Profile(name=doc.get("name") or doc["_id"], avatar_url=doc.get("avatarUrl"))
+            async for doc in st.mongo[store.USERS].find({"_id": {"$in": missing}})
+        }
+        await st.boards.cache_profiles(loaded, ttl_s=st.settings.user_cache_ttl_s)
+        profiles.update(loaded)
     entries = []
     for r in rows:
         p = profiles.get(r.user_id)
@@ -172,7 +167,7 @@ async def hydrate(st: IngestState, rows: Sequence[Row]) -> list[LeaderboardEntry
                 user_id=r.user_id,
                 name=p.name if p else r.user_id,
                 score=r.score,
-                avatar_url=(p.avatar_url or None) if p else None,
+                avatar_url=p.avatar_url if p else None,
             )
         )
     return entries

@@ -7,7 +7,6 @@ whether the current streak is still alive today, in the learner's time zone.
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,9 +15,9 @@ from starlette.routing import BaseRoute, Route
 from contract.courses import COURSES
 from contract.http import JSONResponse
 from contract.progress import percentage
-from contract.streaks import Streak
-from ingest.achievements import PROGRESS, STATS
+from contract.streaks import Streak, zone
 from ingest.api.state import authenticate, state
+from ingest.store import PROGRESS, STATS
 
 
 async def student(request: Request) -> Response:
@@ -26,7 +25,7 @@ async def student(request: Request) -> Response:
     claims = authenticate(request)
     doc = await st.mongo[STATS].find_one({"_id": claims.sub}) or {}
     streak = Streak.from_doc(doc)
-    today = dt.datetime.now(zoneinfo.ZoneInfo(doc.get("tz") or claims.tz)).date()
+    today = dt.datetime.now(zone(doc.get("tz") or claims.tz)).date()
     return JSONResponse(
         {
             "currentStreak": streak.current_on(today),
