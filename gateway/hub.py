@@ -329,7 +329,12 @@ class Hub:
             names = list(self.boards)
             if names:
                 try:
-                    versions = await self.redis.mget([keys.board_keys(n).version for n in names])
+                    # One GET per board in a pipeline, not MGET: boards live in different slots
+                    # of a Redis Cluster.
+                    pipe = self.redis.pipeline(transaction=False)
+                    for name in names:
+                        pipe.get(keys.board_keys(name).version)
+                    versions = await pipe.execute()
                 except Exception:
                     log.warning("version check failed", exc_info=True)
                     continue
