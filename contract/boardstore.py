@@ -11,12 +11,14 @@ Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
+STAGING_TTL_S = 3600
 
 # KEYS: zset, version, members, guard. ARGV: userId, increment, guard ttl (s).
 # Returns {status, total, seq}: seq is the board version at which the user reached total.
@@ -66,7 +68,11 @@ table.insert(rows, 1, tonumber(version))
 return rows
 """
 
-# KEYS: zset, version, members, staging zset, staging members. ARGV: version, force (0/1).
+# KEYS: zset, version, members, staging zset, staging members, guard1, guard2, ...
+# ARGV: version, force (0/1), guard ttl (s). Returns the committed version, or 0 when the board
+# came back meanwhile (without force). The guards mark actions the staged totals already count.
+# Staging keys carry a TTL (a rebuilder that dies leaves nothing behind); RENAME moves the TTL
+# along, so the committed keys are made persistent.
 _COMMIT_REBUILD = """
 if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('DEL', KEYS[4], KEYS[5])
@@ -76,10 +82,17 @@ local version = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current > version then version = current end
 redis.call('DEL', KEYS[1], KEYS[3])
-if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('RENAME', KEYS[4], KEYS[1]) end
-if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('RENAME', KEYS[5], KEYS[3]) end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[1])
+  redis.call('PERSIST', KEYS[1])
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('RENAME', KEYS[5], KEYS[3])
+  redis.call('PERSIST', KEYS[3])
+end
 redis.call('SET', KEYS[2], version)
-return 1
+for i = 6, #KEYS do redis.call('SET', KEYS[i], version, 'EX', tonumber(ARGV[3])) end
+return version
 """
 
 
@@ -196,32 +209,48 @@ class BoardStore:
     async def exists(self, board: str) -> bool:
         return bool(await self.redis.exists(board_keys(board).version))
 
+    async def version(self, board: str) -> int:
+        """The board's version, 0 when the board is missing."""
+        return int(await self.redis.get(board_keys(board).version) or 0)
+
     async def stage_and_commit(
-        self, board: str, rows: Iterable[tuple[str, int, int]], *, version: int, force: bool
-    ) -> bool:
+        self,
+        board: str,
+        rows: Iterable[tuple[str, int, int]],
+        *,
+        version: int,
+        force: bool,
+        counted: Sequence[str] = (),
+    ) -> int:
         """Replace ``board`` with (userId, score, seq) rows, atomically at the commit.
 
-        Without ``force`` the commit is a no-op when the board came back meanwhile. Returns
-        whether the board was replaced.
+        ``counted`` are actionIds the rows already include: the commit sets their guards, so a
+        later apply of one of them is a no-op. Without ``force`` the commit is a no-op when the
+        board came back meanwhile. Returns the committed version, or 0 when nothing changed.
         """
         keys: BoardKeys = board_keys(board)
-        await self.redis.delete(keys.staging_zset, keys.staging_members)
+        # Concurrent rebuilds of one board (the read API and a worker, say) stage apart.
+        staging = keys.staging(secrets.token_hex(8))
         chunk: list[tuple[str, int, int]] = []
         for row in rows:
             chunk.append(row)
             if len(chunk) >= 1000:
-                await self._stage(keys, chunk)
+                await self._stage(staging, chunk)
                 chunk = []
         if chunk:
-            await self._stage(keys, chunk)
-        keyset = [keys.zset, keys.version, keys.members, keys.staging_zset, keys.staging_members]
-        return bool(await self._commit(keys=keyset, args=[version, int(force)]))
+            await self._stage(staging, chunk)
+        keyset = [keys.zset, keys.version, keys.members, *staging]
+        keyset += [keys.guard(action_id) for action_id in counted]
+        return int(await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s]))
 
-    async def _stage(self, keys: BoardKeys, chunk: list[tuple[str, int, int]]) -> None:
+    async def _stage(self, staging: tuple[str, str], chunk: list[tuple[str, int, int]]) -> None:
+        zset, members_key = staging
         members = {f"{SEQ_CEILING - seq:0{SEQ_DIGITS}d}{user_id}": score for user_id, score, seq in chunk}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.staging_zset, members)
-        pipe.hset(keys.staging_members, mapping={m[SEQ_DIGITS:]: m for m in members})
+        pipe.zadd(zset, members)
+        pipe.hset(members_key, mapping={m[SEQ_DIGITS:]: m for m in members})
+        pipe.expire(zset, STAGING_TTL_S)
+        pipe.expire(members_key, STAGING_TTL_S)
         await pipe.execute()
 
     async def cache_profiles(self, profiles: Mapping[str, Profile], *, ttl_s: int) -> None:

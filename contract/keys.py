@@ -36,12 +36,14 @@ class BoardKeys:
     version: str
     members: str
     guard_prefix: str
-    rebuild_lock: str
-    staging_zset: str
-    staging_members: str
+    staging_prefix: str
 
     def guard(self, action_id: str) -> str:
         return f"{self.guard_prefix}{action_id}"
+
+    def staging(self, token: str) -> tuple[str, str]:
+        """The (zset, members) keys one rebuild stages into; each rebuild has its own token."""
+        return f"{self.staging_prefix}{token}:z", f"{self.staging_prefix}{token}:m"
 
 
 def board_keys(name: str) -> BoardKeys:
@@ -53,9 +55,7 @@ def board_keys(name: str) -> BoardKeys:
         version=f"{tag}:v",
         members=f"{tag}:m",
         guard_prefix=f"{tag}:a:",
-        rebuild_lock=f"{tag}:rebuild",
-        staging_zset=f"{tag}:z:staging",
-        staging_members=f"{tag}:m:staging",
+        staging_prefix=f"{tag}:staging:",
     )
 
 

@@ -5,7 +5,7 @@ note on nx-27017 and dotted upserts).
 - ``score_events`` {_id: actionId, userId, increment, boards, tsMs, source, applied}: the audit
                    log; its _id makes an actionId count once, ever.
 - ``board_totals`` {_id: "<board>|<userId>", board, userId, score, seq}: durable truth of
-                   every board, what REBUILD reads.
+                   every board, what REBUILD reads (with the actions still in flight).
 - ``courses``      {_id: courseId, title, sections, lectureCount, totalMarks} (contract.courses)
 - ``progress``     {_id: "<userId>|<courseId>", lastWatchedLecture, lastPosition, lastSeq,
                    w_<lectureId> (seconds watched), completedLectures, unlockedLectures}
@@ -41,6 +41,7 @@ async def ensure_indexes(db: Any) -> None:
     """Create every index the code relies on. Idempotent; call at process start."""
     await db[BOARD_TOTALS].create_index([("board", 1), ("score", -1), ("seq", 1)])
     await db[SCORE_EVENTS].create_index([("userId", 1), ("tsMs", -1)])
+    await db[SCORE_EVENTS].create_index([("boards", 1), ("applied", 1)])
     await db[PROGRESS].create_index([("userId", 1)])
     await db[ACTIVITY].create_index([("userId", 1), ("date", 1)])
     await db[COMPLETIONS].create_index([("userId", 1)])

@@ -6,7 +6,8 @@ Per batch, in this order (each step is idempotent, so a crash anywhere is repair
    audit log, and what makes an actionId count once even after Redis lost its guards;
 2. actions whose event is already ``applied: true`` are dropped;
 3. one pipelined round trip applies every (board, action) step in Redis (atomic and idempotent
-   per board); a missing board is rebuilt from MongoDB and the step re-applied;
+   per board); a missing board is rebuilt from MongoDB (counting the actions in flight, this
+   batch's among them; see ``ingest.rebuild``) and the step re-applied;
 4. ``board_totals`` and ``users`` bulk upserts, then the events are marked applied;
 5. one ``BoardEvent`` per changed board is published with its newest version;
 6. the consumer XACKs (only after MongoDB acknowledged).
@@ -83,8 +84,8 @@ class ScoreWorker:
                 poison.add(entry_id)
                 continue
             if isinstance(entry, RebuildRequest):
-                if await rebuild_board(self.boards, self.db, entry.board, force=entry.force):
-                    version = int(await self.redis.get(keys.board_keys(entry.board).version) or 0)
+                version = await rebuild_board(self.boards, self.db, entry.board, force=entry.force)
+                if version:
                     await self._publish({entry.board: version})
             else:
                 actions.setdefault(entry.action_id, entry)
@@ -116,15 +117,18 @@ class ScoreWorker:
             return
         steps = [(board, a.action_id, a.user_id, a.increment) for a in todo for board in boards_of(a)]
         results = await self.boards.apply_many(steps)
+        newest: dict[str, int] = {}
         missing = {r.board for r in results if r.status == MISSING}
         if missing:
+            # A rebuild counts this batch's actions itself (they are in flight), so their
+            # retried steps answer ALREADY_APPLIED: the rebuilt board's version is published.
             for board in missing:
-                await rebuild_board(self.boards, self.db, board, force=False)
+                rebuilt = await rebuild_board(self.boards, self.db, board, force=False)
+                newest[board] = rebuilt or await self.boards.version(board)
             retried = iter(await self.boards.apply_many(s for s in steps if s[0] in missing))
             results = [next(retried) if r.status == MISSING else r for r in results]
         await self._persist(todo, steps, results)
         await events.update_many({"_id": {"$in": [a.action_id for a in todo]}}, {"$set": {"applied": True}})
-        newest: dict[str, int] = {}
         for r in results:
             if r.status == APPLIED:
                 newest[r.board] = max(newest.get(r.board, 0), r.seq)

@@ -86,3 +86,21 @@ async def test_range_query_sorted_with_projection_and_counts(mongo: Any) -> None
     assert await mongo.c.count_documents({"userId": "u"}) == 2
     await mongo.c.replace_one({"_id": "v|2026-11-02"}, {"userId": "v", "date": "x"}, upsert=True)
     assert (await mongo.c.find_one({"_id": "v|2026-11-02"}))["date"] == "x"
+
+
+async def test_array_membership_matches_in_find_through_a_multikey_index(mongo: Any) -> None:
+    """REBUILD finds a board's events by membership in their ``boards`` array. (nx-27017's
+    aggregate ``$match`` does not match array membership, so the code sums in Python.)"""
+    await mongo.ev.create_index([("boards", 1), ("applied", 1)])
+    await mongo.ev.insert_many(
+        [
+            {"_id": "a1", "userId": "ada", "boards": ["global", "weekly:x"], "applied": True},
+            {"_id": "a2", "userId": "ada", "boards": ["global"], "applied": False},
+            {"_id": "b1", "userId": "bob", "boards": ["weekly:x"], "applied": False},
+        ]
+    )
+    in_flight = [d["_id"] async for d in mongo.ev.find({"boards": "global", "applied": False})]
+    assert in_flight == ["a2"]
+    users = [d["_id"] async for d in mongo.ev.find({"userId": {"$in": ["ada", "bob"]}, "boards": "weekly:x"})]
+    assert sorted(users) == ["a1", "b1"]
+    assert await mongo.ev.find_one({"boards": "monthly:y"}) is None

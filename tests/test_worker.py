@@ -14,9 +14,11 @@ import pytest
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.boards import monthly_name, weekly_name
+from contract.boardstore import ALREADY_APPLIED, APPLIED, BoardStore
 from devstack.processes import Stack
 from ingest import store
 from ingest.consumer import StreamConsumer
+from ingest.rebuild import rebuild_board
 from tests.eventually import eventually
 from tests.helpers import bearer
 
@@ -246,6 +248,45 @@ async def test_admin_rebuild_replaces_a_drifted_board(stack: Stack, issuer: Toke
         r = await http.post("/api/v1/admin/boards/global/rebuild", headers=bearer(admin))
         assert r.status_code == 202
         assert await eventually(lambda: board(http), until=lambda got: got == [("a", 10)]) == [("a", 10)]
+
+
+@pytest.mark.parametrize("totals_include_in_flight", [False, True])
+async def test_rebuild_counts_an_action_in_flight_exactly_once(
+    redis: Any, mongo: Any, totals_include_in_flight: bool
+) -> None:
+    """Redis lost the board while a worker was between its Redis step and MongoDB: the event is
+    stored but not yet marked applied, and its total may or may not have reached board_totals."""
+    await store.ensure_indexes(mongo)
+    boards = BoardStore(redis)
+    events = [
+        {"_id": "a1", "userId": "ada", "increment": 10, "boards": ["global"], "tsMs": 1, "applied": True},
+        {"_id": "b1", "userId": "bob", "increment": 12, "boards": ["global"], "tsMs": 2, "applied": True},
+        {"_id": "a2", "userId": "ada", "increment": 5, "boards": ["global"], "tsMs": 3, "applied": False},
+        {"_id": "c1", "userId": "cy", "increment": 7, "boards": ["global"], "tsMs": 4, "applied": False},
+    ]
+    await mongo[store.SCORE_EVENTS].insert_many(events)
+    ada = 15 if totals_include_in_flight else 10
+    await mongo[store.BOARD_TOTALS].insert_many(
+        [
+            {"_id": "global|ada", "board": "global", "userId": "ada", "score": ada, "seq": 1},
+            {"_id": "global|bob", "board": "global", "userId": "bob", "score": 12, "seq": 2},
+        ]
+    )
+    # The read API and a worker may rebuild at once: one commit wins, neither spoils the other.
+    versions = await asyncio.gather(*(rebuild_board(boards, mongo, "global", force=False) for _ in range(3)))
+    assert [v for v in versions if v] == [await boards.version("global")]
+    top = await boards.top("global", 10)
+    assert [(r.user_id, r.score) for r in top.rows] == [("ada", 15), ("bob", 12), ("cy", 7)]
+    # The worker finishing its batch applies a2 and c1 again: counted already, they change nothing.
+    again = await boards.apply_many([("global", "a2", "ada", 5), ("global", "c1", "cy", 7)])
+    assert [(r.status, r.total) for r in again] == [(ALREADY_APPLIED, 15), (ALREADY_APPLIED, 7)]
+    # A later action counts as usual.
+    later = await boards.apply_many([("global", "c2", "cy", 8)])
+    assert [(r.status, r.total) for r in later] == [(APPLIED, 15)]
+    ranked = await boards.top("global", 10)
+    assert [(r.user_id, r.score) for r in ranked.rows] == [("ada", 15), ("cy", 15), ("bob", 12)]
+    # A board that came back meanwhile is left alone by a rebuild without force.
+    assert await rebuild_board(boards, mongo, "global", force=False) == 0
 
 
 async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:

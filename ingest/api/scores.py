@@ -140,7 +140,7 @@ async def ensure_board(st: IngestState, board: str) -> bool:
     """Whether ``board`` exists in Redis, rebuilding it from MongoDB when only MongoDB has it."""
     if await st.boards.exists(board):
         return True
-    if await st.mongo[store.BOARD_TOTALS].find_one({"board": board}, {"_id": 1}) is None:
+    if await st.mongo[store.SCORE_EVENTS].find_one({"boards": board}, {"_id": 1}) is None:
         return False
     await rebuild_board(st.boards, st.mongo, board, force=False)
     return True
