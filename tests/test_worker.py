@@ -291,5 +291,6 @@ async def test_rebuild_counts_an_action_in_flight_exactly_once(
 
 async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
     worker = stack.start("ingest.worker")
-    await asyncio.sleep(0.5)
+    # A SIGTERM before the interpreter has installed its handlers is the default kill; wait until it runs.
+    await eventually(lambda: asyncio.sleep(0, worker.log()), until=lambda log: "consuming" in log)
     assert worker.stop() == 0
