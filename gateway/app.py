@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
             redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
         )
         catalog = CourseCatalog(redis, mongo[settings.mongo_db], ttl_s=settings.course_meta_ttl_s)
-        writer = ProgressWriter(store, catalog)
+        writer = ProgressWriter(store, catalog, round_trips=metrics_.ping_round_trips)
         app.state.gateway = GatewayState(
             settings=settings,
             redis=redis,

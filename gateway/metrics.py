@@ -40,6 +40,11 @@ class Metrics:
         self.pings = Counter(
             "scorecast_gateway_progress_pings", "Autosave pings stored", registry=self.registry
         )
+        self.ping_round_trips = Counter(
+            "scorecast_gateway_progress_round_trips",
+            "Pipelined Redis round trips that stored autosave pings (pings per round trip = batching)",
+            registry=self.registry,
+        )
         for transport in ("sse", "ws"):
             self.connections.labels(transport)
             self.messages.labels(transport)

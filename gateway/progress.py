@@ -1,8 +1,9 @@
 """The WebSocket autosave path: pings from every connection, batched into pipelined round trips.
 
-``save()`` validates the ping against the course (cached metadata), queues it and resolves once
-Redis stored it. While one pipeline is in flight, pings from other connections gather; the next
-pipeline takes them all — no timers, so a lone ping costs one round trip and a crowd shares them.
+``submit()`` validates the ping against the course (cached metadata), queues it and hands back a
+future that resolves once Redis stored it. While one pipeline is in flight, pings from every
+connection gather; the next pipeline takes them all — no timers, so a lone ping costs one round
+trip and a crowd shares them.
 A ping that moved the resume point is published on the user's channel by the same Lua step, so
 the user's other devices follow at once. A lecture that just completed is queued on the
 completion stream before the ping is acked.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
+from prometheus_client import Counter
 
 from contract.auth import Claims
 from contract.courses import CourseCatalog, CourseMeta
@@ -32,13 +35,13 @@ class ProgressRejected(Exception):
 
 
 class ProgressWriter:
-    def __init__(self, store: ProgressStore, catalog: CourseCatalog) -> None:
+    def __init__(self, store: ProgressStore, catalog: CourseCatalog, *, round_trips: Counter) -> None:
         self.store = store
         self.catalog = catalog
         self._pending: list[tuple[Ping, Claims, CourseMeta, asyncio.Future[PingResult]]] = []
         self._unsent: list[CompletionEvent] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.round_trips = 0
+        self.round_trips = round_trips
 
     async def start(self) -> None:
         return None
@@ -47,8 +50,9 @@ class ProgressWriter:
         if self._flusher is not None:
             await asyncio.wait([self._flusher], timeout=5)
 
-    async def save(self, claims: Claims, ping: ProgressPing, *, origin: str) -> None:
-        """Store ``ping`` for ``claims.sub``; returns once Redis has it.
+    async def submit(self, claims: Claims, ping: ProgressPing, *, origin: str) -> asyncio.Future[PingResult]:
+        """Queue ``ping`` for ``claims.sub``: the future resolves once Redis has it, or fails with
+        ProgressRejected ``unavailable``.
 
         Raises ProgressRejected: ``unknown_course``, ``unknown_lecture``, ``unavailable``.
         """
@@ -78,14 +82,14 @@ class ProgressWriter:
         self._pending.append((item, claims, meta, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        await future
+        return future
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             now_ms = int(time.time() * 1000)
             try:
-                self.round_trips += 1
+                self.round_trips.inc()
                 results = await self.store.save([item for item, _, _, _ in batch], now_ms)
                 completions = [
                     completion_event(claims, meta, item.lecture_id, now_ms)

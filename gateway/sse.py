@@ -40,10 +40,11 @@ RAW_SEND = "scorecast.raw_send"
 
 
 def expose_send(app: ASGIApp) -> ASGIApp:
-    """Wrap the app so SSE streams can find the server's own ``send`` under the middleware."""
+    """Wrap the app so SSE streams and WebSockets can find the server's own ``send`` under the
+    middleware (see :class:`DirectSink` and ``gateway.ws.WebSocketSink``)."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             scope[RAW_SEND] = send
         await app(scope, receive, send)
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from typing import Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.protocol import State as WsState
 
 from contract import keys
 from contract.auth import Claims, token_from_request
@@ -34,9 +37,11 @@ from contract.messages import (
     client_message_decoder,
     json_encoder,
 )
+from contract.progress import PingResult
 from gateway.hub import Connection
 from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
+from gateway.sse import RAW_SEND
 from gateway.state import GatewayState, gateway_state
 
 CLOSE_UNAUTHORIZED = 4401
@@ -44,6 +49,7 @@ CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 MAX_BOARDS_PER_CONNECTION = 20
+MAX_PINGS_IN_FLIGHT = 16
 PRESENCE_TTL_S = 24 * 3600
 log = logging.getLogger("scorecast.gateway.ws")
 
@@ -84,6 +90,8 @@ class Session:
         )
         self.violations = 0
         self.closing = False
+        self.saving = 0  # pings submitted and not yet stored
+        self.room: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         hub = self.st.hub
@@ -146,12 +154,17 @@ class Session:
             return
         if isinstance(message, ProgressPing):
             try:
-                await self.st.writer.save(self.claims, message, origin=self.conn.id)
+                saved = await self.st.writer.submit(self.claims, message, origin=self.conn.id)
             except ProgressRejected as exc:
                 await self.violation(exc.code, exc.message)
                 return
-            self.st.metrics.pings.inc()
-            self.send(Ack(seq=message.seq))
+            # Read on while Redis stores it: a burst of pings shares a round trip and its acks
+            # go out in one write. The cap keeps the acks within the outbox.
+            self.saving += 1
+            saved.add_done_callback(functools.partial(self._saved, message.seq))
+            if self.saving >= MAX_PINGS_IN_FLIGHT:
+                self.room = asyncio.get_running_loop().create_future()
+                await self.room
         elif isinstance(message, Ping):
             self.send(Pong())
         elif isinstance(message, Subscribe):
@@ -161,6 +174,19 @@ class Session:
                 self.st.hub.unsubscribe(self.conn, resolve(message.board))
             except BoardNameError as exc:
                 await self.violation(exc.code, exc.message)
+
+    def _saved(self, seq: int, saved: asyncio.Future[PingResult]) -> None:
+        self.saving -= 1
+        if self.room is not None and not self.room.done():
+            self.room.set_result(None)
+        if saved.cancelled() or self.conn.life.state is not State.OPEN:
+            return
+        exc = saved.exception()
+        if isinstance(exc, ProgressRejected):  # Redis is unreachable: not the client's fault
+            self.send(ErrorMessage(code=exc.code, message=exc.message))
+        elif exc is None:
+            self.st.metrics.pings.inc()
+            self.send(Ack(seq=seq))
 
     async def _subscribe(self, name: str) -> None:
         try:
@@ -199,24 +225,24 @@ class Session:
             await self.websocket.close(code, reason=reason)
 
     async def _flush(self) -> None:
-        for frame in self.conn.outbox.take():
-            text = frame.ws_text if isinstance(frame, BoardFrames) else frame
-            assert isinstance(text, str)
+        for text in texts(self.conn.outbox.take()):
             await self.websocket.send_text(text)
 
     async def _write_loop(self) -> None:
         sent = self.st.metrics.messages.labels("ws")
+        sink = WebSocketSink.of(self.websocket.scope.get(RAW_SEND))
         loop = asyncio.get_running_loop()
         while True:
             pending = await self.conn.next_frames()
             if not pending:
                 break
-            for frame in pending:
-                text = frame.ws_text if isinstance(frame, BoardFrames) else frame
-                assert isinstance(text, str)
-                self.conn.sending_since = loop.time()
-                await self.websocket.send_text(text)
-                self.conn.sending_since = 0.0
+            if sink is not None and sink.writable():
+                sink.write(texts(pending))
+            else:
+                for text in texts(pending):
+                    self.conn.sending_since = loop.time()
+                    await self.websocket.send_text(text)
+                    self.conn.sending_since = 0.0
             sent.inc(len(pending))
         if self.conn.life.state is State.DRAINING and not self.closing:
             self.closing = True
@@ -226,3 +252,51 @@ class Session:
                     encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))
                 )
                 await self.websocket.close(CLOSE_RESTART)
+
+
+def texts(frames: list[object]) -> list[str]:
+    out = [frame.ws_text if isinstance(frame, BoardFrames) else frame for frame in frames]
+    assert all(isinstance(text, str) for text in out)
+    return out  # type: ignore[return-value]
+
+
+class WebSocketSink:
+    """The socket under a WebSocket, for writing every pending frame in one ``write``.
+
+    uvicorn's ``websockets-sansio`` protocol (the ``send`` bound method's owner) holds the sans-I/O
+    connection that frames messages and the transport. Through ASGI each message costs a
+    coroutine switch and a ``write(2)`` of its own; here a burst of acks and board frames goes out
+    in one. When that shape is not there — another server or WebSocket implementation — :meth:`of`
+    answers None and frames take the ASGI path, as they do while the socket is write-paused.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    @classmethod
+    def of(cls, send: object) -> WebSocketSink | None:
+        protocol = getattr(send, "__self__", None)
+        needed = ("conn", "transport", "writable", "close_sent", "handshake_complete")
+        if protocol is None or not all(hasattr(protocol, a) for a in needed):
+            return None
+        if not all(hasattr(protocol.conn, a) for a in ("send_text", "data_to_send", "state")):
+            return None
+        return cls(protocol)
+
+    def writable(self) -> bool:
+        protocol = self.protocol
+        return (
+            protocol.handshake_complete
+            and protocol.writable.is_set()
+            and not protocol.close_sent
+            and protocol.conn.state is WsState.OPEN
+            and not protocol.transport.is_closing()
+        )
+
+    def write(self, messages: list[str]) -> None:
+        conn = self.protocol.conn
+        for text in messages:
+            conn.send_text(text.encode())
+        self.protocol.transport.write(b"".join(conn.data_to_send()))

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -95,8 +96,38 @@ async def test_a_client_stuck_in_a_write_is_disconnected(settings: Settings, red
         assert not st.hub.connections
 
 
+def masked_text_frame(payload: bytes) -> bytes:
+    """One client-to-server WebSocket text frame (RFC 6455: clients mask, here with a zero key)."""
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+def open_stream_then_stop_reading(port: int, transport: str, token: str) -> socket.socket:
+    """A client with a tiny receive buffer that opens its stream and never reads again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    if transport == "sse":
+        request = (
+            f"GET /api/v1/leaderboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        sock.sendall(request.encode("ascii"))
+        assert sock.recv(12) == b"HTTP/1.1 200"
+    else:
+        request = (
+            "GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        )
+        sock.sendall(request.encode("ascii"))
+        assert sock.recv(12) == b"HTTP/1.1 101"
+        sock.sendall(masked_text_frame(b'{"type":"subscribe","board":"global"}'))
+    return sock
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
-    stack: Stack, redis: Any, issuer: TokenIssuer
+    stack: Stack, redis: Any, issuer: TokenIssuer, transport: str
 ) -> None:
     await make_board(redis)
     users = [f"user-{i:03d}-{'x' * 40}" for i in range(100)]
@@ -104,15 +135,7 @@ async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
         await redis.hset(f"user:{u}", mapping={"name": "N" * 60})
     stack.start("gateway", top_k=100, broadcast_interval_s=0.01, slow_client_timeout_s=1.0)
     token = issuer.access_token(user_id="viewer", name="Viewer")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", stack.settings.gateway_port))
-    sock.sendall(
-        f"GET /api/v1/leaderboard/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode(
-            "ascii"
-        )
-    )
-    assert sock.recv(12) == b"HTTP/1.1 200"  # then never read again
+    sock = open_stream_then_stop_reading(stack.settings.gateway_port, transport, token)
     stop = asyncio.Event()
 
     async def churn() -> None:
@@ -128,7 +151,7 @@ async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
     writer = asyncio.create_task(churn())
     try:
         await eventually(
-            lambda: open_connections(stack.gateway_url, "sse"), until=lambda n: n == 0, timeout_s=90
+            lambda: open_connections(stack.gateway_url, transport), until=lambda n: n == 0, timeout_s=90
         )
     finally:
         stop.set()

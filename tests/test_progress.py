@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -60,6 +61,19 @@ async def ping(
         )
     )
     return await recv_type(ws, "ack") if course == "py" else await recv(ws)
+
+
+async def ping_counters(stack: Stack) -> tuple[int, int]:
+    """The gateway's own counts of stored pings and of the Redis round trips that stored them."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{stack.gateway_url}/metrics")).text
+    found = [
+        re.search(rf"^scorecast_gateway_progress_{name}_total (\S+)$", text, re.M)
+        for name in ("pings", "round_trips")
+    ]
+    assert all(found), text
+    pings, round_trips = (int(float(m.group(1))) for m in found if m)
+    return pings, round_trips
 
 
 @pytest.fixture
@@ -276,6 +290,32 @@ async def test_many_concurrent_pings_share_round_trips(stack: Stack, issuer: Tok
         finally:
             for ws in sockets:
                 await ws.close()
+    pings, round_trips = await ping_counters(stack)
+    assert pings == 100
+    assert round_trips < pings
+
+
+async def test_a_burst_from_one_connection_is_acked_in_order_and_shares_round_trips(
+    stack: Stack, issuer: TokenIssuer, token: str
+) -> None:
+    stack.start("ingest.api")
+    stack.start("gateway", ws_rate_limit_burst=100)
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await put_course(http, issuer)
+        async with connect(ws_url(stack, token)) as ws:
+            fields = {"type": "progress", "courseId": "py", "lectureId": "loops"}
+            burst = [json.dumps({**fields, "position": s, "seq": s}) for s in range(1, 41)]
+            for message in burst:  # sent back to back, before any ack is read
+                await ws.send(message)
+            acks = [await recv_type(ws, "ack") for _ in burst]
+            assert [a["seq"] for a in acks] == list(range(1, 41))
+            # The connection stays usable after the burst.
+            assert await ping(ws, "loops", 41.0, 41) == {"type": "ack", "seq": 41}
+        view = await progress(http, token)
+        assert (view["lastWatchedLecture"], view["lastPosition"]) == ("loops", 41.0)
+    pings, round_trips = await ping_counters(stack)
+    assert pings == 41
+    assert round_trips < 41
 
 
 async def test_presence_counts_the_users_open_connections(stack: Stack, token: str, redis: Any) -> None:
