@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 REDIS_POOL_SIZE = 64
 REDIS_POOL_WAIT_S = 10.0
+REDIS_RETRIES = 2
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """A Redis client whose pool makes a burst wait for a free connection instead of failing."""
+    """A Redis client whose pool makes a burst wait for a free connection instead of failing.
+
+    A command that meets a dropped connection (Redis restarted, failed over, or closed an idle
+    socket) is sent again on a fresh one, so a Redis that is back answers at once instead of
+    failing one request per stale pooled connection. Repeating a command whose reply was lost is
+    safe for Scorecast's writes, which are idempotent (action ids, ping seqs, event ids, board
+    versions). The exceptions are benign: the presence counter may count one too many until its
+    TTL, and a refresh token spent by the lost attempt sends its client back to log in.
+    """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=REDIS_POOL_SIZE,
         timeout=REDIS_POOL_WAIT_S,
         decode_responses=True,
         health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), REDIS_RETRIES),
+        retry_on_error=[RedisConnectionError],
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

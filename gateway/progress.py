@@ -25,6 +25,9 @@ from contract.progress import Ping, PingResult, ProgressStore, completion_event,
 log = logging.getLogger("scorecast.gateway.progress")
 
 
+UNAVAILABLE = "unavailable"
+
+
 class ProgressRejected(Exception):
     """A ping that is answered with a WebSocket ``error`` message (the connection stays)."""
 
@@ -60,7 +63,7 @@ class ProgressWriter:
             meta = await self.catalog.get(ping.course_id)
         except Exception:
             log.warning("course lookup failed", exc_info=True)
-            raise ProgressRejected("unavailable", "progress cannot be saved right now; retry") from None
+            raise ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry") from None
         if meta is None:
             raise ProgressRejected("unknown_course", f"no course {ping.course_id!r}")
         duration = meta.durations.get(ping.lecture_id)
@@ -105,7 +108,7 @@ class ProgressWriter:
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(
-                            ProgressRejected("unavailable", "progress cannot be saved right now")
+                            ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
                         )
                 continue
             for (*_, future), result in zip(batch, results, strict=True):

@@ -39,7 +39,7 @@ from contract.messages import (
 )
 from contract.progress import PingResult
 from gateway.hub import Connection
-from gateway.progress import ProgressRejected
+from gateway.progress import UNAVAILABLE, ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
 from gateway.sse import RAW_SEND
 from gateway.state import GatewayState, gateway_state
@@ -156,7 +156,10 @@ class Session:
             try:
                 saved = await self.st.writer.submit(self.claims, message, origin=self.conn.id)
             except ProgressRejected as exc:
-                await self.violation(exc.code, exc.message)
+                if exc.code == UNAVAILABLE:  # our outage, not the client's fault
+                    self.send(ErrorMessage(code=exc.code, message=exc.message))
+                else:
+                    await self.violation(exc.code, exc.message)
                 return
             # Read on while Redis stores it: a burst of pings shares a round trip and its acks
             # go out in one write. The cap keeps the acks within the outbox.
@@ -182,7 +185,7 @@ class Session:
         if saved.cancelled() or self.conn.life.state is not State.OPEN:
             return
         exc = saved.exception()
-        if isinstance(exc, ProgressRejected):  # Redis is unreachable: not the client's fault
+        if isinstance(exc, ProgressRejected):  # Redis is unreachable (UNAVAILABLE)
             self.send(ErrorMessage(code=exc.code, message=exc.message))
         elif exc is None:
             self.st.metrics.pings.inc()

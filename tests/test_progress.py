@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.messages import completion_event_decoder
+from contract.settings import Settings
 from devstack.processes import Stack
+from devstack.servers import free_port, redis_server
 from tests.eventually import eventually
 from tests.helpers import bearer
 from tests.test_gateway_ws import recv, recv_type, ws_url
@@ -331,3 +334,38 @@ async def test_presence_counts_the_users_open_connections(stack: Stack, token: s
             assert await redis.get(key) == "2"
         assert await eventually(lambda: redis.get(key), until=lambda v: v == "1") == "1"
     assert await eventually(lambda: redis.get(key), until=lambda v: v == "0") == "0"
+
+
+async def ping_reply(ws: ClientConnection, position: float, seq: int) -> dict[str, Any]:
+    """Ping lecture ``intro`` of course ``py``; the next message, whatever it is."""
+    fields = {"type": "progress", "courseId": "py", "lectureId": "intro"}
+    await ws.send(json.dumps({**fields, "position": position, "seq": seq}))
+    return await recv(ws)
+
+
+async def test_redis_down_answers_pings_with_errors_and_the_connection_lives_on(
+    settings: Settings, issuer: TokenIssuer, token: str, tmp_path: Path
+) -> None:
+    own = redis_server(free_port(), tmp_path / "redis").start()
+    stack = Stack(settings.replace(redis_url=own.url, ws_max_violations=3), tmp_path)
+    try:
+        stack.start("ingest.api")
+        stack.start("gateway")
+        async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+            await put_course(http, issuer)
+        async with connect(ws_url(stack, token)) as ws:
+            assert await ping(ws, "intro", 10.0, 1) == {"type": "ack", "seq": 1}
+            own.stop()
+            # More failures than WS_MAX_VIOLATIONS: an outage is not the client's fault.
+            for seq in range(2, 7):
+                reply = await ping_reply(ws, 10.0 * seq, seq)
+                assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+            own.start()  # the same data directory: its AOF brings the first ping back
+            reply = await eventually(lambda: ping_reply(ws, 70.0, 7), until=lambda r: r["type"] == "ack")
+            assert reply == {"type": "ack", "seq": 7}
+        async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+            view = await progress(http, token)
+        assert (view["lastWatchedLecture"], view["lastPosition"]) == ("intro", 70.0)
+    finally:
+        stack.close()
+        own.stop()
