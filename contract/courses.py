@@ -4,18 +4,21 @@ MongoDB ``courses`` is the truth (written by ``PUT /api/v1/courses/{id}``). The 
 (``courseMeta:<id>``, JSON, ``course_meta_ttl_s``) is refilled on a miss by one process at a
 time: the first takes ``courseMeta:<id>:lock`` (SET NX PX) and reads MongoDB, the others wait
 for the copy instead of stampeding MongoDB. A short in-process cache keeps a ping at one Redis
-round trip.
+round trip; it is refreshed in the background once it is ``local_ttl_s`` old.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import msgspec
 
 from contract import keys
+
+log = logging.getLogger("scorecast.courses")
 
 COURSES = "courses"
 LOCAL_TTL_S = 5.0
@@ -62,26 +65,44 @@ def meta_from_doc(doc: dict[str, Any]) -> CourseMeta:
 
 
 class CourseCatalog:
-    def __init__(self, redis: Any, db: Any, *, ttl_s: int) -> None:
+    def __init__(self, redis: Any, db: Any, *, ttl_s: int, local_ttl_s: float = LOCAL_TTL_S) -> None:
         self.redis = redis
         self.db = db
         self.ttl_s = ttl_s
+        self.local_ttl_s = local_ttl_s
         self._local: dict[str, tuple[CourseMeta | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[CourseMeta | None]] = {}
+        self._refreshing: set[asyncio.Task[CourseMeta | None]] = set()
         self.mongo_reads = 0  # observable: how often the catalog went to MongoDB
+        self.refreshes = 0  # observable: background refreshes of old local copies
 
     async def get(self, course_id: str) -> CourseMeta | None:
-        """The course's metadata, or None when there is no such course."""
-        now = time.monotonic()
+        """The course's metadata, or None when there is no such course.
+
+        An in-process entry older than ``local_ttl_s`` is still answered at once while one background
+        read refreshes it, so a busy gateway never holds its pings behind that read.
+        """
         hit = self._local.get(course_id)
-        if hit is not None and hit[1] > now:
+        if hit is not None:
+            if hit[1] <= time.monotonic() and course_id not in self._inflight:
+                self.refreshes += 1
+                refresh = asyncio.create_task(self._load(course_id, self._lookup(course_id)))
+                self._refreshing.add(refresh)
+                refresh.add_done_callback(self._refreshed)
             return hit[0]
         # Single flight: concurrent misses in this process share one lookup.
         pending = self._inflight.get(course_id)
         if pending is not None:
             return await asyncio.shield(pending)
+        return await self._load(course_id, self._lookup(course_id))
+
+    def _lookup(self, course_id: str) -> asyncio.Future[CourseMeta | None]:
+        """Mark a lookup of ``course_id`` as under way (before it starts: no second one begins)."""
         future: asyncio.Future[CourseMeta | None] = asyncio.get_running_loop().create_future()
         self._inflight[course_id] = future
+        return future
+
+    async def _load(self, course_id: str, future: asyncio.Future[CourseMeta | None]) -> CourseMeta | None:
         try:
             meta = await self._shared(course_id)
         except Exception as exc:
@@ -90,10 +111,15 @@ class CourseCatalog:
             raise
         else:
             future.set_result(meta)
-            self._local[course_id] = (meta, time.monotonic() + LOCAL_TTL_S)
+            self._local[course_id] = (meta, time.monotonic() + self.local_ttl_s)
             return meta
         finally:
             del self._inflight[course_id]
+
+    def _refreshed(self, task: asyncio.Task[CourseMeta | None]) -> None:
+        self._refreshing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("refreshing course metadata failed; the cached copy stays", exc_info=task.exception())
 
     def forget(self, course_id: str) -> None:
         self._local.pop(course_id, None)

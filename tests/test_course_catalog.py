@@ -7,6 +7,7 @@ from typing import Any
 
 from contract import keys
 from contract.courses import COURSES, CourseCatalog, meta_from_doc
+from tests.eventually import eventually
 
 DOC = {
     "_id": "py",
@@ -36,3 +37,20 @@ async def test_an_unknown_course_is_remembered_briefly(redis: Any, mongo: Any) -
     assert await CourseCatalog(redis, mongo, ttl_s=3600).get("nope") is None
     assert catalog.mongo_reads == 1
     assert 0 < await redis.ttl(keys.course_meta("nope")) <= 30
+
+
+async def test_an_old_local_copy_is_answered_at_once_while_one_read_refreshes_it(
+    redis: Any, mongo: Any
+) -> None:
+    await mongo[COURSES].insert_one(dict(DOC))
+    gateway = CourseCatalog(redis, mongo, ttl_s=3600, local_ttl_s=0.0)  # every local copy is old
+    first = await gateway.get("py")
+    assert first is not None and first.title == "Python"
+    renamed = meta_from_doc({**DOC, "title": "Python, revised"})
+    await CourseCatalog(redis, mongo, ttl_s=3600).put(renamed)  # what the ingest API does on PUT
+    stale = await asyncio.gather(*(gateway.get("py") for _ in range(10)))
+    assert [meta.title if meta else None for meta in stale] == ["Python"] * 10  # no one waited
+    assert gateway.refreshes == 1  # and one read refreshes the copy for all of them
+    fresh = await eventually(lambda: gateway.get("py"), until=lambda m: m is not None and m.title != "Python")
+    assert fresh == renamed
+    assert gateway.mongo_reads == 1  # the refreshes read the Redis copy
