@@ -51,6 +51,15 @@ def expose_send(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+def send_owner(send: object, *needed: str) -> Any:
+    """The server object behind a raw ASGI ``send`` (its bound method's owner) when it has every
+    attribute in ``needed``; else None."""
+    owner = getattr(send, "__self__", None)
+    if owner is None or not all(hasattr(owner, a) for a in needed):
+        return None
+    return owner
+
+
 class DirectSink:
     """The socket under an SSE response, for writing broadcast frames without a coroutine switch.
 
@@ -67,9 +76,8 @@ class DirectSink:
 
     @classmethod
     def of(cls, send: object) -> DirectSink | None:
-        cycle = getattr(send, "__self__", None)
-        needed = ("transport", "flow", "disconnected", "response_complete")
-        if cycle is None or not all(hasattr(cycle, a) for a in needed) or cycle.chunked_encoding is not True:
+        cycle = send_owner(send, "transport", "flow", "disconnected", "response_complete")
+        if cycle is None or getattr(cycle, "chunked_encoding", None) is not True:
             return None
         return cls(cycle)
 

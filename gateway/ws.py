@@ -41,7 +41,7 @@ from contract.progress import PingResult
 from gateway.hub import Connection
 from gateway.progress import UNAVAILABLE, ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
-from gateway.sse import RAW_SEND
+from gateway.sse import RAW_SEND, send_owner
 from gateway.state import GatewayState, gateway_state
 
 CLOSE_UNAUTHORIZED = 4401
@@ -280,11 +280,9 @@ class WebSocketSink:
 
     @classmethod
     def of(cls, send: object) -> WebSocketSink | None:
-        protocol = getattr(send, "__self__", None)
-        needed = ("conn", "transport", "writable", "close_sent", "handshake_complete")
-        if protocol is None or not all(hasattr(protocol, a) for a in needed):
-            return None
-        if not all(hasattr(protocol.conn, a) for a in ("send_text", "data_to_send", "state")):
+        protocol = send_owner(send, "conn", "transport", "writable", "close_sent", "handshake_complete")
+        conn = getattr(protocol, "conn", None)
+        if conn is None or not all(hasattr(conn, a) for a in ("send_text", "data_to_send", "state")):
             return None
         return cls(protocol)
 
