@@ -55,15 +55,17 @@ class ProgressWriter:
 
     async def submit(self, claims: Claims, ping: ProgressPing, *, origin: str) -> asyncio.Future[PingResult]:
         """Queue ``ping`` for ``claims.sub``: the future resolves once Redis has it, or fails with
-        ProgressRejected ``unavailable``.
+        ProgressRejected ``unavailable`` when a backing service is down (not the client's fault).
 
-        Raises ProgressRejected: ``unknown_course``, ``unknown_lecture``, ``unavailable``.
+        Raises ProgressRejected for the client's mistakes: ``unknown_course``, ``unknown_lecture``.
         """
+        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
         try:
             meta = await self.catalog.get(ping.course_id)
         except Exception:
             log.warning("course lookup failed", exc_info=True)
-            raise ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry") from None
+            future.set_exception(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry"))
+            return future
         if meta is None:
             raise ProgressRejected("unknown_course", f"no course {ping.course_id!r}")
         duration = meta.durations.get(ping.lecture_id)
@@ -81,7 +83,6 @@ class ProgressWriter:
             origin=origin,
             min_presence=2,
         )
-        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
         self._pending.append((item, claims, meta, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())

@@ -39,7 +39,7 @@ from contract.messages import (
 )
 from contract.progress import PingResult
 from gateway.hub import Connection
-from gateway.progress import UNAVAILABLE, ProgressRejected
+from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
 from gateway.sse import RAW_SEND, send_owner
 from gateway.state import GatewayState, gateway_state
@@ -90,8 +90,7 @@ class Session:
         )
         self.violations = 0
         self.closing = False
-        self.saving = 0  # pings submitted and not yet stored
-        self.room: asyncio.Future[None] | None = None
+        self.in_flight = asyncio.Semaphore(MAX_PINGS_IN_FLIGHT)  # pings submitted, not yet stored
 
     async def run(self) -> None:
         hub = self.st.hub
@@ -153,21 +152,16 @@ class Session:
             await self.violation("bad_json", f"malformed JSON: {exc}")
             return
         if isinstance(message, ProgressPing):
+            # Read on while Redis stores it: a burst of pings shares a round trip and its acks
+            # go out in one write. The bound keeps the acks within the outbox.
+            await self.in_flight.acquire()
             try:
                 saved = await self.st.writer.submit(self.claims, message, origin=self.conn.id)
             except ProgressRejected as exc:
-                if exc.code == UNAVAILABLE:  # our outage, not the client's fault
-                    self.send(ErrorMessage(code=exc.code, message=exc.message))
-                else:
-                    await self.violation(exc.code, exc.message)
+                self.in_flight.release()
+                await self.violation(exc.code, exc.message)
                 return
-            # Read on while Redis stores it: a burst of pings shares a round trip and its acks
-            # go out in one write. The cap keeps the acks within the outbox.
-            self.saving += 1
             saved.add_done_callback(functools.partial(self._saved, message.seq))
-            if self.saving >= MAX_PINGS_IN_FLIGHT:
-                self.room = asyncio.get_running_loop().create_future()
-                await self.room
         elif isinstance(message, Ping):
             self.send(Pong())
         elif isinstance(message, Subscribe):
@@ -179,13 +173,13 @@ class Session:
                 await self.violation(exc.code, exc.message)
 
     def _saved(self, seq: int, saved: asyncio.Future[PingResult]) -> None:
-        self.saving -= 1
-        if self.room is not None and not self.room.done():
-            self.room.set_result(None)
-        if saved.cancelled() or self.conn.life.state is not State.OPEN:
+        self.in_flight.release()
+        if saved.cancelled():
             return
-        exc = saved.exception()
-        if isinstance(exc, ProgressRejected):  # Redis is unreachable (UNAVAILABLE)
+        exc = saved.exception()  # retrieved even when no one is left to tell
+        if self.conn.life.state is not State.OPEN:
+            return
+        if isinstance(exc, ProgressRejected):  # a backing service is down: not a violation
             self.send(ErrorMessage(code=exc.code, message=exc.message))
         elif exc is None:
             self.st.metrics.pings.inc()
