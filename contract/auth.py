@@ -55,19 +55,38 @@ def _keys(settings: Settings) -> tuple[Any, Any]:
 
 
 class TokenVerifier:
-    """Verifies signature, expiry, audience and issuer; rejects every other algorithm."""
+    """Verifies signature, expiry, audience and issuer; rejects every other algorithm.
 
-    def __init__(self, settings: Settings) -> None:
+    A token that verified is remembered (at most ``cache_size``, the oldest forgotten first), so
+    a client sending the same token on every request pays for the signature check once; only
+    its expiry, the one verdict that changes with time, is checked again on each use.
+    """
+
+    def __init__(self, settings: Settings, *, cache_size: int = 4096) -> None:
         _, self._key = _keys(settings)
         self._algorithm = settings.jwt_algorithm
         self._audience = settings.jwt_audience
-        self._decoder = msgspec.convert
+        self._verified: dict[str, Claims] = {}
+        self._cache_size = cache_size
 
     def verify(self, token: str, *, typ: str = "access") -> Claims:
         """Return the claims of a valid token of kind ``typ``.
 
         Raises AuthError with code ``token_expired`` or ``invalid_token``.
         """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        elif claims.exp <= time.time():
+            raise AuthError("token expired", code="token_expired")
+        if claims.typ != typ:
+            raise AuthError(f"expected a {typ} token", code="invalid_token")
+        return claims
+
+    def _decode(self, token: str) -> Claims:
         try:
             payload = jwt.decode(
                 token,
@@ -86,8 +105,6 @@ class TokenVerifier:
             claims = msgspec.convert(payload, Claims)
         except msgspec.ValidationError as exc:
             raise AuthError(f"invalid token claims: {exc}", code="invalid_token") from None
-        if claims.typ != typ:
-            raise AuthError(f"expected a {typ} token", code="invalid_token")
         return claims
 
 

@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from contract.auth import Claims, TokenIssuer
+from contract.auth import Claims, TokenIssuer, TokenVerifier
+from contract.errors import AuthError
 from contract.settings import Settings
 from ingest.api.app import create_app
 from tests.conftest import TEST_SECRET
@@ -86,6 +87,32 @@ async def test_bad_tokens_are_refused(ingest: httpx.AsyncClient, issuer: TokenIs
     error = r.json()["error"]
     assert error["code"] == ("token_expired" if kind == "expired" else "invalid_token")
     assert error["message"]
+
+
+def test_a_remembered_token_still_expires_and_keeps_its_kind(
+    settings: Settings, issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(settings, cache_size=2)
+    token = issuer.access_token(user_id="eve", name="Eve")
+    first = verifier.verify(token)
+    assert verifier.verify(token) == first
+    with pytest.raises(AuthError) as refused:
+        verifier.verify(token, typ="refresh")
+    assert refused.value.code == "invalid_token"
+    # Past its exp the remembered token is refused like any expired one.
+    monkeypatch.setattr("contract.auth.time.time", lambda: first.exp + 1.0)
+    with pytest.raises(AuthError) as expired:
+        verifier.verify(token)
+    assert expired.value.code == "token_expired"
+    monkeypatch.undo()
+    # Bad tokens are never remembered, and the memory stays bounded.
+    for bad in bad_tokens(issuer).values():
+        with pytest.raises(AuthError):
+            verifier.verify(bad)
+    assert verifier.verify(token) == first
+    others = [issuer.access_token(user_id=f"u{i}", name="U") for i in range(3)]
+    assert [verifier.verify(t).sub for t in others] == ["u0", "u1", "u2"]
+    assert len(verifier._verified) == 2
 
 
 async def test_missing_token_and_wrong_scheme_are_refused(ingest: httpx.AsyncClient) -> None:
