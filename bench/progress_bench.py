@@ -95,6 +95,37 @@ async def open_sockets(stack: Stack, tokens: list[str]) -> list[ClientConnection
     return sockets
 
 
+class KeepAliveGet:
+    """A bare HTTP/1.1 keep-alive GET client: the load generator shares the two cores with the
+    servers, and httpx spends about 2 ms of CPU per request here (more than the ingest API spends
+    answering it), which would make the reads measure the client."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, url: str, source: str) -> KeepAliveGet:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port), local_addr=(source, 0)))
+
+    async def get(self, request: bytes) -> bytes:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = head[9:12]
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = await self.reader.readexactly(length)
+        if status != b"200":
+            raise RuntimeError(f"GET answered {status.decode()}: {body[:200]!r}")
+        return body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def get_request(path: str, token: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+
+
 def pct(values: list[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
@@ -150,13 +181,16 @@ async def run(args: argparse.Namespace) -> None:
             # 3. Resume reads.
             latencies: list[float] = []
 
+            requests = [get_request("/api/v1/progress/bench", token) for token in tokens]
+
             async def reader(k: int) -> None:
+                source = SOURCE_ADDRESSES[k % len(SOURCE_ADDRESSES)]
+                client = await KeepAliveGet.open(stack.ingest_url, source)
                 for i in range(args.reads // args.readers):
-                    token = tokens[(k * 7919 + i) % len(tokens)]
                     t = time.perf_counter()
-                    r = await http.get("/api/v1/progress/bench", headers={"authorization": f"Bearer {token}"})
+                    await client.get(requests[(k * 7919 + i) % len(requests)])
                     latencies.append((time.perf_counter() - t) * 1000)
-                    r.raise_for_status()
+                client.close()
 
             await asyncio.gather(*(reader(k) for k in range(args.readers)))
             for ws in sockets:
