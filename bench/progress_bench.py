@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -162,10 +163,14 @@ async def run(args: argparse.Namespace) -> None:
 
             # 1. Throughput.
             counts = [0]
+            assert redis_srv.process is not None
+            others = (redis_srv.process.pid, os.getpid())
             cpu0, t0 = cpu_seconds(gateway.pid), time.perf_counter()
+            others0 = [cpu_seconds(pid) for pid in others]
             deadline = t0 + args.seconds
             await asyncio.gather(*(pinger(ws, args.window, deadline, counts, 0) for ws in sockets))
             elapsed, cpu = time.perf_counter() - t0, cpu_seconds(gateway.pid) - cpu0
+            redis_cpu, client_cpu = (cpu_seconds(pid) - c0 for pid, c0 in zip(others, others0, strict=True))
             pings_per_s = counts[0] / elapsed
 
             # 2. MongoDB writes per 1,000 pings over one flush cycle.
@@ -199,6 +204,10 @@ async def run(args: argparse.Namespace) -> None:
         print(f"pings acked per second   {pings_per_s:,.0f} ({counts[0]:,} in {elapsed:.1f} s)")
         print(f"gateway CPU              {cpu:.2f} s = {cpu / elapsed * 100:.0f} % of one core")
         print(f"gateway CPU per ping     {cpu / max(counts[0], 1) * 1e6:.1f} us")
+        print(
+            f"same phase: Redis {redis_cpu / elapsed * 100:.0f} %, "
+            f"load generator {client_cpu / elapsed * 100:.0f} % of one core"
+        )
         print(f"flush cycle     {cycle[0]:,} pings on {flushed} keys -> {flusher.writes} MongoDB writes")
         print(
             f"MongoDB writes {writes_per_1000:.1f} per 1,000 pings ({100 - writes_per_1000 / 10:.1f} % fewer)"
