@@ -8,6 +8,7 @@ unreachable (503 ``unavailable``) and anything unexpected (500).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -76,13 +77,26 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal error")
 
 
-def install_error_handlers(app: Starlette) -> None:
-    app.add_exception_handler(ScorecastError, _scorecast_error)
-    app.add_exception_handler(HTTPException, _http_error)
+_HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]]] = [
+    (ScorecastError, _scorecast_error),
+    (HTTPException, _http_error),
     # Redis or MongoDB unreachable: nothing was accepted, the client may retry.
-    for outage in (RedisConnectionError, RedisTimeoutError, ConnectionFailure):
-        app.add_exception_handler(outage, _backend_down)
-    app.add_exception_handler(Exception, _unexpected)
+    (RedisConnectionError, _backend_down),
+    (RedisTimeoutError, _backend_down),
+    (ConnectionFailure, _backend_down),
+    (Exception, _unexpected),
+]
+
+
+def install_error_handlers(app: Starlette) -> None:
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def error_for(request: Request, exc: Exception) -> Response:
+    """The response the installed handlers give ``exc``, for an endpoint served outside Starlette."""
+    handler = next(handler for kind, handler in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)
 
 
 def path_param(request: Request, name: str, type_: Any) -> Any:

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from contract.settings import Settings
 from gateway.app import create_app
-from gateway.sse import SlowClientError, expose_send
+from gateway.sse import SlowClientError, serve
 from gateway.state import GatewayState
 
 
@@ -48,7 +48,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     app = create_app(settings)
     config = uvicorn.Config(
-        expose_send(app),
+        serve(app),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level,

@@ -342,6 +342,8 @@ class Hub:
                     self.board_event(name, int(version or 0))
 
     async def _sweep(self) -> None:
+        """Every ``period``: disconnect clients stuck in a write, and end the streams whose client
+        left (an SSE stream writing straight to its socket has no task waiting for that)."""
         period = max(0.1, min(1.0, self.settings.slow_client_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
@@ -349,6 +351,8 @@ class Hub:
             for conn in list(self.connections):
                 if conn.sending_since and now - conn.sending_since > self.settings.slow_client_timeout_s:
                     self.kick(conn)
+                elif conn.sink is not None and conn.sink.gone():
+                    conn.close()  # the client left: its endpoint wakes up and ends
 
     def kick(self, conn: Connection, *, slow: bool = True) -> None:
         """Disconnect a client now: one that cannot keep up, or a straggler of a drain."""

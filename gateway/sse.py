@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from contract.auth import token_from_request
 from contract.boards import resolve
 from contract.errors import AuthError, Unavailable
+from contract.http import error_for
 from gateway.hub import Connection, Hub
 from gateway.protocol import BoardFrames, State
 from gateway.state import gateway_state
@@ -37,18 +39,36 @@ HEADERS = [
 
 
 RAW_SEND = "scorecast.raw_send"
+STREAM_PATH = "/api/v1/leaderboard/stream"
 
 
-def expose_send(app: ASGIApp) -> ASGIApp:
-    """Wrap the app so SSE streams and WebSockets can find the server's own ``send`` under the
-    middleware (see :class:`DirectSink` and ``gateway.ws.WebSocketSink``)."""
+def serve(app: Starlette) -> ASGIApp:
+    """The ASGI app the server runs: ``app``, with two things done first.
 
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+    The server's own ``send`` is recorded in the scope, so SSE streams and WebSockets can find
+    their socket under the middleware (see :class:`DirectSink`, ``gateway.ws.WebSocketSink``).
+    And a GET of the SSE stream goes straight to its endpoint, with the app's error responses:
+    a stream lives for hours, and on Starlette's way (error middleware, exception middleware,
+    router, route) it would hold a suspended frame of every layer and a parsed Request for all
+    that time, about 6 KiB per connection. ``app`` keeps the route for callers that go through it.
+    """
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             scope[RAW_SEND] = send
+            if scope["type"] == "http" and scope["path"] == STREAM_PATH and scope["method"] == "GET":
+                scope["app"] = app
+                request = Request(scope, receive, send)
+                try:
+                    response = await stream(request)
+                except Exception as exc:
+                    response = await error_for(request, exc)
+                del request
+                await response(scope, receive, send)
+                return
         await app(scope, receive, send)
 
-    return wrapped
+    return asgi
 
 
 def send_owner(send: object, *needed: str) -> Any:
@@ -88,6 +108,11 @@ class DirectSink:
     def write(self, chunk: bytes) -> None:
         self.cycle.transport.write(chunk)
 
+    def gone(self) -> bool:
+        """Whether the client closed the connection (the hub's sweep looks, in place of a task
+        per stream waiting for ``http.disconnect``)."""
+        return bool(self.cycle.disconnected)
+
 
 class SlowClientError(Exception):
     """Raised out of a stream whose client stopped reading: uvicorn then closes the socket."""
@@ -107,10 +132,15 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub, conn = self.hub, self.conn
         hub.register(conn)
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        watcher: asyncio.Task[None] | None = None
         sent = hub.metrics.messages.labels("sse")
         try:
-            frames = await hub.subscribe(conn, self.board)
+            try:
+                frames = await hub.subscribe(conn, self.board)
+            except Exception as exc:  # before the response started: an error response
+                response = await error_for(Request(scope), exc)
+                await response(scope, receive, send)
+                return
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             first = b"retry: %d\n\n" % self.retry_ms
             if self.last_event_id != str(frames.version):
@@ -119,6 +149,8 @@ class EventStream(Response):
             conn.versions[self.board] = frames.version
             await self._write(send, first)
             conn.sink = DirectSink.of(scope.get(RAW_SEND))
+            if conn.sink is None:  # no socket to look at: learn of a disconnect through ASGI
+                watcher = asyncio.create_task(self._watch_disconnect(receive))
             while True:
                 pending = await conn.next_frames()
                 if not pending:
@@ -131,11 +163,14 @@ class EventStream(Response):
                 await self._write(send, after)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if conn.life.state is State.CLOSED and not watcher.done():
+            sink = conn.sink
+            client_left = watcher.done() if watcher is not None else sink is not None and sink.gone()
+            if conn.life.state is State.CLOSED and not client_left:
                 raise SlowClientError(conn.id) from None  # kicked: let uvicorn drop the socket
             raise
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             hub.unregister(conn)
 
     async def _write(self, send: Send, body: bytes) -> None:

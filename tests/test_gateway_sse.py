@@ -92,6 +92,28 @@ async def test_tokens_in_query_and_cookie_and_errors(stack: Stack, redis: Any, v
             assert response.status_code == 200
 
 
+async def test_a_client_that_leaves_is_forgotten_and_other_methods_get_405(
+    stack: Stack, redis: Any, viewer: str
+) -> None:
+    await make_board(redis, scores={"ada": 1})
+    stack.start("gateway")
+    gauge = 'scorecast_gateway_connections{transport="sse"} '
+    async with httpx.AsyncClient(base_url=stack.gateway_url) as client:
+
+        async def open_streams() -> float:
+            metrics = (await client.get("/metrics")).text
+            return float(metrics.split(gauge)[1].split()[0])
+
+        async with sse(stack, viewer) as reader:
+            await wait_for(reader, {"ada": 1})
+            assert await open_streams() == 1.0
+        # The stream writes straight to its socket and has no task reading ASGI messages: the
+        # hub's sweep notices the closed socket and ends it.
+        await eventually(open_streams, until=lambda n: n == 0.0)
+        r = await client.post("/api/v1/leaderboard/stream", params={"access_token": viewer})
+        assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
 async def test_last_event_id_of_the_current_version_skips_the_snapshot(
     stack: Stack, redis: Any, viewer: str
 ) -> None:
