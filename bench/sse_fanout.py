@@ -45,8 +45,13 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 class SseClient(asyncio.Protocol):
@@ -182,7 +187,7 @@ async def run(args: argparse.Namespace) -> None:
 
             last_ms: list[float] = []
             median_ms: list[float] = []
-            cpu_start = cpu_seconds(gateway.pid)
+            user_start, system_start = cpu_split(gateway.pid)
             for _ in range(args.updates):
                 before = max(c.version for c in fanout.clients)
                 r = await http.post(
@@ -202,7 +207,9 @@ async def run(args: argparse.Namespace) -> None:
                 last_ms.append(arrivals[-1] * 1000)
                 median_ms.append(arrivals[len(arrivals) // 2] * 1000)
                 await asyncio.sleep(stack.settings.broadcast_interval_s + 0.2)
-            cpu_used = cpu_seconds(gateway.pid) - cpu_start
+            user_end, system_end = cpu_split(gateway.pid)
+            user_s, system_s = user_end - user_start, system_end - system_start
+            cpu_used = user_s + system_s
             idle_s = args.updates * (stack.settings.broadcast_interval_s + 0.2)
         print(f"clients          {args.clients} (failed {failed}), connected in {connect_s:.1f} s")
         print(f"gateway RSS before / after {rss_before / 2**20:.1f} MiB / {rss_after / 2**20:.1f} MiB")
@@ -211,7 +218,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"accepted -> median client p50 {pct(median_ms, 50):.1f} ms  p99 {pct(median_ms, 99):.1f} ms")
         print(
             f"gateway CPU per broadcast {cpu_used / args.updates * 1000:.1f} ms "
-            f"({cpu_used:.2f} s over {args.updates} updates in ~{idle_s:.0f} s, incl. idle ticks)"
+            f"({cpu_used:.2f} s over {args.updates} updates in ~{idle_s:.0f} s, incl. idle ticks; "
+            f"user {user_s / args.updates * 1000:.1f} ms, system {system_s / args.updates * 1000:.1f} ms)"
         )
     finally:
         stack.close()
