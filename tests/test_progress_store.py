@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 from redis.exceptions import ResponseError
 
 from contract import keys
@@ -73,3 +74,13 @@ async def test_a_flushed_script_cache_and_a_killed_connection_are_recovered(
     (result,) = await store.save([ping("ana", 30.0, 3)], 1000)
     assert result.moved
     assert await resume_point(redis, "ana") == ("l1", "30.0", "3")
+
+
+async def test_the_services_redis_client_announces_itself(settings: Settings) -> None:
+    # The driver metadata is resolved once for every connection of the pool (see DRIVER_INFO).
+    client = redis_client(settings.redis_url)
+    try:
+        info = await client.client_info()
+    finally:
+        await client.aclose()
+    assert (info["lib-name"], info["lib-ver"]) == ("redis-py", redis.__version__)
