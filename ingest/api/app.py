@@ -30,11 +30,18 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+MONGO_MIN_POOL_SIZE = 16
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(settings.redis_url)
-        mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+        # Connections kept open ahead of need: pymongo opens at most two at a time, so a first
+        # burst of concurrent requests would otherwise queue behind connection handshakes.
+        mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_url, minPoolSize=MONGO_MIN_POOL_SIZE
+        )
         db = mongo_client[settings.mongo_db]
         await store.ensure_indexes(db)
         app.state.ingest = IngestState(
