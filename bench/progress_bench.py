@@ -8,7 +8,8 @@ a course of 3 lectures. Then:
    keeping ``--window`` pings in flight, for ``--seconds``; counts acks;
 2. MongoDB writes per 1,000 pings over one flush cycle: every connection's user sends 60 pings
    (5 minutes of playback at one ping per 5 s, the default FLUSH_INTERVAL_S), then one flush;
-3. resume read latency: ``GET /api/v1/progress/{courseId}`` p50/p99 with ``--readers`` concurrent readers.
+3. resume read latency: ``GET /api/v1/progress/{courseId}`` p50/p99 with ``--readers`` concurrent readers
+   (closed loop), or at ``--read-rate`` reads per second (open loop).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -189,6 +191,7 @@ async def run(args: argparse.Namespace) -> None:
             requests = [get_request("/api/v1/progress/bench", token) for token in tokens]
 
             async def reader(k: int) -> None:
+                """Closed loop: the next read as soon as the last one is answered."""
                 source = SOURCE_ADDRESSES[k % len(SOURCE_ADDRESSES)]
                 client = await KeepAliveGet.open(stack.ingest_url, source)
                 for i in range(args.reads // args.readers):
@@ -197,7 +200,36 @@ async def run(args: argparse.Namespace) -> None:
                     latencies.append((time.perf_counter() - t) * 1000)
                 client.close()
 
-            await asyncio.gather(*(reader(k) for k in range(args.readers)))
+            async def open_loop(rate: float) -> None:
+                """Reads arrive at ``rate`` per second (Poisson) whether or not earlier ones are
+                answered; each is timed from its arrival, so a wait for a free connection counts."""
+                idle: asyncio.Queue[KeepAliveGet] = asyncio.Queue()
+                for k in range(32):
+                    source = SOURCE_ADDRESSES[k % len(SOURCE_ADDRESSES)]
+                    client = await KeepAliveGet.open(stack.ingest_url, source)
+                    await client.get(requests[k])  # not timed: the connection's first request
+                    idle.put_nowait(client)
+
+                async def one(i: int, arrival: float) -> None:
+                    client = await idle.get()
+                    await client.get(requests[i * 7919 % len(requests)])
+                    latencies.append((time.perf_counter() - arrival) * 1000)
+                    idle.put_nowait(client)
+
+                pacing = random.Random(7)
+                arrival, tasks = time.perf_counter(), []
+                for i in range(args.reads):
+                    arrival += pacing.expovariate(rate)
+                    await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+                    tasks.append(asyncio.create_task(one(i, arrival)))
+                await asyncio.gather(*tasks)
+                while not idle.empty():
+                    idle.get_nowait().close()
+
+            if args.read_rate:
+                await open_loop(args.read_rate)
+            else:
+                await asyncio.gather(*(reader(k) for k in range(args.readers)))
             for ws in sockets:
                 await ws.close()
         print(f"connections {args.connections}, window {args.window}, {args.seconds} s")
@@ -213,7 +245,8 @@ async def run(args: argparse.Namespace) -> None:
             f"MongoDB writes {writes_per_1000:.1f} per 1,000 pings ({100 - writes_per_1000 / 10:.1f} % fewer)"
         )
         p50, p99 = pct(latencies, 50), pct(latencies, 99)
-        print(f"resume read ({args.readers} readers) p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+        how = f"{args.read_rate:g}/s offered" if args.read_rate else f"{args.readers} readers"
+        print(f"resume read ({how}) p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     finally:
         await redis.aclose()
         await mongo.close()
@@ -231,6 +264,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--readers", type=int, default=8, help="concurrent resume readers")
+    parser.add_argument(
+        "--read-rate", type=float, default=0.0, help="resume reads per second, open loop (not --readers)"
+    )
     uvloop.run(run(parser.parse_args()))
 
 
