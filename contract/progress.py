@@ -142,7 +142,7 @@ class ProgressStore:
         # The pipeline by hand, on a pooled connection: redis-py's Pipeline packs each argument in
         # Python, and reads each reply under its own asyncio timeout, tens of microseconds per ping
         # on the hottest path of the gateway. Here the batch is packed in one go and waits under
-        # ONE timeout. The arguments are ASCII (ids are [A-Za-z0-9_-]) except ``fields``.
+        # ONE timeout.
         head = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n2\r\n" % self._ping_sha.encode()
         threshold = self.threshold
         parts: list[bytes] = []
@@ -154,11 +154,11 @@ class ProgressStore:
                 f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}"
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
-            presence = keys.presence(p.user_id)
             dirty.add(key)
+            hash_key, presence = key.encode(), keys.presence(p.user_id).encode()
             parts.append(
                 b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                % (head, len(key), key.encode(), len(presence), presence.encode(), len(fields), fields)
+                % (head, len(hash_key), hash_key, len(presence), presence, len(fields), fields)
             )
         # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
         parts.append(_pack("SADD", keys.PROGRESS_DIRTY, *dirty))

@@ -41,6 +41,10 @@ async def test_a_batch_reports_each_ping_and_marks_every_key_dirty(store: Progre
     assert await redis.hget(keys.progress("bo", "c1"), "c:l1") == "1000"
     dirty = {keys.progress("ana", "c1"), keys.progress("bo", "c1")}
     assert await redis.smembers(keys.PROGRESS_DIRTY) == dirty
+    # Lengths in the protocol are counted in bytes: an id from another token issuer may be UTF-8.
+    (result,) = await store.save([ping("zoë", 12.5, 1)], 1000)
+    assert result.moved
+    assert await resume_point(redis, "zoë") == ("l1", "12.5", "1")
 
 
 async def test_an_error_reply_fails_the_batch_and_the_connection_stays_in_step(
