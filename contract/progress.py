@@ -22,7 +22,6 @@ import math
 import uuid
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from contract import keys
@@ -130,9 +129,9 @@ class ProgressStore:
         """Store pings in ONE pipelined round trip; each is atomic and idempotent by seq."""
         try:
             return await self._save(pings, now_ms)
-        except (NoScriptError, RedisConnectionError):
-            # Redis restarted or flushed its script cache, or a pooled connection was stale: send
-            # the batch again (a ping already applied is a repeat of its seq, which changes nothing).
+        except NoScriptError:
+            # Redis restarted or flushed its script cache: load it and send the batch again (a
+            # ping already applied is a repeat of its seq, which changes nothing).
             self._ping_sha = await self.redis.script_load(_PING)
             return await self._save(pings, now_ms)
 
@@ -143,7 +142,7 @@ class ProgressStore:
         # Python, and reads each reply under its own asyncio timeout, tens of microseconds per ping
         # on the hottest path of the gateway. Here the batch is packed in one go and waits under
         # ONE timeout.
-        head = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n2\r\n" % self._ping_sha.encode()
+        head = b"*6\r\n" + _bulk(b"EVALSHA") + _bulk(self._ping_sha.encode()) + _bulk(b"2")
         threshold = self.threshold
         parts: list[bytes] = []
         dirty: set[str] = set()
@@ -155,11 +154,8 @@ class ProgressStore:
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
             dirty.add(key)
-            hash_key, presence = key.encode(), keys.presence(p.user_id).encode()
-            parts.append(
-                b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-                % (head, len(hash_key), hash_key, len(presence), presence, len(fields), fields)
-            )
+            presence = keys.presence(p.user_id)
+            parts.append(head + _bulk(key.encode()) + _bulk(presence.encode()) + _bulk(fields))
         # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
         parts.append(_pack("SADD", keys.PROGRESS_DIRTY, *dirty))
         replies = await self._round_trip(b"".join(parts), len(parts))
@@ -170,25 +166,34 @@ class ProgressStore:
 
     async def _round_trip(self, payload: bytes, count: int) -> list[Any]:
         """Send ``count`` packed commands and read their replies; an error reply is returned in
-        its place (the replies after it are still read, so the connection stays in step)."""
+        its place (the replies after it are still read, so the connection stays in step). A
+        dropped connection is retried by the pool's own policy (see ``contract.clients``)."""
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
+
+        async def exchange() -> list[Any]:
+            await conn.send_packed_command(payload)
+            replies: list[Any] = []
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        async def reset(error: Exception) -> None:
+            await conn.disconnect()
+
         try:
             async with asyncio.timeout(BATCH_TIMEOUT_S):
-                await conn.send_packed_command(payload)
-                replies: list[Any] = []
-                for _ in range(count):
-                    try:
-                        replies.append(await conn.read_response(timeout=math.inf))
-                    except ResponseError as exc:
-                        replies.append(exc)
+                replies: list[Any] = await conn.retry.call_with_retry(exchange, reset)
+                return replies
         except BaseException:
             # A timeout or cancellation mid-batch leaves replies unread: never reuse the socket.
             await conn.disconnect(nowait=True)
             raise
         finally:
             await pool.release(conn)
-        return replies
 
     async def complete(self, user_id: str, course_id: str, lecture_id: str, now_ms: int) -> bool:
         """Record an explicit completion. Returns whether it is new."""
@@ -204,10 +209,14 @@ class ProgressStore:
         return found
 
 
+def _bulk(value: bytes) -> bytes:
+    """One argument in the Redis protocol (RESP): its length in bytes, then the bytes."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
 def _pack(*args: str) -> bytes:
     """One command in the Redis protocol (RESP)."""
-    encoded = [arg.encode() for arg in args]
-    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(arg.encode()) for arg in args)
 
 
 def completion_event(claims: Claims, meta: CourseMeta, lecture_id: str, ts_ms: int) -> CompletionEvent:
