@@ -271,6 +271,51 @@ def unlocked(meta: CourseMeta, completed: set[str], stored: set[str] | None = No
     return [lecture for lecture in order if lecture in opened]
 
 
+# The resume point in MongoDB: ONE flat string that sorts by seq (zero-padded to 20 digits, wider
+# than any Seq), so the flusher's ``$max`` on an ``_id``-only upsert keeps the newest whatever the
+# order of writes, re-flushes and devices. (A filter like ``{_id, lastSeq: {$lt: n}}`` on an
+# upsert is what MongoDB would answer with a duplicate key, but nx-27017 applies it to ANOTHER
+# document.) Equal seqs tie-break on the lecture and position text: arbitrary but the same everywhere.
+RESUME_FIELD = "resume"
+_SEQ_DIGITS = 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResumePoint:
+    seq: int
+    lecture_id: str | None
+    position: float
+
+    def encode(self) -> str:
+        """The sortable string stored in ``RESUME_FIELD``; needs ``0 <= seq < 10**20``."""
+        return f"{self.seq:0{_SEQ_DIGITS}d}|{self.lecture_id or ''}|{self.position!r}"
+
+    @classmethod
+    def decode(cls, value: object) -> ResumePoint | None:
+        """The point ``encode`` stored, or None for anything else (never raises)."""
+        if not isinstance(value, str):
+            return None
+        seq, _, rest = value.partition("|")
+        lecture, _, position = rest.rpartition("|")
+        try:
+            return cls(int(seq), lecture or None, float(position))
+        except ValueError:
+            return None
+
+    @classmethod
+    def of_document(cls, doc: dict[str, Any]) -> ResumePoint | None:
+        """The newest resume point of a ``progress`` document: ``RESUME_FIELD``, or the
+        ``lastWatchedLecture``/``lastPosition``/``lastSeq`` fields that older flushers wrote."""
+        stored = cls.decode(doc.get(RESUME_FIELD))
+        if "lastSeq" in doc:
+            legacy = cls(
+                int(doc["lastSeq"]), doc.get("lastWatchedLecture"), float(doc.get("lastPosition", 0.0))
+            )
+            if stored is None or legacy.seq > stored.seq:
+                return legacy
+        return stored
+
+
 def merge(meta: CourseMeta, doc: dict[str, Any] | None, live: dict[str, str]) -> ProgressView:
     """MongoDB's document merged with the Redis hash; Redis wins where it is newer."""
     doc = doc or {}
@@ -283,8 +328,9 @@ def merge(meta: CourseMeta, doc: dict[str, Any] | None, live: dict[str, str]) ->
             watch[field[2:]] = max(watch.get(field[2:], 0.0), float(value))
     completed = set(doc.get("completedLectures", [])) | {f[2:] for f in live if f.startswith("c:")}
     completed &= set(meta.lecture_order)
-    lecture, position = doc.get("lastWatchedLecture"), float(doc.get("lastPosition", 0.0))
-    if "seq" in live and int(live["seq"]) >= int(doc.get("lastSeq", -1)):
+    stored = ResumePoint.of_document(doc)
+    lecture, position = (stored.lecture_id, stored.position) if stored else (None, 0.0)
+    if "seq" in live and (stored is None or int(live["seq"]) >= stored.seq):
         lecture, position = live["lecture"], float(live["pos"])
     return ProgressView(
         course_id=meta.course_id,

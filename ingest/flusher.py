@@ -7,8 +7,10 @@ hash is still at that revision (SREM, then a compare step that SADDs it back whe
 meanwhile), so nothing is lost to a crash, a MongoDB outage or a late ping. A flushed hash gets
 its TTL back; a dirty one never expires.
 
-MongoDB ``progress`` documents stay flat where upserts use ``$max`` (``w_<lectureId>``, see
-DESIGN.md on nx-27017); the resume point is written only over an older ``lastSeq``.
+A key becomes ONE upsert whose filter is the ``_id`` alone: watch times (``w_<lectureId>``) and
+the resume point (``contract.progress.ResumePoint``, one string sorting by seq) are each a
+``$max`` on a flat field (see DESIGN.md on nx-27017), so a re-flush, an older device or any order
+of writes never moves MongoDB back.
 
 Run as ``python -m ingest.flusher``; SIGTERM flushes once more and exits 0.
 """
@@ -22,42 +24,38 @@ import time
 from typing import Any
 
 from pymongo import AsyncMongoClient, UpdateOne
-from pymongo.errors import BulkWriteError
 
 from contract import keys
 from contract.clients import redis_client
-from contract.progress import ProgressStore
+from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint
 from contract.settings import Settings
 from ingest.store import PROGRESS, progress_id
 
 log = logging.getLogger("scorecast.flusher")
-
-DUPLICATE_KEY = 11000
 
 
 def operations(key: str, live: dict[str, str], now: float) -> list[UpdateOne]:
     """The MongoDB writes that make the ``progress`` document at least as new as ``live``."""
     user_id, course_id = keys.parse_progress(key)
     doc_id = progress_id(user_id, course_id)
-    watched = {f"w_{field[2:]}": float(value) for field, value in live.items() if field.startswith("w:")}
+    newest: dict[str, Any] = {
+        f"w_{field[2:]}": float(value) for field, value in live.items() if field.startswith("w:")
+    }
+    if "seq" in live:
+        point = ResumePoint(int(live["seq"]), live["lecture"], float(live["pos"]))
+        newest[RESUME_FIELD] = point.encode()
     completed = [field[2:] for field in live if field.startswith("c:")]
     update: dict[str, Any] = {
         "$setOnInsert": {"userId": user_id, "courseId": course_id},
         "$set": {"updatedAt": now},
     }
-    if watched:
-        update["$max"] = watched
+    if newest:
+        update["$max"] = newest
     if completed:
         update["$addToSet"] = {"completedLectures": {"$each": completed}}
-    ops = [UpdateOne({"_id": doc_id}, update, upsert=True)]
-    if "seq" in live:
-        seq = int(live["seq"])
-        # Only over an older resume point; when MongoDB already has a newer one the upsert's insert
-        # collides with the existing _id (duplicate key), which means "nothing to do".
-        newer = {"_id": doc_id, "$or": [{"lastSeq": {"$lt": seq}}, {"lastSeq": {"$exists": False}}]}
-        resume = {"lastWatchedLecture": live["lecture"], "lastPosition": float(live["pos"]), "lastSeq": seq}
-        ops.append(UpdateOne(newer, {"$set": resume}, upsert=True))
-    return ops
+    # The filter stays the _id alone: nx-27017 applies an upsert whose filter has more (say
+    # ``lastSeq: {$lt: n}``) to ANOTHER document that matches it.
+    return [UpdateOne({"_id": doc_id}, update, upsert=True)]
 
 
 class Flusher:
@@ -104,13 +102,9 @@ class Flusher:
         return len(dirty) - len(changed)
 
     async def write(self, ops: list[UpdateOne]) -> None:
-        """ONE unordered bulk write; a duplicate key only means MongoDB already has newer."""
-        try:
-            await self.db[PROGRESS].bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-            if others or exc.details.get("writeConcernErrors"):
-                raise
+        """ONE unordered bulk write. Any error raises, so every key of the batch stays dirty (each
+        write is a ``$max``/``$addToSet``, so writing one again is harmless)."""
+        await self.db[PROGRESS].bulk_write(ops, ordered=False)
         self.writes += len(ops)
 
     async def run(self, stop: asyncio.Event) -> None:

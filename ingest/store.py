@@ -7,7 +7,8 @@ note on nx-27017 and dotted upserts).
 - ``board_totals`` {_id: "<board>|<userId>", board, userId, score, seq}: durable truth of
                    every board, what REBUILD reads (with the actions still in flight).
 - ``courses``      {_id: courseId, title, sections, lectureCount, totalMarks} (contract.courses)
-- ``progress``     {_id: "<userId>|<courseId>", lastWatchedLecture, lastPosition, lastSeq,
+- ``progress``     {_id: "<userId>|<courseId>", userId, courseId, resume (contract.progress.
+                   ResumePoint; older documents have lastWatchedLecture, lastPosition, lastSeq),
                    w_<lectureId> (seconds watched), completedLectures, unlockedLectures}
 - ``activity``     {_id: "<userId>|<YYYY-MM-DD>", userId, date, events: [eventId, ...]}
 - ``student_stats`` {_id: userId, currentStreak, longestStreak, lastActiveDate, totalCompleted, tz}

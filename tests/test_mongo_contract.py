@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 
 async def test_an_id_is_unique(mongo: Any) -> None:
@@ -44,21 +44,28 @@ async def test_max_on_flat_fields_works_on_both_upsert_branches(mongo: Any) -> N
     assert await mongo.c.find_one({"_id": "t"}) == {"_id": "t", "score": 9, "w_l1": 9, "b": "g"}
 
 
-async def test_conditional_upsert_on_a_newer_document_is_a_duplicate_key(mongo: Any) -> None:
-    def resume(seq: int) -> UpdateOne:
-        newer = {"_id": "p", "$or": [{"lastSeq": {"$lt": seq}}, {"lastSeq": {"$exists": False}}]}
-        return UpdateOne(newer, {"$set": {"lastSeq": seq}}, upsert=True)
-
-    await mongo.c.bulk_write([resume(5)], ordered=False)
-    with pytest.raises(BulkWriteError) as raised:
-        await mongo.c.bulk_write(
-            [resume(3), UpdateOne({"_id": "q"}, {"$set": {"x": 1}}, upsert=True)], ordered=False
-        )
-    assert [e["code"] for e in raised.value.details["writeErrors"]] == [11000]
-    assert (await mongo.c.find_one({"_id": "p"}))["lastSeq"] == 5
-    assert await mongo.c.find_one({"_id": "q"}) is not None  # unordered: the rest went through
-    await mongo.c.bulk_write([resume(8)], ordered=False)
-    assert (await mongo.c.find_one({"_id": "p"}))["lastSeq"] == 8
+async def test_max_on_a_string_keeps_the_greatest_in_byte_order_on_both_upsert_branches(mongo: Any) -> None:
+    """The flusher's resume point: ``$max`` of a zero-padded string on an ``_id``-only upsert.
+    MongoDB compares strings byte by byte (simple collation) and ``$max`` sets a field the
+    document lacks; the order of the writes does not matter. (Not a filter ``{_id, lastSeq:
+    {$lt: n}}`` on an upsert: MongoDB answers a duplicate key when the ``_id`` document is newer,
+    nx-27017 updates ANOTHER document that matches the rest of the filter.)"""
+    await mongo.c.insert_one({"_id": "old", "w_l1": 3.0})  # made by a completion: no resume yet
+    points = ["0007|l2|70.0", "0003|l1|30.0", "0012|l1|12.5", "0009|l3|9.0"]
+    for doc_id in ("old", "new"):
+        for point in points:
+            await mongo.c.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": doc_id}, {"$max": {"resume": point}, "$setOnInsert": {"u": 1}}, upsert=True
+                    )
+                ]
+            )
+    docs = [d async for d in mongo.c.find({}).sort("_id", 1)]
+    assert docs == [
+        {"_id": "new", "resume": "0012|l1|12.5", "u": 1},
+        {"_id": "old", "w_l1": 3.0, "resume": "0012|l1|12.5"},
+    ]
 
 
 async def test_add_to_set_is_idempotent_and_upserts(mongo: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from contract.courses import CourseMeta, meta_from_doc
-from contract.progress import merge, percentage, unlocked
+from contract.progress import ResumePoint, merge, percentage, unlocked
 from contract.streaks import Streak, local_day
 
 META = CourseMeta(
@@ -71,6 +71,24 @@ def test_merge_prefers_the_newer_resume_point_and_the_larger_watch_time() -> Non
     assert (older.last_watched_lecture, older.last_position) == ("vars", 80.0)
     empty = merge(META, None, {})
     assert (empty.last_watched_lecture, empty.unlocked_lectures, empty.watch_times) == (None, ["intro"], {})
+
+
+def test_the_stored_resume_point_sorts_by_seq_and_reads_older_documents() -> None:
+    points = [ResumePoint(seq, "vars", pos) for seq, pos in ((9, 90.0), (10, 1.5), (2**53, 0.0), (0, 7.0))]
+    assert sorted(points, key=lambda p: p.encode()) == sorted(points, key=lambda p: p.seq)
+    assert [ResumePoint.decode(p.encode()) for p in points] == points
+    assert [ResumePoint.decode(v) for v in (None, 7, "x", "12|a")] == [None] * 4
+    legacy = {"lastWatchedLecture": "vars", "lastPosition": 80.0, "lastSeq": 10}
+    newer = {**legacy, "resume": ResumePoint(11, "loops", 3.0).encode()}
+    older = {**legacy, "resume": ResumePoint(9, "loops", 3.0).encode()}
+    assert [ResumePoint.of_document(d) for d in (legacy, newer, older, {})] == [
+        ResumePoint(10, "vars", 80.0),
+        ResumePoint(11, "loops", 3.0),
+        ResumePoint(10, "vars", 80.0),
+        None,
+    ]
+    view = merge(META, newer, {"lecture": "intro", "pos": "4.0", "seq": "10"})
+    assert (view.last_watched_lecture, view.last_position) == ("loops", 3.0)
 
 
 def test_local_day_depends_on_the_zone() -> None:
