@@ -55,7 +55,7 @@ async def put_course(request: Request) -> Response:
     if len(set(lectures)) != len(lectures):
         raise BadRequest("lectureIds must be unique within a course", code="duplicate_lecture")
     doc: dict[str, Any] = {
-        "_id": course_id,
+        "_id": course_id,  # in the replacement too: see ingest.api.quiz on nx-27017
         "title": body.title,
         "sections": msgspec.to_builtins(body.sections),
         "lectureCount": len(lectures),

@@ -25,7 +25,10 @@ async def put_quiz(request: Request) -> Response:
     authenticate(request, role="admin")
     quiz_id: str = path_param(request, "quiz_id", Id)
     body = await decode_body(request, QuizIn, max_bytes=st.settings.max_body_bytes)
+    # The _id inside the replacement too: nx-27017 stores a replace_one upsert without it under a
+    # generated ObjectId (MongoDB would take the filter's _id).
     doc = {
+        "_id": quiz_id,
         "title": body.title,
         "courseId": body.course_id,
         "key": {q.question_id: q.correct_option for q in body.questions},
