@@ -46,7 +46,8 @@ class Settings:
     max_score_increment: int = 1000
     rate_limit_per_s: float = 20.0
     rate_limit_burst: int = 40
-    queue_max_length: int = 100_000
+    queue_max_length: int = 100_000  # backlog (undelivered + pending entries) that refuses writes
+    queue_backlog_max_age_s: float = 0.1  # an API process re-reads the backlog at most this often
     action_guard_ttl_s: int = 7 * 24 * 3600
     max_body_bytes: int = 16 * 1024
 
@@ -55,6 +56,8 @@ class Settings:
     stream_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    stream_trim_interval_s: float = 1.0  # how often a consumer trims entries every group finished
+    dead_letter_max_length: int = 10_000  # newest dead letters kept per stream
     consumer_name: str = ""
 
     # Leaderboards

@@ -76,6 +76,8 @@ class Achievements:
             block_ms=s.stream_block_ms,
             claim_idle_ms=s.claim_idle_ms,
             max_deliveries=s.max_deliveries,
+            trim_interval_s=s.stream_trim_interval_s,
+            dead_letter_max_length=s.dead_letter_max_length,
         )
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:

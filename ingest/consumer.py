@@ -4,7 +4,9 @@ One round (:meth:`StreamConsumer.step`): reclaim entries another consumer left p
 than ``claim_idle_ms`` (XAUTOCLAIM: that consumer crashed), else read new entries (XREADGROUP),
 hand them to the handler, XACK. A batch whose handler raised is retried in-process with back-off.
 An entry claimed after more than ``max_deliveries`` deliveries (it keeps killing consumers), or
-reported as poison by the handler (undecodable), is copied to the dead-letter stream and acked.
+reported as poison by the handler (undecodable), is copied to the dead-letter stream (capped at
+``dead_letter_max_length``, the oldest go first) and acked. Every ``trim_interval_s`` the loop trims
+the entries every group of the stream has finished (``contract.streams.trim_done``).
 The handler must be idempotent: an entry is handed over again after a crash before its XACK.
 """
 
@@ -12,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from redis.exceptions import ResponseError
+
+from contract.streams import trim_done
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ class StreamConsumer:
         block_ms: int,
         claim_idle_ms: int,
         max_deliveries: int,
+        trim_interval_s: float = 1.0,
+        dead_letter_max_length: int = 10_000,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -48,6 +56,9 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.trim_interval_s = trim_interval_s
+        self.dead_letter_max_length = dead_letter_max_length
+        self._trimmed_at = -math.inf
         # A batch whose handler failed (MongoDB down, say) is retried here as it is: re-reading it
         # through XAUTOCLAIM would count deliveries and dead-letter good entries during an outage.
         self._retry: list[Entry] = []
@@ -104,9 +115,23 @@ class StreamConsumer:
     async def _dead_letter(self, entries: list[Entry], reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, fields in entries:
-            pipe.xadd(self.dead_letter, {**fields, "sourceId": entry_id, "reason": reason})
+            pipe.xadd(
+                self.dead_letter,
+                {**fields, "sourceId": entry_id, "reason": reason},
+                maxlen=self.dead_letter_max_length,
+                approximate=False,
+            )
         await pipe.execute()
         log.warning("dead-lettered %d entries of %s: %s", len(entries), self.stream, reason)
+
+    async def trim_when_due(self) -> int:
+        """Trim the stream's finished entries when ``trim_interval_s`` has passed since the last
+        trim (every group delivered and acknowledged them). Returns how many were removed."""
+        now = time.monotonic()
+        if now - self._trimmed_at < self.trim_interval_s:
+            return 0
+        self._trimmed_at = now
+        return await trim_done(self.redis, self.stream)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Call :meth:`step` until ``stop`` is set; errors are logged and retried with back-off."""
@@ -115,6 +140,7 @@ class StreamConsumer:
         while not stop.is_set():
             try:
                 await self.step()
+                await self.trim_when_due()
                 backoff_s = 0.1
             except asyncio.CancelledError:
                 raise

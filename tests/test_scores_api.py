@@ -94,7 +94,9 @@ async def test_rate_limit_answers_429_with_retry_after(
 async def test_full_queue_answers_429_queue_full(
     settings: Settings, redis: Any, mongo: Any, token: str
 ) -> None:
-    async with asgi_client(create_app(settings.replace(queue_max_length=2)), "http://ingest") as client:
+    async with asgi_client(
+        create_app(settings.replace(queue_max_length=2, queue_backlog_max_age_s=0.0)), "http://ingest"
+    ) as client:
         for _ in range(2):
             assert (
                 await client.post("/api/v1/scores/update", json=action(), headers=bearer(token))

@@ -21,6 +21,7 @@ from contract.courses import CourseCatalog
 from contract.http import JSONResponse, install_error_handlers
 from contract.progress import ProgressStore
 from contract.settings import Settings
+from contract.streams import BacklogGauge
 from ingest import store
 from ingest.api import auth, courses, heatmap, progress, quiz, scores, stats
 from ingest.api.state import IngestState
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Starlette:
                 redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
             ),
             catalog=CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s),
+            backlog=BacklogGauge(redis, max_age_s=settings.queue_backlog_max_age_s),
         )
         try:
             yield

@@ -70,9 +70,11 @@ async def check_rate(st: IngestState, user_id: str) -> None:
 async def enqueue(st: IngestState, action: ScoreAction) -> bool:
     """Queue ``action`` once. Returns False when its actionId was seen before.
 
-    Raises TooManyRequests (``queue_full``) when the stream is longer than ``queue_max_length``.
+    Raises TooManyRequests (``queue_full``) when the stream's backlog (entries not yet delivered
+    or not yet acknowledged by the worker, as read at most ``queue_backlog_max_age_s`` ago) has
+    reached ``queue_max_length``. Processed entries do not count (and the worker trims them).
     """
-    if await st.redis.xlen(keys.SCORE_STREAM) >= st.settings.queue_max_length:
+    if await st.backlog.of(keys.SCORE_STREAM) >= st.settings.queue_max_length:
         raise TooManyRequests("the score queue is full; retry later", code="queue_full", retry_after_s=5)
     guard = keys.action_guard(action.action_id)
     if not await st.redis.set(guard, "1", nx=True, ex=st.settings.action_guard_ttl_s):

@@ -14,6 +14,7 @@ from contract.courses import CourseCatalog
 from contract.errors import AuthError, Forbidden
 from contract.progress import ProgressStore
 from contract.settings import Settings
+from contract.streams import BacklogGauge
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -26,6 +27,7 @@ class IngestState:
     verifier: TokenVerifier
     progress: ProgressStore
     catalog: CourseCatalog
+    backlog: BacklogGauge
 
 
 def state(request: Request) -> IngestState:
