@@ -21,7 +21,10 @@ APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 STAGING_TTL_S = 3600
 
 # KEYS: zset, version, members, guard. ARGV: userId, increment, guard ttl (s).
-# Returns {status, total, seq}: seq is the board version at which the user reached total.
+# Returns {status, total, seq[, guard]}: seq is the board version at which the user reached total.
+# The guard holds "<version>:<total>" (the total this action reached): a retried batch learns
+# from it what an action it applied before a crash did (the audit log). A rebuild's guard
+# holds the version alone (the rebuild counted that action).
 _APPLY = f"""
 if redis.call('EXISTS', KEYS[2]) == 0 then return {{{MISSING}, 0, 0}} end
 local old = redis.call('HGET', KEYS[3], ARGV[1])
@@ -31,14 +34,15 @@ if old then
   total = tonumber(redis.call('ZSCORE', KEYS[1], old) or '0')
   seq = {SEQ_CEILING} - tonumber(string.sub(old, 1, {SEQ_DIGITS}))
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {{{ALREADY_APPLIED}, total, seq}} end
+local guard = redis.call('GET', KEYS[4])
+if guard then return {{{ALREADY_APPLIED}, total, seq, guard}} end
 local version = redis.call('INCR', KEYS[2])
 total = total + tonumber(ARGV[2])
 if old then redis.call('ZREM', KEYS[1], old) end
 local member = string.format('%0{SEQ_DIGITS}d', {SEQ_CEILING} - version) .. ARGV[1]
 redis.call('ZADD', KEYS[1], total, member)
 redis.call('HSET', KEYS[3], ARGV[1], member)
-redis.call('SET', KEYS[4], version, 'EX', tonumber(ARGV[3]))
+redis.call('SET', KEYS[4], version .. ':' .. total, 'EX', tonumber(ARGV[3]))
 return {{{APPLIED}, total, version}}
 """
 
@@ -69,8 +73,9 @@ return rows
 """
 
 # KEYS: zset, version, members, staging zset, staging members, guard1, guard2, ...
-# ARGV: version, force (0/1), guard ttl (s). Returns the committed version, or 0 when the board
-# came back meanwhile (without force). The guards mark actions the staged totals already count.
+# ARGV: version, force (0/1), guard ttl (s), total1, total2, ... (one per guard; '' = unknown).
+# Returns the committed version, or 0 when the board came back meanwhile (without force). The
+# guards mark actions the staged totals already count, with the total each reached (see _APPLY).
 # Staging keys carry a TTL (a rebuilder that dies leaves nothing behind); RENAME moves the TTL
 # along, so the committed keys are made persistent.
 _COMMIT_REBUILD = """
@@ -91,7 +96,12 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('PERSIST', KEYS[3])
 end
 redis.call('SET', KEYS[2], version)
-for i = 6, #KEYS do redis.call('SET', KEYS[i], version, 'EX', tonumber(ARGV[3])) end
+for i = 6, #KEYS do
+  local reached = ARGV[i - 2]
+  local value = version
+  if reached and reached ~= '' then value = version .. ':' .. reached end
+  redis.call('SET', KEYS[i], value, 'EX', tonumber(ARGV[3]))
+end
 return version
 """
 
@@ -102,6 +112,9 @@ class ApplyResult:
     status: int
     total: int
     seq: int
+    # The total the action reached when it was applied: ``total`` for APPLIED; for
+    # ALREADY_APPLIED what its guard remembers (None when a rebuild counted it).
+    reached: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +148,16 @@ class Around:
 class Profile:
     name: str
     avatar_url: str | None
+
+
+def _reached(reply: Sequence[Any]) -> int | None:
+    if int(reply[0]) == APPLIED:
+        return int(reply[1])
+    if len(reply) > 3:
+        _, sep, total = str(reply[3]).partition(":")
+        if sep:
+            return int(total)
+    return None
 
 
 def _rows(flat: Sequence[Any], first_rank: int) -> list[Row]:
@@ -175,7 +198,7 @@ class BoardStore:
             )
         replies = await pipe.execute()
         return [
-            ApplyResult(board=step[0], status=int(r[0]), total=int(r[1]), seq=int(r[2]))
+            ApplyResult(board=step[0], status=int(r[0]), total=int(r[1]), seq=int(r[2]), reached=_reached(r))
             for step, r in zip(steps, replies, strict=True)
         ]
 
@@ -220,13 +243,14 @@ class BoardStore:
         *,
         version: int,
         force: bool,
-        counted: Sequence[str] = (),
+        counted: Sequence[tuple[str, int | None]] = (),
     ) -> int:
         """Replace ``board`` with (userId, score, seq) rows, atomically at the commit.
 
-        ``counted`` are actionIds the rows already include: the commit sets their guards, so a
-        later apply of one of them is a no-op. Without ``force`` the commit is a no-op when the
-        board came back meanwhile. Returns the committed version, or 0 when nothing changed.
+        ``counted`` are (actionId, the total it reached or None) the rows already include: the
+        commit sets their guards, so a later apply of one of them is a no-op. Without ``force``
+        the commit is a no-op when the board came back meanwhile. Returns the committed version,
+        or 0 when nothing changed.
         """
         keys: BoardKeys = board_keys(board)
         # Concurrent rebuilds of one board (the read API and a worker, say) stage apart.
@@ -240,8 +264,9 @@ class BoardStore:
         if chunk:
             await self._stage(staging, chunk)
         keyset = [keys.zset, keys.version, keys.members, *staging]
-        keyset += [keys.guard(action_id) for action_id in counted]
-        return int(await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s]))
+        keyset += [keys.guard(action_id) for action_id, _ in counted]
+        reached = ["" if total is None else total for _, total in counted]
+        return int(await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s, *reached]))
 
     async def _stage(self, staging: tuple[str, str], chunk: list[tuple[str, int, int]]) -> None:
         zset, members_key = staging

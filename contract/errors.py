@@ -6,6 +6,7 @@ ScorecastError                 root; carries ``code`` (snake_case), ``message`` 
 │   └── PayloadTooLarge        413: a body over the configured limit
 ├── AuthError                  401: missing, expired, tampered or otherwise unacceptable token
 ├── Forbidden                  403: authenticated but not allowed
+│   └── TemporarilyBlocked     403: a flagged user may not score until ``until`` (ISO 8601)
 ├── NotFound                   404
 ├── Conflict                   409
 ├── TooManyRequests            429: rate limited or queue full; carries ``retry_after_s``
@@ -49,6 +50,14 @@ class AuthError(ScorecastError):
 class Forbidden(ScorecastError):
     status = 403
     default_code = "forbidden"
+
+
+class TemporarilyBlocked(Forbidden):
+    default_code = "temporarily_blocked"
+
+    def __init__(self, message: str, *, until: str) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class NotFound(ScorecastError):

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from contract.errors import BadRequest, PayloadTooLarge, ScorecastError, TooManyRequests
+from contract.errors import BadRequest, PayloadTooLarge, ScorecastError, TemporarilyBlocked, TooManyRequests
 from contract.messages import json_encoder
 
 log = logging.getLogger("scorecast.http")
@@ -47,8 +47,16 @@ class JSONResponse(Response):
         return json_encoder.encode(content)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
+) -> Response:
+    """API.md's error body; ``extra`` fields (e.g. ``until``) go beside code and message."""
+    error = {"code": code, "message": message, **(extra or {})}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 async def _scorecast_error(request: Request, exc: Exception) -> Response:
@@ -56,7 +64,8 @@ async def _scorecast_error(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, TooManyRequests):
         headers = {"Retry-After": str(max(1, exc.retry_after_s))}
-    return error_response(exc.status, exc.code, exc.message, headers)
+    extra = {"until": exc.until} if isinstance(exc, TemporarilyBlocked) else None
+    return error_response(exc.status, exc.code, exc.message, headers, extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -126,3 +126,27 @@ def course_meta(course_id: str) -> str:
 
 def course_meta_lock(course_id: str) -> str:
     return f"courseMeta:{course_id}:lock"
+
+
+# Anomaly flags (ingest.anomaly). Per-user keys share the user's hash tag.
+def score_block(user_id: str) -> str:
+    """Set (value: end in epoch ms, with a TTL) while the user is blocked from scoring."""
+    return f"block:{{user:{user_id}}}"
+
+
+def recent_increments(user_id: str) -> str:
+    """List of the user's latest increments, newest first: their norm for the jump rule."""
+    return f"anomaly:{{user:{user_id}}}:incs"
+
+
+def recent_actions(user_id: str) -> str:
+    """ZSET of the user's applied actionIds scored by time (ms): the burst rule's window."""
+    return f"anomaly:{{user:{user_id}}}:acts"
+
+
+BOARD_INCREMENTS = "anomaly:board:incs"
+
+
+def quiz_start(user_id: str, quiz_id: str) -> str:
+    """When the user first fetched the quiz (epoch ms, server clock)."""
+    return f"quizstart:{{user:{user_id}}}:{quiz_id}"

@@ -128,6 +128,52 @@ class AroundAnswer(Output):
     below: list[LeaderboardEntry]
 
 
+# ---------------------------------------------------------------- admin (HTTP)
+class AuditItem(Output):
+    """One score change: ``oldScore``/``newScore`` are the user's totals on ``boards[0]``."""
+
+    action_id: str | None
+    user_id: str
+    type: str
+    boards: list[str]
+    increment: int
+    old_score: int
+    new_score: int
+    ip: str | None
+    user_agent: str | None
+    ts: str
+
+
+class AuditPage(Output):
+    items: list[AuditItem]
+    next: str | None
+
+
+class FlagItem(Output):
+    user_id: str
+    rule: str
+    evidence: dict[str, str | int | float | None]
+    ts: str
+    status: str
+    blocked_until: str | None = None
+
+
+class FlagPage(Output):
+    items: list[FlagItem]
+
+
+class QuizQuestionOut(Output):
+    question_id: str
+    points: int
+
+
+class QuizOut(Output):
+    quiz_id: str
+    title: str
+    questions: list[QuizQuestionOut]
+    course_id: str | None = None
+
+
 # ---------------------------------------------------------------- internal (stream, Pub/Sub)
 class StreamEntry(msgspec.Struct, rename="camel", forbid_unknown_fields=True, tag_field="kind"):
     """One entry of the score stream (field ``d`` of the stream entry holds its JSON)."""
@@ -145,6 +191,13 @@ class ScoreAction(StreamEntry, tag="score"):
     avatar_url: str | None = None
     course_id: str | None = None
     source: str = "score"
+    # Who sent it (audit log); absent on actions the server makes itself (completions).
+    ip: str | None = None
+    user_agent: str | None = None
+    # A quiz's time from its fetch to this submission (server clock), and its question count:
+    # the quiz_too_fast rule. Absent when the quiz was submitted without a recorded fetch.
+    quiz_elapsed_ms: int | None = None
+    quiz_questions: int | None = None
 
 
 class RebuildRequest(StreamEntry, tag="rebuild"):

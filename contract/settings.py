@@ -50,6 +50,32 @@ class Settings:
     queue_backlog_max_age_s: float = 0.1  # an API process re-reads the backlog at most this often
     action_guard_ttl_s: int = 7 * 24 * 3600
     max_body_bytes: int = 16 * 1024
+    # Client address of score writes (audit log): X-Forwarded-For is honoured only when the peer
+    # is one of these comma-separated addresses or CIDR networks (a reverse proxy you run).
+    trusted_proxies: str = ""
+    audit_user_agent_max_chars: int = 256
+
+    # Anomaly flags (evaluated by the worker as actions are applied; see ingest/anomaly.py).
+    # A flag is raised once per user, rule and window of flag_window_s.
+    flag_window_s: int = 3600
+    # jump: an increment above flag_jump_factor x the user's mean of their last
+    # flag_norm_samples increments AND x the global board's mean, and at least
+    # flag_jump_min_increment (a new user is held against the board alone).
+    flag_jump_factor: float = 10.0
+    flag_jump_min_increment: int = 100
+    flag_norm_samples: int = 20
+    flag_board_norm_samples: int = 200
+    # burst: more than flag_burst_actions applied actions of one user within flag_burst_window_s.
+    flag_burst_actions: int = 50
+    flag_burst_window_s: float = 60.0
+    # quiz_too_fast: a quiz submitted sooner after it was fetched than this per question.
+    flag_quiz_min_ms_per_question: int = 2000
+    # Fetching a quiz (GET /api/v1/quizzes/{quizId}) starts its clock; with this on, a
+    # submission without a fetch first is refused (409 quiz_not_started).
+    quiz_require_start: bool = False
+    quiz_start_ttl_s: int = 24 * 3600
+    # A flagged user cannot score for this long (403 temporarily_blocked); 0 = flags only.
+    flag_block_s: int = 0
 
     # Worker
     stream_batch_size: int = 200

@@ -14,6 +14,10 @@ note on nx-27017 and dotted upserts).
 - ``student_stats`` {_id: userId, currentStreak, longestStreak, lastActiveDate, totalCompleted, tz}
 - ``completions``  {_id: eventId, userId, courseId, lectureId, tsMs}: each lecture completion once
 - ``quizzes``      {_id: quizId, title, courseId, key, points} (ingest.api.quiz)
+- ``audit``        {_id, actionId, userId, type, boards, oldScores, newScores, increment, ip,
+                   userAgent, tsMs}: every change of a score (ingest.audit)
+- ``flags``        {_id: "<userId>|<rule>|<window>", userId, rule, evidence, tsMs, status,
+                   blockedUntilMs}: anomaly rule hits (ingest.anomaly)
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ PROGRESS = "progress"
 ACTIVITY = "activity"
 STATS = "student_stats"
 COMPLETIONS = "completions"
+AUDIT = "audit"
+FLAGS = "flags"
 
 
 def progress_id(user_id: str, course_id: str) -> str:
@@ -46,6 +52,13 @@ async def ensure_indexes(db: Any) -> None:
     await db[PROGRESS].create_index([("userId", 1)])
     await db[ACTIVITY].create_index([("userId", 1), ("date", 1)])
     await db[COMPLETIONS].create_index([("userId", 1)])
+    # The admin audit query: newest first, all users or one, keyset-paginated on (tsMs, _id).
+    # (_id is left out of the keys: nx-27017 cannot index it as a path; tsMs ties are few.)
+    await db[AUDIT].create_index([("tsMs", -1)])
+    await db[AUDIT].create_index([("userId", 1), ("tsMs", -1)])
+    await db[FLAGS].create_index([("status", 1), ("tsMs", -1)])
+    await db[FLAGS].create_index([("userId", 1), ("status", 1)])
+    await db[FLAGS].create_index([("rule", 1)])
 
 
 def user_doc(name: str, avatar_url: str | None, region: str | None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Per batch, in this order (each step is idempotent, so a crash anywhere is repair
 3. one pipelined round trip applies every (board, action) step in Redis (atomic and idempotent
    per board); a missing board is rebuilt from MongoDB (counting the actions in flight, this
    batch's among them; see ``ingest.rebuild``) and the step re-applied;
-4. ``board_totals`` and ``users`` bulk upserts, then the events are marked applied;
+4. ``board_totals`` and ``users`` bulk upserts, the audit log (``ingest.audit``), the anomaly
+   rules (``ingest.anomaly``), then the events are marked applied;
 5. one ``BoardEvent`` per changed board is published with its newest version;
 6. the consumer XACKs (only after MongoDB acknowledged).
 
@@ -36,8 +37,9 @@ from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore, Profi
 from contract.clients import redis_client
 from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
 from contract.settings import Settings
-from ingest import store
+from ingest import audit, store
 from ingest.achievements import Achievements
+from ingest.anomaly import AnomalyDetector
 from ingest.consumer import Entry, StreamConsumer
 from ingest.rebuild import rebuild_board
 
@@ -57,6 +59,7 @@ class ScoreWorker:
         self.db = db
         self.settings = settings
         self.boards = BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s)
+        self.anomaly = AnomalyDetector(redis=redis, db=db, settings=settings)
 
     def consumer(self, name: str) -> StreamConsumer:
         s = self.settings
@@ -130,6 +133,8 @@ class ScoreWorker:
             retried = iter(await self.boards.apply_many(s for s in steps if s[0] in missing))
             results = [next(retried) if r.status == MISSING else r for r in results]
         await self._persist(todo, steps, results)
+        await self._audit(todo, steps, results)
+        await self.anomaly.observe(todo)
         await events.update_many({"_id": {"$in": [a.action_id for a in todo]}}, {"$set": {"applied": True}})
         for r in results:
             if r.status == APPLIED:
@@ -172,6 +177,15 @@ class ScoreWorker:
             {uid: Profile(name=a.name, avatar_url=a.avatar_url) for uid, a in users.items()},
             ttl_s=self.settings.user_cache_ttl_s,
         )
+
+    async def _audit(
+        self, todo: list[ScoreAction], steps: list[tuple[str, str, str, int]], results: list[ApplyResult]
+    ) -> None:
+        by_action: dict[tuple[str, str], list[tuple[str, ApplyResult]]] = {}
+        for (board, action_id, user_id, _), r in zip(steps, results, strict=True):
+            by_action.setdefault((action_id, user_id), []).append((board, r))
+        docs = [audit.action_doc(a, by_action.get((a.action_id, a.user_id), [])) for a in todo]
+        await audit.write(self.db, [d for d in docs if d is not None])
 
     async def _publish(self, versions: dict[str, int]) -> None:
         if not versions:

@@ -111,3 +111,33 @@ async def test_array_membership_matches_in_find_through_a_multikey_index(mongo: 
     users = [d["_id"] async for d in mongo.ev.find({"userId": {"$in": ["ada", "bob"]}, "boards": "weekly:x"})]
     assert sorted(users) == ["a1", "b1"]
     assert await mongo.ev.find_one({"boards": "monthly:y"}) is None
+
+
+async def test_keyset_page_newest_first_with_or_and_limit(mongo: Any) -> None:
+    # ingest.audit.page: (tsMs desc, _id desc) with an $or cursor beside a field filter.
+    await mongo.c.create_index([("userId", 1), ("tsMs", -1)])
+    docs = [{"_id": f"u|{i}", "userId": "u" if i % 3 else "v", "tsMs": 100 + i // 2} for i in range(10)]
+    await mongo.c.insert_many(docs)
+    cursor = {"$or": [{"tsMs": {"$lt": 103}}, {"tsMs": 103, "_id": {"$lt": "u|7"}}]}
+    found = [
+        d["_id"]
+        async for d in mongo.c.find({"userId": "u", "tsMs": {"$gte": 101}, **cursor})
+        .sort([("tsMs", -1), ("_id", -1)])
+        .limit(3)
+    ]
+    assert found == ["u|5", "u|4", "u|2"]
+
+
+async def test_set_on_insert_stores_a_nested_evidence_object_and_counts_by_range(mongo: Any) -> None:
+    # ingest.anomaly.record: the evidence object is inserted whole, never upserted by path.
+    op = UpdateOne(
+        {"_id": "ada|burst|1"},
+        {"$setOnInsert": {"userId": "ada", "evidence": {"actions": 5, "windowS": 1.5}, "blockedUntilMs": 9}},
+        upsert=True,
+    )
+    first = await mongo.c.bulk_write([op], ordered=False)
+    second = await mongo.c.bulk_write([op], ordered=False)
+    assert first.upserted_ids == {0: "ada|burst|1"} and second.upserted_ids == {}
+    assert (await mongo.c.find_one({"_id": "ada|burst|1"}))["evidence"] == {"actions": 5, "windowS": 1.5}
+    assert await mongo.c.count_documents({"blockedUntilMs": {"$gt": 0}}) == 1
+    assert await mongo.c.count_documents({"blockedUntilMs": {"$gt": 9}}) == 0

@@ -18,6 +18,9 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        # uvicorn would trust X-Forwarded-For from 127.0.0.1 by default; the client address is
+        # decided by TRUSTED_PROXIES alone (ingest.api.client).
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_timeout_s),
     )
 

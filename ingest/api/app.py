@@ -23,7 +23,9 @@ from contract.progress import ProgressStore
 from contract.settings import Settings
 from contract.streams import BacklogGauge
 from ingest import store
-from ingest.api import auth, courses, heatmap, progress, quiz, scores, stats
+from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
+from ingest.api.client import parse_networks
+from ingest.api.metrics import IngestMetrics, metrics_endpoint
 from ingest.api.state import IngestState
 
 
@@ -35,6 +37,8 @@ MONGO_MIN_POOL_SIZE = 16
 
 
 def create_app(settings: Settings) -> Starlette:
+    trusted_proxies = parse_networks(settings.trusted_proxies)  # a bad entry fails at start
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(settings.redis_url)
@@ -57,6 +61,7 @@ def create_app(settings: Settings) -> Starlette:
             ),
             catalog=CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s),
             backlog=BacklogGauge(redis, max_age_s=settings.queue_backlog_max_age_s),
+            trusted_proxies=trusted_proxies,
         )
         try:
             yield
@@ -66,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/metrics", metrics_endpoint),
         *auth.routes,
         *scores.routes,
         *quiz.routes,
@@ -73,6 +79,7 @@ def create_app(settings: Settings) -> Starlette:
         *heatmap.routes,
         *progress.routes,
         *stats.routes,
+        *admin.routes,
     ]
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     middleware = [
@@ -85,5 +92,6 @@ def create_app(settings: Settings) -> Starlette:
         )
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.metrics = IngestMetrics()
     install_error_handlers(app)
     return app

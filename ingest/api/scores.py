@@ -19,7 +19,7 @@ from contract import keys
 from contract.auth import Claims
 from contract.boards import resolve
 from contract.boardstore import Profile, Row, Top
-from contract.errors import BadRequest, NotFound, TooManyRequests
+from contract.errors import BadRequest, NotFound, TemporarilyBlocked, TooManyRequests
 from contract.http import JSONResponse, decode_body
 from contract.messages import (
     AroundAnswer,
@@ -32,7 +32,10 @@ from contract.messages import (
     ScoreUpdateRequest,
     json_encoder,
 )
-from ingest import store
+from ingest import audit, store
+from ingest.anomaly import blocked_until
+from ingest.api.client import client_of
+from ingest.api.metrics import counted
 from ingest.api.state import IngestState, authenticate, state
 from ingest.rebuild import rebuild_board
 
@@ -67,6 +70,15 @@ async def check_rate(st: IngestState, user_id: str) -> None:
         )
 
 
+async def check_block(st: IngestState, user_id: str) -> None:
+    """Raises TemporarilyBlocked while an anomaly flag blocks ``user_id`` from scoring."""
+    until_ms = await blocked_until(st.redis, user_id)
+    if until_ms is not None:
+        raise TemporarilyBlocked(
+            f"{user_id} is blocked from scoring pending review", until=audit.iso(until_ms)
+        )
+
+
 async def enqueue(st: IngestState, action: ScoreAction) -> bool:
     """Queue ``action`` once. Returns False when its actionId was seen before.
 
@@ -88,8 +100,21 @@ async def enqueue(st: IngestState, action: ScoreAction) -> bool:
 
 
 def action_for(
-    claims: Claims, action_id: str, increment: int, *, course_id: str | None, source: str
+    claims: Claims,
+    action_id: str,
+    increment: int,
+    *,
+    course_id: str | None,
+    source: str,
+    request: Request | None = None,
 ) -> ScoreAction:
+    """The stream entry of a score action; ``request`` gives the client's IP and user agent."""
+    client = None
+    if request is not None:
+        st = state(request)
+        client = client_of(
+            request, st.trusted_proxies, max_agent_chars=st.settings.audit_user_agent_max_chars
+        )
     return ScoreAction(
         action_id=action_id.lower(),
         user_id=claims.sub,
@@ -100,6 +125,8 @@ def action_for(
         avatar_url=claims.avatar_url,
         course_id=course_id,
         source=source,
+        ip=client.ip if client else None,
+        user_agent=client.user_agent if client else None,
     )
 
 
@@ -111,9 +138,15 @@ async def update(request: Request) -> Response:
         raise BadRequest(
             f"scoreIncrement must be at most {st.settings.max_score_increment}", code="increment_too_large"
         )
+    await check_block(st, claims.sub)
     await check_rate(st, claims.sub)
     action = action_for(
-        claims, body.action_id, body.score_increment, course_id=body.course_id, source="score"
+        claims,
+        body.action_id,
+        body.score_increment,
+        course_id=body.course_id,
+        source="score",
+        request=request,
     )
     if not await enqueue(st, action):
         return JSONResponse(ScoreAccepted(status="duplicate", action_id=action.action_id), status_code=200)
@@ -228,7 +261,7 @@ async def rebuild(request: Request) -> Response:
 
 
 routes: list[BaseRoute] = [
-    Route("/api/v1/scores/update", update, methods=["POST"]),
+    Route("/api/v1/scores/update", counted("scores", update), methods=["POST"]),
     Route("/api/v1/scores/leaderboard", leaderboard, methods=["GET"]),
     Route("/api/v1/scores/rank/{user_id}", rank, methods=["GET"]),
     Route("/api/v1/scores/around/{user_id}", around_me, methods=["GET"]),

@@ -15,6 +15,7 @@ from contract.errors import AuthError, Forbidden
 from contract.progress import ProgressStore
 from contract.settings import Settings
 from contract.streams import BacklogGauge
+from ingest.api.client import Network
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -28,6 +29,7 @@ class IngestState:
     progress: ProgressStore
     catalog: CourseCatalog
     backlog: BacklogGauge
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 def state(request: Request) -> IngestState:
