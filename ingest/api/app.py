@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,14 +27,27 @@ from ingest import store
 from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
 from ingest.api.client import parse_networks
 from ingest.api.metrics import IngestMetrics, metrics_endpoint
-from ingest.api.state import IngestState
+from ingest.api.state import IngestState, state
 
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def readyz(request: Request) -> Response:
+    """Ready while Redis and MongoDB both answer (Kubernetes stops routing here otherwise)."""
+    st = state(request)
+    for name, check in (("redis", st.redis.ping), ("mongodb", lambda: st.mongo.command("ping"))):
+        try:
+            # Bounded: pymongo would wait 30 s for a server, far past any probe's timeout.
+            await asyncio.wait_for(check(), READY_TIMEOUT_S)
+        except Exception:
+            return JSONResponse({"status": f"{name} unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
 MONGO_MIN_POOL_SIZE = 16
+READY_TIMEOUT_S = 2.0
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -71,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         *auth.routes,
         *scores.routes,
