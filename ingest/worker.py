@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import os
 import signal
@@ -181,10 +182,12 @@ class ScoreWorker:
     async def _audit(
         self, todo: list[ScoreAction], steps: list[tuple[str, str, str, int]], results: list[ApplyResult]
     ) -> None:
-        by_action: dict[tuple[str, str], list[tuple[str, ApplyResult]]] = {}
-        for (board, action_id, user_id, _), r in zip(steps, results, strict=True):
-            by_action.setdefault((action_id, user_id), []).append((board, r))
-        docs = [audit.action_doc(a, by_action.get((a.action_id, a.user_id), [])) for a in todo]
+        # Steps are made action by action, board by board (see apply): matched up by position.
+        done = iter(zip(steps, results, strict=True))
+        docs = []
+        for a in todo:
+            applied = [(step[0], r) for step, r in itertools.islice(done, len(boards_of(a)))]
+            docs.append(audit.action_doc(a, applied))
         await audit.write(self.db, [d for d in docs if d is not None])
 
     async def _publish(self, versions: dict[str, int]) -> None:
