@@ -14,6 +14,10 @@ let state = null; // the last progress view
 let current = null; // lectureId playing
 let socket = null;
 let timer = null;
+// Where the page itself last moved the playhead (a resume, another device's move), until the
+// video reports that seek done: such a seek is not the learner's, so it is not pinged. Pinging it
+// would tell the other device its own move back, and two paused players would echo each other.
+let ownSeekTo = null;
 
 const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 
@@ -60,7 +64,8 @@ async function refresh() {
 
 function seekWhenReady(position) {
   const seek = () => {
-    video.currentTime = Math.min(position, video.duration || position);
+    ownSeekTo = Math.min(position, video.duration || position);
+    video.currentTime = ownSeekTo;
     video.dataset.resumedAt = String(position);
   };
   if (video.readyState >= 1) seek();
@@ -86,6 +91,7 @@ function connectSocket() {
       $("saved").dataset.seq = String(seq);
     },
     progress: (moved) => {
+      // Followed without a ping of its own (see ownSeekTo): nothing can bounce back.
       if (moved.courseId !== courseId) return;
       $("other-device").textContent = `continued on another device at ${clock(moved.position)}`;
       if (video.paused) openLecture(moved.lectureId, moved.position);
@@ -102,7 +108,13 @@ video.addEventListener("pause", () => {
   clearInterval(timer);
   sendPing();
 });
-video.addEventListener("seeked", sendPing);
+video.addEventListener("seeked", () => {
+  // A seek that ended where the page put the playhead was the page's; any other is the learner's
+  // (one that overtook the page's seek lands elsewhere and is pinged).
+  const own = ownSeekTo !== null && Math.abs(video.currentTime - ownSeekTo) < 0.01;
+  ownSeekTo = null;
+  if (!own) sendPing();
+});
 video.addEventListener("ended", async () => {
   clearInterval(timer);
   sendPing();
