@@ -14,6 +14,7 @@ export class BoardFeed {
     this.source = null;
     this.lastEventId = null;
     this.last = null; // the newest {type, board, data} message, replayed to new listeners
+    this.status = null; // the newest {type: "status", ...} message, replayed to new listeners too
     this.attempt = 0;
     this.timer = null;
     this.stableTimer = null;
@@ -46,7 +47,7 @@ export class BoardFeed {
       this.retry(afterMs);
     });
     source.onopen = () => {
-      this.emit({ type: "status", board: this.board, status: "open" });
+      this.#status({ type: "status", board: this.board, status: "open" });
       clearTimeout(this.stableTimer);
       this.stableTimer = setTimeout(() => (this.attempt = 0), 10000);
     };
@@ -58,9 +59,14 @@ export class BoardFeed {
     if (this.source) this.source.close();
     this.source = null;
     if (this.closed) return;
-    this.emit({ type: "status", board: this.board, status: "reconnecting", inMs: delayMs });
+    this.#status({ type: "status", board: this.board, status: "reconnecting", inMs: delayMs });
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.open(), delayMs);
+  }
+
+  #status(message) {
+    this.status = message;
+    this.emit(message);
   }
 
   close() {

@@ -13,8 +13,10 @@ function watch(port, board) {
     });
     entry = { feed, ports };
     feeds.set(board, entry);
-  } else if (entry.feed.last) {
-    port.postMessage(entry.feed.last); // a new tab sees the board at once
+  } else {
+    // A new tab sees at once what the others see: the connection's state and the board.
+    if (entry.feed.status) port.postMessage(entry.feed.status);
+    if (entry.feed.last) port.postMessage(entry.feed.last);
   }
   entry.ports.add(port);
 }

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from typing import Any
 
 import httpx
 from playwright.async_api import Page
 
 from contract.auth import TokenIssuer
+from contract.boardstore import BoardStore
 from devstack.processes import Stack
 from tests.browser import chromium, open_connections
 from tests.eventually import eventually
+from tests.test_gateway_sse import apply
 
 
 async def row_score(page: Page, user_id: str) -> str | None:
@@ -83,4 +87,38 @@ async def test_without_shared_worker_each_tab_has_its_own_event_source(
         for page in pages:
             assert await eventually(lambda p=page: row_score(p, "rival"), until=lambda s: s == "5") == "5"
         assert await open_connections(stack.gateway_url, "sse") == 2
+        await context.close()
+
+
+async def test_a_tab_opened_later_is_live_at_once_and_learners_see_no_version_number(
+    stack: Stack, redis: Any
+) -> None:
+    # A rebuilt board's version is at least the epoch in milliseconds: a 13-digit number.
+    store = BoardStore(redis)
+    await store.stage_and_commit("global", [], version=int(time.time() * 1000), force=True)
+    version = await apply(store, "global", {"rival": 42})
+    assert len(str(version)) == 13
+    stack.start_all()
+    async with chromium() as browser:
+        context = await browser.new_context()
+        first = await context.new_page()
+        await first.goto(stack.gateway_url + "/")
+        await first.fill("#name", "Grace Hopper")
+        await first.click("#login button[type=submit]")
+        await first.wait_for_selector("#status[data-state=open]")
+        assert await eventually(lambda: row_score(first, "rival"), until=lambda s: s == "42") == "42"
+
+        # The SharedWorker's feed is open already: the new tab gets its board and its status.
+        second = await context.new_page()
+        await second.goto(stack.gateway_url + "/")
+        await second.wait_for_selector("#app:not(.hidden)")
+        assert await eventually(lambda: row_score(second, "rival"), until=lambda s: s == "42") == "42"
+        await second.wait_for_selector("#status[data-state=open]", timeout=10_000)
+        assert await second.text_content("#status") == "live"
+        assert await open_connections(stack.gateway_url, "sse") == 1
+
+        for page in (first, second):
+            # The version stays machine-readable for scripts, but is not shown to the learner.
+            assert await page.get_attribute("#rows", "data-version") == str(version)
+            assert str(version) not in await page.inner_text("body")
         await context.close()
