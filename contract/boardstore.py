@@ -1,8 +1,12 @@
 """The Redis side of a board: atomic idempotent apply, reads, and the rebuild commit.
 
 Every operation touches the keys of one board only (one hash tag, one cluster slot), so it
-runs unchanged on Redis Cluster. A board "exists" while its version key exists; an apply on
-a missing board answers :data:`MISSING` and the caller rebuilds it from MongoDB first.
+runs unchanged on Redis Cluster. A board "exists" while its version key exists AND it has its
+ranking (the ZSET and its members hash) or the marker of a board that has no member (set by a
+rebuild that found none, cleared by the first apply). A version without either means Redis lost
+the ranking (a DEL, an eviction), so "empty" and "lost" never look alike. Every script, and
+:meth:`BoardStore.exists`, use this one test; an apply on a missing board answers
+:data:`MISSING` and the caller rebuilds it from MongoDB first, reads report ``exists=False``.
 
 Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
 ``decode_responses=True``.
@@ -20,13 +24,27 @@ from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 STAGING_TTL_S = 3600
 
-# KEYS: zset, version, members, guard. ARGV: userId, increment, guard ttl (s).
+# The one test of "the board exists", shared by every script below.
+_EXISTS_FN = """
+local function board_exists(zset, version, members, empty)
+  if redis.call('EXISTS', version) == 0 then return false end
+  if redis.call('EXISTS', empty) == 1 then return true end
+  return redis.call('EXISTS', zset, members) == 2
+end
+"""
+
+# KEYS: zset, version, members, empty. Returns 1 when the board exists.
+_EXISTS = _EXISTS_FN + "return board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) and 1 or 0"
+
+# KEYS: zset, version, members, guard, empty. ARGV: userId, increment, guard ttl (s).
 # Returns {status, total, seq[, guard]}: seq is the board version at which the user reached total.
 # The guard holds "<version>:<total>" (the total this action reached): a retried batch learns
 # from it what an action it applied before a crash did (the audit log). A rebuild's guard
 # holds the version alone (the rebuild counted that action).
-_APPLY = f"""
-if redis.call('EXISTS', KEYS[2]) == 0 then return {{{MISSING}, 0, 0}} end
+_APPLY = (
+    _EXISTS_FN
+    + f"""
+if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[5]) then return {{{MISSING}, 0, 0}} end
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 local total = 0
 local seq = 0
@@ -42,24 +60,33 @@ if old then redis.call('ZREM', KEYS[1], old) end
 local member = string.format('%0{SEQ_DIGITS}d', {SEQ_CEILING} - version) .. ARGV[1]
 redis.call('ZADD', KEYS[1], total, member)
 redis.call('HSET', KEYS[3], ARGV[1], member)
+redis.call('DEL', KEYS[5])
 redis.call('SET', KEYS[4], version .. ':' .. total, 'EX', tonumber(ARGV[3]))
 return {{{APPLIED}, total, version}}
 """
+)
 
-# KEYS: zset, version, limit. Returns {version, member1, score1, ...} atomically.
-_TOP = """
+# KEYS: zset, version, members, empty. ARGV: limit. Returns {version, member1, score1, ...}
+# atomically, or {-1} when the board is missing.
+_TOP = (
+    _EXISTS_FN
+    + """
+if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
 local version = redis.call('GET', KEYS[2])
-if not version then return {-1} end
 local rows = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 table.insert(rows, 1, tonumber(version))
 return rows
 """
+)
 
-# KEYS: zset, version, members. ARGV: userId, above, below.
-# Returns {version, rank0 or -1, member1, score1, ...} for the window around the user.
-_AROUND = """
+# KEYS: zset, version, members, empty. ARGV: userId, above, below.
+# Returns {version, rank0 or -1, member1, score1, ...} for the window around the user, or {-1}
+# when the board is missing.
+_AROUND = (
+    _EXISTS_FN
+    + """
+if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
 local version = redis.call('GET', KEYS[2])
-if not version then return {-1} end
 local member = redis.call('HGET', KEYS[3], ARGV[1])
 if not member then return {tonumber(version), -1} end
 local rank = redis.call('ZREVRANK', KEYS[1], member)
@@ -71,22 +98,26 @@ table.insert(rows, 1, rank)
 table.insert(rows, 1, tonumber(version))
 return rows
 """
+)
 
-# KEYS: zset, version, members, staging zset, staging members, guard1, guard2, ...
+# KEYS: zset, version, members, staging zset, staging members, empty, guard1, guard2, ...
 # ARGV: version, force (0/1), guard ttl (s), total1, total2, ... (one per guard; '' = unknown).
 # Returns the committed version, or 0 when the board came back meanwhile (without force). The
 # guards mark actions the staged totals already count, with the total each reached (see _APPLY).
 # Staging keys carry a TTL (a rebuilder that dies leaves nothing behind); RENAME moves the TTL
-# along, so the committed keys are made persistent.
-_COMMIT_REBUILD = """
-if ARGV[2] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then
+# along, so the committed keys are made persistent. A board committed without rows gets the
+# empty marker, so it exists.
+_COMMIT_REBUILD = (
+    _EXISTS_FN
+    + """
+if ARGV[2] == '0' and board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[6]) then
   redis.call('DEL', KEYS[4], KEYS[5])
   return 0
 end
 local version = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current > version then version = current end
-redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[6])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('RENAME', KEYS[4], KEYS[1])
   redis.call('PERSIST', KEYS[1])
@@ -95,15 +126,20 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('RENAME', KEYS[5], KEYS[3])
   redis.call('PERSIST', KEYS[3])
 end
+if redis.call('EXISTS', KEYS[1], KEYS[3]) < 2 then
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SET', KEYS[6], '1')
+end
 redis.call('SET', KEYS[2], version)
-for i = 6, #KEYS do
-  local reached = ARGV[i - 2]
+for i = 7, #KEYS do
+  local reached = ARGV[i - 3]
   local value = version
   if reached and reached ~= '' then value = version .. ':' .. reached end
   redis.call('SET', KEYS[i], value, 'EX', tonumber(ARGV[3]))
 end
 return version
 """
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +214,7 @@ class BoardStore:
         self._top = redis.register_script(_TOP)
         self._around = redis.register_script(_AROUND)
         self._commit = redis.register_script(_COMMIT_REBUILD)
+        self._exists = redis.register_script(_EXISTS)
 
     async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
         """Apply (board, actionId, userId, increment) steps in one pipelined round trip.
@@ -192,7 +229,7 @@ class BoardStore:
         for board, action_id, user_id, increment in steps:
             keys = board_keys(board)
             await self._apply(
-                keys=[keys.zset, keys.version, keys.members, keys.guard(action_id)],
+                keys=[keys.zset, keys.version, keys.members, keys.guard(action_id), keys.empty],
                 args=[user_id, increment, self._guard_ttl_s],
                 client=pipe,
             )
@@ -204,14 +241,16 @@ class BoardStore:
 
     async def top(self, board: str, limit: int) -> Top:
         keys = board_keys(board)
-        reply = await self._top(keys=[keys.zset, keys.version], args=[limit])
+        reply = await self._top(keys=[keys.zset, keys.version, keys.members, keys.empty], args=[limit])
         if int(reply[0]) < 0:
             return Top(board=board, version=0, rows=[], exists=False)
         return Top(board=board, version=int(reply[0]), rows=_rows(reply[1:], 1))
 
     async def around(self, board: str, user_id: str, *, above: int, below: int) -> Around:
         keys = board_keys(board)
-        reply = await self._around(keys=[keys.zset, keys.version, keys.members], args=[user_id, above, below])
+        reply = await self._around(
+            keys=[keys.zset, keys.version, keys.members, keys.empty], args=[user_id, above, below]
+        )
         version = int(reply[0])
         if version < 0:
             return Around(board=board, version=0, exists=False, self_row=None, above=[], below=[])
@@ -230,7 +269,9 @@ class BoardStore:
         )
 
     async def exists(self, board: str) -> bool:
-        return bool(await self.redis.exists(board_keys(board).version))
+        """Whether the board is in Redis (see the module docstring: a lost ranking is missing)."""
+        keys = board_keys(board)
+        return bool(await self._exists(keys=[keys.zset, keys.version, keys.members, keys.empty]))
 
     async def version(self, board: str) -> int:
         """The board's version, 0 when the board is missing."""
@@ -263,7 +304,7 @@ class BoardStore:
                 chunk = []
         if chunk:
             await self._stage(staging, chunk)
-        keyset = [keys.zset, keys.version, keys.members, *staging]
+        keyset = [keys.zset, keys.version, keys.members, *staging, keys.empty]
         keyset += [keys.guard(action_id) for action_id, _ in counted]
         reached = ["" if total is None else total for _, total in counted]
         return int(await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s, *reached]))

@@ -35,6 +35,7 @@ class BoardKeys:
     zset: str
     version: str
     members: str
+    empty: str  # set while the board exists with no member (see contract.boardstore)
     guard_prefix: str
     staging_prefix: str
 
@@ -54,6 +55,7 @@ def board_keys(name: str) -> BoardKeys:
         zset=f"{tag}:z",
         version=f"{tag}:v",
         members=f"{tag}:m",
+        empty=f"{tag}:e",
         guard_prefix=f"{tag}:a:",
         staging_prefix=f"{tag}:staging:",
     )

@@ -272,6 +272,8 @@ class Hub:
         top = await self.store.top(board.name, self.settings.top_k)
         if not top.exists:
             await self._ask_rebuild(board)
+            if board.frames is not None:
+                return False  # the last standings stay until the rebuilt board's event
         if board.frames is not None and board.frames.version == top.version:
             return False
         names = await self._names([r.user_id for r in top.rows])
