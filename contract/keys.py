@@ -71,6 +71,25 @@ COMPLETION_STREAM = "stream:completions"
 COMPLETION_DEAD_LETTER = "stream:completions:dead"
 ACHIEVEMENT_GROUP = "achievements"
 
+
+def same_slot(key: str, suffix: str) -> str:
+    """A key in the Redis Cluster slot of ``key``: ``key`` + ``suffix`` when ``key`` has a hash tag,
+    else ``{key}`` + ``suffix`` (a key without a tag is hashed whole, which is what the tag hashes)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start == -1:
+        return f"{{{key}}}{suffix}"
+    if end > start + 1:
+        return key + suffix
+    raise ValueError(f"{key!r} has braces but no hash tag")
+
+
+def consumer_deadlines(stream: str, group: str) -> str:
+    """ZSET of the consumers of ``group`` that announced themselves, scored by the Redis time (ms)
+    their heartbeat runs out; in the stream's slot, so one script sees both."""
+    return same_slot(stream, f":alive:{group}")
+
+
 # Pub/Sub channels
 BOARD_CHANNEL_PREFIX = "sc:board:"
 USER_CHANNEL_PREFIX = "sc:user:"
@@ -120,6 +139,9 @@ def parse_progress(key: str) -> tuple[str, str]:
 
 
 PROGRESS_DIRTY = "progress:dirty"
+# Keys a flusher took from the dirty set and has not finished yet; in the dirty set's slot, so one
+# script moves keys between the two.
+PROGRESS_INFLIGHT = same_slot(PROGRESS_DIRTY, ":inflight")
 
 
 def course_meta(course_id: str) -> str:

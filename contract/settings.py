@@ -85,6 +85,13 @@ class Settings:
     stream_trim_interval_s: float = 1.0  # how often a consumer trims entries every group finished
     dead_letter_max_length: int = 10_000  # newest dead letters kept per stream
     consumer_name: str = ""
+    # A consumer refreshes its heartbeat this often; one silent for the TTL is taken for dead and
+    # its pending entries are claimed at once (CLAIM_IDLE_MS stays for consumers that never announce).
+    consumer_heartbeat_interval_ms: int = 1000
+    consumer_heartbeat_ttl_ms: int = 3000
+
+    # Outages: while Redis or MongoDB is unreachable, loops probe it this often and resume at once.
+    outage_probe_interval_s: float = 0.2
 
     # Leaderboards
     top_k: int = 10

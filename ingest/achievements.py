@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from contract import keys
+from contract import keys, outage
 from contract.courses import CourseCatalog
 from contract.errors import BadRequest
 from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
@@ -78,6 +78,10 @@ class Achievements:
             max_deliveries=s.max_deliveries,
             trim_interval_s=s.stream_trim_interval_s,
             dead_letter_max_length=s.dead_letter_max_length,
+            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
+            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
+            probe_interval_s=s.outage_probe_interval_s,
+            services=[outage.mongo_service(self.db.client)],
         )
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import signal
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import ResponseError
 
 from contract import keys
 from contract.auth import TokenIssuer
@@ -294,3 +296,48 @@ async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
     # A SIGTERM before the interpreter has installed its handlers is the default kill; wait until it runs.
     await eventually(lambda: asyncio.sleep(0, worker.log()), until=lambda log: "consuming" in log)
     assert worker.stop() == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_workers_batch_is_taken_over_by_heartbeat_not_after_claim_idle(
+    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+) -> None:
+    """kill -9 while entries are pending: another worker applies them long before CLAIM_IDLE_MS."""
+    stack.start("ingest.api", rate_limit_per_s=10_000.0, rate_limit_burst=10_000)
+    token = issuer.access_token(user_id="ada", name="Ada")
+    slow_claim = {"claim_idle_ms": 3_600_000}  # only the heartbeat takeover can rescue in time
+    async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for _ in range(400):
+            await post(http, token, 1)
+        doomed = stack.start("ingest.worker", stream_batch_size=20, consumer_name="doomed", **slow_claim)
+        assert doomed.process is not None
+
+        async def frozen_with_batch_in_hand() -> int:
+            """Freeze the worker; thaw and retry until it is frozen holding entries."""
+            doomed.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            try:
+                held = await redis.xpending_range(
+                    keys.SCORE_STREAM, keys.WORKER_GROUP, min="-", max="+", count=100, consumername="doomed"
+                )
+            except ResponseError:  # NOGROUP: the worker has not created its group yet
+                held = []
+            if not held:
+                doomed.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            return len(held)
+
+        await eventually(frozen_with_batch_in_hand, timeout_s=60, interval_s=0.02)
+        doomed.kill()
+        assert await mongo[store.SCORE_EVENTS].count_documents({"applied": True}) < 400
+        stack.start("ingest.worker", consumer_name="rescuer", **slow_claim)
+        assert await eventually(lambda: board(http), until=lambda b: b == [("ada", 400)], timeout_s=60) == [
+            ("ada", 400)
+        ]
+    pending = await eventually(
+        lambda: redis.xpending(keys.SCORE_STREAM, keys.WORKER_GROUP), until=lambda p: p["pending"] == 0
+    )
+    assert pending["pending"] == 0
+    names = await eventually(
+        lambda: redis.xinfo_consumers(keys.SCORE_STREAM, keys.WORKER_GROUP),
+        until=lambda cs: "doomed" not in {c["name"] for c in cs},
+    )
+    assert {c["name"] for c in names} == {"rescuer"}

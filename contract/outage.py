@@ -1,0 +1,114 @@
+"""Waiting out an outage of Redis or MongoDB: probe cheaply, resume the moment the server answers.
+
+A loop whose round failed because a backing service is unreachable does not sleep out a growing
+back-off (which kept consumers, the Pub/Sub listener and the flusher idle for seconds after the
+server was back). It probes every ``outage_probe_interval_s`` instead — one connection attempt and
+one ``PING``, no retries — and carries on as soon as every probe answers. An outage is logged
+twice (when it starts and when it ends), never with a traceback per probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pymongo
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+# One probe waits at most this long for its answer (a black-holed host must not stall the loop).
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Service:
+    """A backing service and a cheap call that succeeds only when it answers."""
+
+    name: str
+    probe: Callable[[], Awaitable[object]]
+
+
+def redis_service(redis: Any) -> Service:
+    """Redis behind ``redis``'s pool, probed on a throwaway connection with retries off (the pool's
+    own retry policy would turn one probe into several connection attempts with sleeps between)."""
+    pool = redis.connection_pool
+
+    async def probe() -> None:
+        options = {
+            **pool.connection_kwargs,
+            "retry": Retry(NoBackoff(), 0),
+            "socket_connect_timeout": PROBE_TIMEOUT_S,
+            "socket_timeout": PROBE_TIMEOUT_S,
+        }
+        conn = pool.connection_class(**options)
+        try:
+            await conn.connect()
+            await conn.send_command("PING")
+            await conn.read_response()
+        finally:
+            await conn.disconnect(nowait=True)
+
+    return Service("Redis", probe)
+
+
+def mongo_service(client: Any) -> Service:
+    """MongoDB behind the pymongo ``client``: a ``ping`` under a short deadline (server selection
+    included), which also makes the client's monitor look at the server again at once."""
+
+    async def probe() -> None:
+        with pymongo.timeout(PROBE_TIMEOUT_S):
+            await client.admin.command("ping")
+
+    return Service("MongoDB", probe)
+
+
+async def first_unreachable(services: Sequence[Service]) -> tuple[Service, BaseException] | None:
+    """The first service that does not answer its probe, with the error; None when all answer."""
+    for service in services:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S * 2):
+                await service.probe()
+        except Exception as exc:
+            return service, exc
+    return None
+
+
+async def wait_until_reachable(
+    services: Sequence[Service],
+    *,
+    interval_s: float,
+    stop: asyncio.Event,
+    who: str,
+    log: logging.Logger,
+    down: tuple[Service, BaseException] | None = None,
+) -> bool:
+    """Return once every service answers (True), or when ``stop`` is set first (False).
+
+    ``down`` is an already observed failing probe (saves one probe). Probes every ``interval_s``.
+    """
+    if down is None:
+        down = await first_unreachable(services)
+    if down is None:
+        return True
+    started = time.monotonic()
+    log.warning(
+        "%s: %s unreachable (%s); probing every %.2f s", who, down[0].name, _reason(down[1]), interval_s
+    )
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            break
+        if await first_unreachable(services) is None:
+            log.warning("%s: %s answers again after %.1f s", who, down[0].name, time.monotonic() - started)
+            return True
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
