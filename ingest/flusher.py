@@ -1,11 +1,17 @@
 """The flusher: write-behind of watch progress from Redis to MongoDB.
 
-Every ``flush_interval_s``: the dirty set is scanned in batches of ``flush_batch_size``; each
-batch is read with one pipelined HGETALL and written with ONE unordered ``bulk_write``. A key
-leaves the dirty set only when MongoDB acknowledged the values read at revision ``rev`` and the
-hash is still at that revision (SREM, then a compare step that SADDs it back when a ping landed
-meanwhile), so nothing is lost to a crash, a MongoDB outage or a late ping. A flushed hash gets
-its TTL back; a dirty one never expires.
+Every ``flush_interval_s``: keys are taken from the dirty set in batches of ``flush_batch_size``,
+each batch moved atomically into the in-flight set (one script: SPOP + SADD, both sets in one
+slot), read with one pipelined HGETALL and written with ONE unordered ``bulk_write``. Then each
+key whose hash is still at the revision ``rev`` that was read gets its TTL back and leaves the
+in-flight set; a key that changed meanwhile goes back to the dirty set (a ping also SADDs it
+there itself). A key is thus always in the dirty set, in the in-flight set, or written: what a
+flusher that died mid-cycle left in flight is flushed again (idempotent writes) by the next cycle
+and first thing at start. A failed write puts its batch back into the dirty set; a dirty hash
+never expires.
+
+Outages: a failed cycle is retried no later than one interval on, and at once when Redis and
+MongoDB answer their probes again (``contract.outage``).
 
 A key becomes ONE upsert whose filter is the ``_id`` alone: watch times (``w_<lectureId>``) and
 the resume point (``contract.progress.ResumePoint``, one string sorting by seq) are each a
@@ -18,6 +24,7 @@ Run as ``python -m ingest.flusher``; SIGTERM flushes once more and exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -25,13 +32,35 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, UpdateOne
 
-from contract import keys
+from contract import keys, outage
 from contract.clients import redis_client
 from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint
 from contract.settings import Settings
 from ingest.store import PROGRESS, progress_id
 
 log = logging.getLogger("scorecast.flusher")
+
+# The flusher's MongoDB client gives up on an unreachable server after this long (pymongo's 30 s
+# default would hold a failed cycle, and the retry after it, that long).
+SERVER_SELECTION_TIMEOUT_MS = 5000
+
+# KEYS: dirty set, in-flight set. ARGV: how many. Moves up to that many keys from the first to the
+# second in one step (a flusher dying right after leaves them in flight, not lost) and returns them.
+_TAKE = """
+local taken = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
+for i = 1, #taken, 1000 do
+  redis.call('SADD', KEYS[2], unpack(taken, i, math.min(i + 999, #taken)))
+end
+return taken
+"""
+# KEYS: in-flight set, dirty set. ARGV: keys to hand back to the dirty set.
+_GIVE_BACK = """
+for i = 1, #ARGV, 1000 do
+  local chunk = {unpack(ARGV, i, math.min(i + 999, #ARGV))}
+  redis.call('SADD', KEYS[2], unpack(chunk))
+  redis.call('SREM', KEYS[1], unpack(chunk))
+end
+"""
 
 
 def operations(key: str, live: dict[str, str], now: float) -> list[UpdateOne]:
@@ -67,39 +96,76 @@ class Flusher:
             redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
         )
         self.writes = 0  # MongoDB write operations issued, for the benchmark
+        self._take = redis.register_script(_TAKE)
+        self._give_back = redis.register_script(_GIVE_BACK)
+        # Probed after a failed cycle, to retry as soon as both answer again.
+        self.services = [outage.redis_service(redis), outage.mongo_service(db.client)]
 
     async def flush_once(self) -> int:
-        """Flush every dirty key once. Returns how many keys left the dirty set."""
+        """Flush what a dead flusher left in flight, then every key dirty now, once. Returns how
+        many keys were written and left the dirty and in-flight sets.
+
+        Raises what Redis or MongoDB raise; the keys of a failed batch stay dirty or in flight.
+        """
+        done = await self.recover()
+        # Keys dirty now, not those dirtied meanwhile: a steady stream of pings cannot make one
+        # cycle endless (they are the next cycle's).
+        budget = await self.redis.scard(keys.PROGRESS_DIRTY)
+        while budget > 0:
+            size = min(self.settings.flush_batch_size, budget)
+            taken = await self._take(keys=[keys.PROGRESS_DIRTY, keys.PROGRESS_INFLIGHT], args=[size])
+            if not taken:
+                break
+            budget -= len(taken)
+            done += await self._flush(sorted(taken))
+        return done
+
+    async def recover(self) -> int:
+        """Flush again what the in-flight set still holds: a flusher died (or a cycle failed)
+        between taking keys and finishing them. Returns how many keys were finished."""
         cursor, done = 0, 0
         while True:
             cursor, members = await self.redis.sscan(
-                keys.PROGRESS_DIRTY, cursor, count=self.settings.flush_batch_size
+                keys.PROGRESS_INFLIGHT, cursor, count=self.settings.flush_batch_size
             )
             if members:
                 done += await self._flush(sorted(set(members)))
             if cursor == 0:
                 return done
 
-    async def _flush(self, dirty: list[str]) -> int:
+    async def _flush(self, batch: list[str]) -> int:
+        """Write ``batch`` (keys in the in-flight set) to MongoDB and finish each key."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in dirty:
+        for key in batch:
             pipe.hgetall(key)
         hashes: list[dict[str, str]] = await pipe.execute()
         now = time.time()
         ops = [
-            op for key, live in zip(dirty, hashes, strict=True) if live for op in operations(key, live, now)
+            op for key, live in zip(batch, hashes, strict=True) if live for op in operations(key, live, now)
         ]
         if ops:
-            await self.write(ops)
+            try:
+                await self.write(ops)
+            except Exception:
+                # Back to the dirty set at once; if Redis is down too, the in-flight set keeps them.
+                with contextlib.suppress(Exception):
+                    await self._give_back(keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=batch)
+                raise
         pipe = self.redis.pipeline(transaction=False)
-        pipe.srem(keys.PROGRESS_DIRTY, *dirty)
-        for key, live in zip(dirty, hashes, strict=True):
+        for key, live in zip(batch, hashes, strict=True):
             await self.store.flushed(keys=[key], args=[live.get("rev", ""), self.store.ttl_s], client=pipe)
-        replies = await pipe.execute()
-        changed = [key for key, still in zip(dirty, replies[1:], strict=True) if not still]
-        if changed:  # a ping landed after the read: keep it dirty for the next cycle
-            await self.redis.sadd(keys.PROGRESS_DIRTY, *changed)
-        return len(dirty) - len(changed)
+        still = await pipe.execute()
+        finished = [key for key, same in zip(batch, still, strict=True) if same]
+        changed = [key for key, same in zip(batch, still, strict=True) if not same]
+        pipe = self.redis.pipeline(transaction=False)
+        if finished:
+            pipe.srem(keys.PROGRESS_INFLIGHT, *finished)
+        if changed:  # a ping landed after the read: dirty again, for the next cycle
+            await self._give_back(
+                keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=changed, client=pipe
+            )
+        await pipe.execute()
+        return len(finished)
 
     async def write(self, ops: list[UpdateOne]) -> None:
         """ONE unordered bulk write. Any error raises, so every key of the batch stays dirty (each
@@ -108,27 +174,46 @@ class Flusher:
         self.writes += len(ops)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Flush every ``flush_interval_s`` until ``stop``; back off while MongoDB or Redis fail."""
-        delay = self.settings.flush_interval_s
+        """Flush what a dead flusher left in flight at once, then every ``flush_interval_s`` until
+        ``stop``. A failed cycle is retried one interval on at the latest, and as soon as Redis and
+        MongoDB answer again when they were unreachable."""
+        delay, cycle = 0.0, self.recover  # at start: only what a dead predecessor left in flight
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
+            if stop.is_set():
+                return
             try:
-                flushed = await self.flush_once()
+                flushed = await cycle()
+                cycle = self.flush_once
                 if flushed:
                     log.info("flushed %d progress keys", flushed)
                 delay = self.settings.flush_interval_s
             except Exception as exc:
-                delay = min(max(delay * 2, 0.5), 60.0)
-                log.warning("flush failed (%s); keys stay dirty, retrying in %.1f s", exc, delay)
+                delay = await self._after_failure(exc, stop)
+
+    async def _after_failure(self, exc: Exception, stop: asyncio.Event) -> float:
+        """Seconds to wait before the next attempt after a failed cycle."""
+        interval = self.settings.flush_interval_s
+        log.warning("flush failed (%s); the keys stay dirty", exc)
+        down = await outage.first_unreachable(self.services)
+        if down is None:
+            return interval  # not an outage: the next cycle, as usual
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                outage.wait_until_reachable(
+                    self.services, interval_s=self.settings.outage_probe_interval_s, stop=stop,
+                    who="flusher", log=log, down=down,
+                ),
+                interval,
+            )  # fmt: skip
+        return 0.0  # back, or one interval passed: try again now
 
 
 async def main(settings: Settings) -> None:
     redis = redis_client(settings.redis_url)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongo_url, serverSelectionTimeoutMS=5000
+        settings.mongo_url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

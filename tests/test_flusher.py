@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient, UpdateOne
+from redis.asyncio.client import Pipeline
 
 from contract import keys
 from contract.auth import TokenIssuer
@@ -70,9 +72,11 @@ class PingDuringWrite(Flusher):
     def __init__(self, store: ProgressStore, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.store_ = store
+        self.pinged = False
 
     async def write(self, ops: list[UpdateOne]) -> None:
         await self.store_.save([Ping("u0", "c1", "l1", 999.0, 99, 1000.0)], now_ms=3)
+        self.pinged = True
         await super().write(ops)
 
 
@@ -227,3 +231,105 @@ async def test_the_flusher_process_flushes_on_its_interval_and_on_sigterm(
     await store.save(pings(5, 1), now_ms=1)
     assert proc.stop() == 0
     await assert_flushed(mongo, 5, 1)
+
+
+class Crash(BaseException):
+    """The flusher process dies here (a BaseException: no handler of the flusher may catch it)."""
+
+
+class DyingRedis(aioredis.Redis):
+    """A real Redis client of a process that dies right after its ``crash_after``-th round trip
+    to Redis (a command or a pipeline) completed, as a kill -9 between two steps would."""
+
+    crash_after = 0
+
+    def _tick(self) -> None:
+        DyingRedis.crash_after -= 1
+        if DyingRedis.crash_after == 0:
+            raise Crash
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        result = await super().execute_command(*args, **options)
+        self._tick()
+        return result
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Any:
+        return DyingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+class DyingPipeline(Pipeline):
+    async def execute(self, raise_on_error: bool = True) -> Any:
+        result = await super().execute(raise_on_error)
+        DyingRedis._tick(self)  # type: ignore[arg-type]
+        return result
+
+
+async def test_a_flusher_dying_at_any_step_loses_no_change(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    """Kill the flusher after each of its Redis round trips in turn (a ping lands during its
+    MongoDB write); a fresh flusher then gets every key's newest state into MongoDB."""
+    dying = DyingRedis.from_url(settings.redis_url, decode_responses=True)
+    store = store_of(redis, settings)
+    try:
+        for crash_after in range(1, 50):
+            await redis.flushdb()
+            await mongo[PROGRESS].delete_many({})
+            await store.save(pings(3, 1), now_ms=1)
+            DyingRedis.crash_after = crash_after
+            doomed = PingDuringWrite(store, redis=dying, db=mongo, settings=settings)
+            try:
+                await doomed.flush_once()
+                finished = True
+            except Crash:
+                finished = False
+            DyingRedis.crash_after = 0
+            fresh = Flusher(redis=redis, db=mongo, settings=settings)
+            await fresh.flush_once()
+            await fresh.flush_once()  # a key that changed during a cycle is written by the next
+            docs = {d["_id"]: ResumePoint.of_document(d) async for d in mongo[PROGRESS].find({})}
+            newest = ResumePoint(99, "l1", 999.0) if doomed.pinged else ResumePoint(1, "l1", 10.0)
+            assert docs == {
+                "u0|c1": newest,
+                "u1|c1": ResumePoint(1, "l1", 11.0),
+                "u2|c1": ResumePoint(1, "l1", 12.0),
+            }, crash_after
+            for user in ("u0", "u1", "u2"):
+                assert await redis.ttl(keys.progress(user, "c1")) > 0, (crash_after, user)
+            if finished:
+                return
+        raise AssertionError("the flusher never finished a cycle")
+    finally:
+        await dying.aclose()
+
+
+async def flushed_at(db: Any, n_users: int, seq: int) -> bool:
+    try:
+        await assert_flushed(db, n_users, seq)
+    except (AssertionError, KeyError):
+        return False
+    return True
+
+
+@pytest.mark.timeout(120)
+async def test_the_flusher_process_writes_once_mongodb_is_back(
+    stack: Stack, redis: Any, settings: Settings, tmp_path: Path
+) -> None:
+    mongo = mongo_server(free_port(), tmp_path / "mongo").start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, serverSelectionTimeoutMS=1000)
+    db = client[settings.mongo_db]
+    try:
+        store = store_of(redis, settings)
+        proc = stack.start("ingest.flusher", mongo_url=mongo.url, flush_interval_s=1.0)
+        await store.save(pings(5, 1), now_ms=1)
+        await eventually(lambda: flushed_at(db, 5, 1))
+        mongo.stop()
+        await store.save(pings(5, 2), now_ms=2)  # the next cycle meets the outage
+        await eventually(lambda: asyncio.sleep(0, proc.log()), until=lambda log: "flush failed" in log)
+        mongo.start()
+        assert await eventually(lambda: flushed_at(db, 5, 2), timeout_s=60)
+        await eventually(lambda: redis.scard(keys.PROGRESS_DIRTY), until=lambda n: n == 0)
+        assert await redis.scard(keys.PROGRESS_INFLIGHT) == 0
+    finally:
+        await client.close()
+        mongo.stop()
