@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> Starlette:
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
         metrics_ = Metrics()
         hub = Hub(redis=redis, settings=settings, metrics=metrics_)
-        listener = Listener(redis, hub)
+        listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
         store = ProgressStore(
             redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
         )

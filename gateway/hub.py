@@ -151,6 +151,8 @@ class Hub:
         self.follow: Any = lambda channel: None
         self.unfollow: Any = lambda channel: None
         self._tasks: list[asyncio.Task[None]] = []
+        # Replaced by every resync; board loops waiting after a failed read wake up on it.
+        self._resynced = asyncio.Event()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
@@ -242,10 +244,13 @@ class Hub:
         """After a Pub/Sub (re)connect: events may have been missed, so re-read every board."""
         for board in self.boards.values():
             board.changed.set()
+        self._resynced.set()
+        self._resynced = asyncio.Event()
 
     # ------------------------------------------------------------ broadcasting
     async def _board_loop(self, board: Board) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while True:
             await board.changed.wait()
             delay = board.throttle.delay(loop.time())
@@ -253,12 +258,20 @@ class Hub:
                 await asyncio.sleep(delay)
             board.changed.clear()
             started = time.perf_counter()
+            resynced = self._resynced
             try:
                 changed = await self._refresh(board)
-            except Exception:
-                log.exception("reading board %s failed; retrying", board.name)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.exception("reading board %s failed; retrying", board.name)
+                else:  # an outage: one traceback is enough
+                    log.debug("reading board %s failed again: %s", board.name, exc)
                 board.changed.set()
-                await asyncio.sleep(1.0)
+                # Again in a second, or at once when the listener is back on Redis.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(resynced.wait(), 1.0)
                 continue
             finally:
                 if not board.ready.done() and board.frames is not None:

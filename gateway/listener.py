@@ -3,6 +3,8 @@
 It follows the channel of every board some connection follows and of every user with an open
 WebSocket, and hands events to the hub. After every (re)connect — redis-py's own reconnect or
 ours — the hub re-reads every board, because events published meanwhile are lost for good.
+While Redis is unreachable the listener probes it every ``probe_interval_s`` and subscribes again
+the moment it answers (no back-off to sleep out).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import msgspec
 from redis.asyncio.client import PubSub
 
-from contract import keys
+from contract import keys, outage
 from contract.messages import board_event_decoder, progress_event_decoder
 from gateway.hub import Hub
 
@@ -38,9 +40,12 @@ class _ResyncingPubSub(PubSub):
 
 
 class Listener:
-    def __init__(self, redis: Any, hub: Hub) -> None:
+    def __init__(self, redis: Any, hub: Hub, *, probe_interval_s: float = 0.2) -> None:
         self.redis = redis
         self.hub = hub
+        self.probe_interval_s = probe_interval_s
+        self._redis = outage.redis_service(redis)
+        self._stop = asyncio.Event()
         self.channels: set[str] = {CONTROL_CHANNEL}
         self._commands: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._pubsub: PubSub | None = None
@@ -62,6 +67,7 @@ class Listener:
 
     async def close(self) -> None:
         self._stopping = True
+        self._stop.set()
         for task in self._tasks:
             # The loop notices the flag within a second; cancelling a read inside redis-py's
             # pubsub can be swallowed, so cancellation is only the fallback.
@@ -78,6 +84,7 @@ class Listener:
         while not self._stopping:
             pubsub = self._pubsub = _ResyncingPubSub(self.redis.connection_pool, self.hub.resync)
             commands: asyncio.Task[None] | None = None
+            failure: Exception | None = None
             try:
                 while not self._commands.empty():  # what is wanted now is in self.channels
                     self._commands.get_nowait()
@@ -92,7 +99,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("Pub/Sub connection lost (%s); reconnecting in %.1f s", exc, backoff_s)
+                failure = exc
             finally:
                 if commands is not None:
                     commands.cancel()
@@ -100,8 +107,22 @@ class Listener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             if self._stopping:
                 return
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 5.0)
+            backoff_s = await self._after_failure(failure, backoff_s)
+
+    async def _after_failure(self, failure: Exception | None, backoff_s: float) -> float:
+        """Wait until Redis answers (probing), or back off when it answers and still failed.
+        Returns the next back-off."""
+        down = await outage.first_unreachable([self._redis])
+        if down is not None:
+            await outage.wait_until_reachable(
+                [self._redis], interval_s=self.probe_interval_s, stop=self._stop, who="Pub/Sub listener",
+                log=log, down=down,
+            )  # fmt: skip
+            return 0.1
+        log.warning("Pub/Sub connection lost (%s); reconnecting in %.1f s", failure, backoff_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff_s)
+        return min(backoff_s * 2, 5.0)
 
     async def _apply_commands(self, pubsub: PubSub) -> None:
         """Subscription changes, one at a time and in order, on the listening connection."""
