@@ -87,6 +87,7 @@ async def submit(request: Request) -> Response:
     st = state(request)
     claims = authenticate(request)
     body = await decode_body(request, QuizSubmitRequest, max_bytes=st.settings.max_body_bytes)
+    await check_block(st, claims.sub)
     quiz = await st.mongo[QUIZZES].find_one({"_id": body.quiz_id})
     if quiz is None:
         raise NotFound(f"no quiz {body.quiz_id!r}", code="unknown_quiz")
@@ -103,7 +104,6 @@ async def submit(request: Request) -> Response:
     )
     status = "graded"
     if delta > 0:
-        await check_block(st, claims.sub)
         await check_rate(st, claims.sub)
         status = "queued" if await enqueue(st, action) else "duplicate"
     graded = QuizGraded(
