@@ -198,6 +198,10 @@ class ScoreAction(StreamEntry, tag="score"):
     # the quiz_too_fast rule. Absent when the quiz was submitted without a recorded fetch.
     quiz_elapsed_ms: int | None = None
     quiz_questions: int | None = None
+    # A completion's seconds of video needed to complete the lecture, and the wall-clock time
+    # from its first counted second to the completion: the coverage_too_fast rule.
+    covered_s: float | None = None
+    watch_ms: int | None = None
 
 
 class RebuildRequest(StreamEntry, tag="rebuild"):

@@ -70,6 +70,10 @@ class Settings:
     flag_burst_window_s: float = 60.0
     # quiz_too_fast: a quiz submitted sooner after it was fetched than this per question.
     flag_quiz_min_ms_per_question: int = 2000
+    # coverage_too_fast: a lecture completed sooner after its first watched second than its
+    # covered seconds allow at this playback rate (the coverage rules already cap one device at
+    # max_playback_rate; this catches what gets past them).
+    flag_coverage_max_rate: float = 2.5
     # Fetching a quiz (GET /api/v1/quizzes/{quizId}) starts its clock; with this on, a
     # submission without a fetch first is refused (409 quiz_not_started).
     quiz_require_start: bool = False

@@ -12,6 +12,9 @@ Rules (tunables in ``contract.settings``, ``flag_*``):
 - ``quiz_too_fast``: a quiz submitted sooner after it was fetched than
   ``flag_quiz_min_ms_per_question`` per question (the ingest API measures it on its own clock
   from the fetch's start record; see ``ingest.api.quiz``).
+- ``coverage_too_fast``: a lecture completed sooner after its first watched second than its
+  covered seconds allow at ``flag_coverage_max_rate`` (the completion's ``covered_s`` and
+  ``watch_ms``, from the achievement consumer).
 
 :class:`Rules` is the I/O-free judgement; :class:`AnomalyDetector` keeps the norms and windows
 in Redis (per-user keys share the user's hash tag) and writes a hit to MongoDB's ``flags`` as
@@ -38,8 +41,8 @@ from ingest import store
 
 log = logging.getLogger("scorecast.anomaly")
 
-JUMP, BURST, QUIZ_TOO_FAST = "jump", "burst", "quiz_too_fast"
-RULES = (JUMP, BURST, QUIZ_TOO_FAST)
+JUMP, BURST, QUIZ_TOO_FAST, COVERAGE_TOO_FAST = "jump", "burst", "quiz_too_fast", "coverage_too_fast"
+RULES = (JUMP, BURST, QUIZ_TOO_FAST, COVERAGE_TOO_FAST)
 OPEN, CLEARED = "open", "cleared"
 
 Evidence = dict[str, str | int | float | None]
@@ -95,6 +98,14 @@ class Rules:
             return None
         return {"elapsedMs": elapsed_ms, "questions": questions, "minimumMs": minimum}
 
+    def coverage_too_fast(self, covered_s: float | None, watch_ms: int | None) -> Evidence | None:
+        if covered_s is None or watch_ms is None:
+            return None
+        minimum = int(covered_s * 1000 / self.s.flag_coverage_max_rate)
+        if watch_ms >= minimum:
+            return None
+        return {"coveredS": covered_s, "watchMs": watch_ms, "minimumMs": minimum}
+
     def evaluate(
         self,
         actions: Sequence[ScoreAction],
@@ -119,6 +130,8 @@ class Rules:
             ]
             if a.source == "quiz":
                 found.append((QUIZ_TOO_FAST, self.quiz_too_fast(a.quiz_elapsed_ms, a.quiz_questions)))
+            if a.source == "completion":
+                found.append((COVERAGE_TOO_FAST, self.coverage_too_fast(a.covered_s, a.watch_ms)))
             for rule, evidence in found:
                 if evidence is not None:
                     hits.append(Hit(a.user_id, rule, {**evidence, "actionId": a.action_id}, a.ts_ms))

@@ -10,7 +10,7 @@ from contract.errors import BadRequest
 from contract.messages import ScoreAction
 from contract.settings import Settings
 from ingest import audit
-from ingest.anomaly import BURST, JUMP, QUIZ_TOO_FAST, Rules
+from ingest.anomaly import BURST, COVERAGE_TOO_FAST, JUMP, QUIZ_TOO_FAST, Rules
 from ingest.api.client import client_ip, parse_networks
 
 SETTINGS = Settings(
@@ -63,6 +63,17 @@ def test_quiz_too_fast_judges_only_a_timed_quiz() -> None:
     assert rules.quiz_too_fast(None, 3) is None
     timed = action("eve", 5, 1, source="quiz", quiz_elapsed_ms=10, quiz_questions=2)
     assert [h.rule for h in rules.evaluate([timed], {}, [], {})] == [QUIZ_TOO_FAST]
+
+
+def test_coverage_too_fast_judges_a_completion_by_its_covered_seconds() -> None:
+    rules = Rules(SETTINGS.replace(flag_coverage_max_rate=2.0))
+    assert rules.coverage_too_fast(95.0, 47_499) == {"coveredS": 95.0, "watchMs": 47_499, "minimumMs": 47_500}
+    assert rules.coverage_too_fast(95.0, 47_500) is None
+    assert rules.coverage_too_fast(None, 1) is None and rules.coverage_too_fast(95.0, None) is None
+    done = action("eve", 10, 1, source="completion", covered_s=95.0, watch_ms=1_000)
+    assert [h.rule for h in rules.evaluate([done], {}, [], {})] == [COVERAGE_TOO_FAST]
+    quiz = action("eve", 10, 1, source="quiz", covered_s=95.0, watch_ms=1_000)  # not a completion
+    assert rules.evaluate([quiz], {}, [], {}) == []
 
 
 def test_norms_grow_with_each_judged_increment_in_order() -> None:
