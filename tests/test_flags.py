@@ -57,6 +57,17 @@ async def test_a_burst_is_flagged_once_blocks_until_cleared_and_is_counted(
         assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "temporarily_blocked"
         until = blocked.json()["error"]["until"]
         assert until.endswith("Z")
+        # A quiz submission is refused too, even one worth no points (a blocked user gets no
+        # grading either: replaying answers to learn the key is what a block stops).
+        quiz = {"title": "Q", "questions": [{"questionId": "q1", "correctOption": "a"}]}
+        assert (await http.put("/api/v1/quizzes/qz", json=quiz, headers=bearer(admin))).status_code == 200
+        wrong = {
+            "quizId": "qz",
+            "actionId": str(uuid.uuid4()),
+            "answers": [{"questionId": "q1", "selectedOption": "b"}],
+        }
+        r = await http.post("/api/v1/quiz/submit", json=wrong, headers=bearer(eve))
+        assert (r.status_code, r.json()["error"]["until"]) == (403, until)
         assert await flags(http, admin) == open_flags  # once per user, rule and window
         [flag] = open_flags
         assert (flag["userId"], flag["rule"], flag["status"], flag["blockedUntil"]) == (
