@@ -70,7 +70,7 @@ async def test_a_lost_ranking_is_rebuilt_for_reads_ranks_subscribers_and_writes(
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
         for user, score in reversed(want):
             await post(http, tokens[user], score)
-        await eventually(lambda: board(http), until=lambda got: got == want)
+        await eventually(lambda: board(http), until=lambda got: got == want, timeout_s=60)  # worker start
 
         await redis.delete(*gone)
         assert await board(http) == want  # the read rebuilt it
