@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Collection
 
-from contract.errors import BoardNameError
+from contract.errors import BoardNameError, UnknownBoard
 
 _ID = r"[A-Za-z0-9_.\-]{1,64}"
 _REGION = r"[A-Za-z0-9_\-]{1,32}"
@@ -65,6 +66,52 @@ def resolve(name: str, now: dt.datetime | None = None) -> str:
     if name.startswith("monthly:") and not 1 <= int(name[-2:]) <= 12:
         raise BoardNameError(f"no month {name!r}")
     return name
+
+
+def regions_of(setting: str) -> frozenset[str]:
+    """The region codes of a comma-separated setting (``board_regions``), upper-cased."""
+    return frozenset(code.strip().upper() for code in setting.split(",") if code.strip())
+
+
+def course_of(board: str) -> str | None:
+    """The course id of a canonical ``course:<id>`` board, else None."""
+    return board.removeprefix("course:") if board.startswith("course:") else None
+
+
+def followable(
+    name: str,
+    *,
+    regions: Collection[str],
+    weeks_back: int,
+    months_back: int,
+    now: dt.datetime | None = None,
+) -> str:
+    """The canonical name of ``name`` if a client may follow it, as far as names tell.
+
+    ``global``; ``region:<code>`` for a code in ``regions``; the current week or month and the
+    ``weeks_back`` / ``months_back`` before it; ``course:<id>`` (whether the course exists is the
+    caller's question: it needs the catalog). Each followed board costs a gateway a loop and a
+    Pub/Sub channel, and Redis a version key, so nothing else is followed.
+
+    Raises BoardNameError for a malformed name, UnknownBoard for a well-formed one outside that set.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    board = resolve(name, now)
+    kind, _, value = board.partition(":")
+    if kind == "region" and value not in regions:
+        raise UnknownBoard(f"no region {value!r}: the regions are {', '.join(sorted(regions))}")
+    if kind == "weekly":
+        iso_year, iso_week = value.split("-W")
+        monday = dt.date.fromisocalendar(int(iso_year), int(iso_week), 1)
+        this_monday = dt.date.fromisocalendar(*now.astimezone(dt.UTC).isocalendar()[:2], 1)
+        if not 0 <= (this_monday - monday).days // 7 <= weeks_back:
+            raise UnknownBoard(f"{board} is not this week or one of the {weeks_back} before it")
+    if kind == "monthly":
+        first = dt.date.fromisoformat(f"{value}-01")
+        current = now.astimezone(dt.UTC)
+        if not 0 <= (current.year * 12 + current.month) - (first.year * 12 + first.month) <= months_back:
+            raise UnknownBoard(f"{board} is not this month or one of the {months_back} before it")
+    return board
 
 
 def segments_for(when: dt.datetime, *, region: str | None, course_id: str | None) -> list[str]:

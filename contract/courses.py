@@ -65,12 +65,26 @@ def meta_from_doc(doc: dict[str, Any]) -> CourseMeta:
 
 
 class CourseCatalog:
-    def __init__(self, redis: Any, db: Any, *, ttl_s: int, local_ttl_s: float = LOCAL_TTL_S) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        db: Any,
+        *,
+        ttl_s: int,
+        local_ttl_s: float = LOCAL_TTL_S,
+        max_entries: int = 10_000,
+        max_unknown: int = 1_000,
+    ) -> None:
         self.redis = redis
         self.db = db
         self.ttl_s = ttl_s
         self.local_ttl_s = local_ttl_s
+        # In-process copies, bounded: known courses, and apart from them (so a client asking for
+        # made-up ids cannot push real courses out) ids found not to exist.
         self._local: dict[str, tuple[CourseMeta | None, float]] = {}
+        self._unknown: dict[str, tuple[CourseMeta | None, float]] = {}
+        self.max_entries = max_entries
+        self.max_unknown = max_unknown
         self._inflight: dict[str, asyncio.Future[CourseMeta | None]] = {}
         self._refreshing: set[asyncio.Task[CourseMeta | None]] = set()
         self.mongo_reads = 0  # observable: how often the catalog went to MongoDB
@@ -82,7 +96,7 @@ class CourseCatalog:
         An in-process entry older than ``local_ttl_s`` is still answered at once while one background
         read refreshes it, so a busy gateway never holds its pings behind that read.
         """
-        hit = self._local.get(course_id)
+        hit = self._local.get(course_id) or self._unknown.get(course_id)
         if hit is not None:
             if hit[1] <= time.monotonic() and course_id not in self._inflight:
                 self.refreshes += 1
@@ -111,10 +125,30 @@ class CourseCatalog:
             raise
         else:
             future.set_result(meta)
-            self._local[course_id] = (meta, time.monotonic() + self.local_ttl_s)
+            self._remember(course_id, meta)
             return meta
         finally:
             del self._inflight[course_id]
+
+    @property
+    def local_sizes(self) -> tuple[int, int]:
+        """How many (known, unknown) course ids this process holds copies of."""
+        return len(self._local), len(self._unknown)
+
+    def _remember(self, course_id: str, meta: CourseMeta | None) -> None:
+        now = time.monotonic()
+        cache, other, limit = (
+            (self._local, self._unknown, self.max_entries)
+            if meta is not None
+            else (self._unknown, self._local, self.max_unknown)
+        )
+        other.pop(course_id, None)  # created or deleted since
+        if course_id not in cache and len(cache) >= limit:
+            for stale in [k for k, (_, until) in cache.items() if until <= now]:
+                del cache[stale]
+            while len(cache) >= limit:
+                del cache[next(iter(cache))]  # the oldest entry
+        cache[course_id] = (meta, now + self.local_ttl_s)
 
     def _refreshed(self, task: asyncio.Task[CourseMeta | None]) -> None:
         self._refreshing.discard(task)
@@ -123,11 +157,12 @@ class CourseCatalog:
 
     def forget(self, course_id: str) -> None:
         self._local.pop(course_id, None)
+        self._unknown.pop(course_id, None)
 
     async def put(self, meta: CourseMeta) -> None:
         """Refresh the Redis copy after the course changed in MongoDB."""
         await self.redis.set(keys.course_meta(meta.course_id), msgspec.json.encode(meta), ex=self.ttl_s)
-        self._local.pop(meta.course_id, None)
+        self.forget(meta.course_id)
 
     async def _shared(self, course_id: str) -> CourseMeta | None:
         key = keys.course_meta(course_id)

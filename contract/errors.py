@@ -8,6 +8,7 @@ ScorecastError                 root; carries ``code`` (snake_case), ``message`` 
 ├── Forbidden                  403: authenticated but not allowed
 │   └── TemporarilyBlocked     403: a flagged user may not score until ``until`` (ISO 8601)
 ├── NotFound                   404
+│   └── UnknownBoard           404: a well-formed board name that names no board one may follow
 ├── Conflict                   409
 ├── TooManyRequests            429: rate limited or queue full; carries ``retry_after_s``
 └── Unavailable                503: a backing service cannot be reached
@@ -63,6 +64,10 @@ class TemporarilyBlocked(Forbidden):
 class NotFound(ScorecastError):
     status = 404
     default_code = "not_found"
+
+
+class UnknownBoard(NotFound):
+    default_code = "unknown_board"
 
 
 class Conflict(ScorecastError):

@@ -66,6 +66,17 @@ SCORE_STREAM = "stream:scores"
 SCORE_DEAD_LETTER = "stream:scores:dead"
 WORKER_GROUP = "workers"
 
+# Rebuild requests of boards missing in Redis, from gateways (their own stream: they never count
+# toward the score stream's backlog). One request per board per interval over every gateway.
+REBUILD_STREAM = "stream:rebuilds"
+REBUILD_DEAD_LETTER = "stream:rebuilds:dead"
+
+
+def rebuild_asked(board: str) -> str:
+    """Set (NX EX) by the gateway that asks for ``board``'s rebuild; the others hold back."""
+    return f"{{board:{board}}}:rebuildAsked"
+
+
 # Lecture completions, consumed by the achievement consumer (activity, streaks, course board).
 COMPLETION_STREAM = "stream:completions"
 COMPLETION_DEAD_LETTER = "stream:completions:dead"

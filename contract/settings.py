@@ -99,6 +99,12 @@ class Settings:
 
     # Leaderboards
     top_k: int = 10
+    # The boards a client may follow (SSE, WebSocket): global, region:<one of board_regions>
+    # (comma-separated codes), course:<an existing course>, and the current week/month with the
+    # board_weeks_back weeks / board_months_back months before it.
+    board_regions: str = "EU,NA,APAC,LATAM"
+    board_weeks_back: int = 12
+    board_months_back: int = 12
     user_cache_ttl_s: int = 24 * 3600
 
     # Gateway
@@ -115,6 +121,18 @@ class Settings:
     ws_max_violations: int = 20
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
+    # Boards one gateway process follows at most (each has a loop, a cache and a Pub/Sub channel).
+    gateway_max_boards: int = 10_000
+    # How long a subscribe (or the start of an SSE stream) may wait for its board before it is
+    # answered `unavailable` (Redis down or slow).
+    subscribe_timeout_s: float = 5.0
+    # A board missing in Redis is asked of the worker at most once per this many seconds, over
+    # every gateway (on the rebuild stream, apart from the score stream's queue_full budget).
+    rebuild_request_interval_s: float = 5.0
+    rebuild_stream_max_length: int = 10_000
+    # In-process course metadata cache: known courses, and (fewer) ids found not to exist.
+    course_cache_max_entries: int = 10_000
+    course_cache_max_unknown: int = 1_000
     static_dir: str = ""
 
     # Progress (write-behind)

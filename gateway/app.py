@@ -29,6 +29,7 @@ from gateway import sse, ws
 from gateway.hub import Hub
 from gateway.listener import Listener
 from gateway.metrics import Metrics
+from gateway.policy import BoardPolicy
 from gateway.progress import ProgressWriter
 from gateway.state import GatewayState, gateway_state
 
@@ -70,7 +71,13 @@ def create_app(settings: Settings) -> Starlette:
         store = ProgressStore(
             redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
         )
-        catalog = CourseCatalog(redis, mongo[settings.mongo_db], ttl_s=settings.course_meta_ttl_s)
+        catalog = CourseCatalog(
+            redis,
+            mongo[settings.mongo_db],
+            ttl_s=settings.course_meta_ttl_s,
+            max_entries=settings.course_cache_max_entries,
+            max_unknown=settings.course_cache_max_unknown,
+        )
         writer = ProgressWriter(store, catalog, round_trips=metrics_.ping_round_trips)
         app.state.gateway = GatewayState(
             settings=settings,
@@ -80,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
             hub=hub,
             listener=listener,
             writer=writer,
+            policy=BoardPolicy(settings, catalog),
         )
         hub.start()
         listener.start()

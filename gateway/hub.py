@@ -20,6 +20,7 @@ from typing import Any
 
 from contract import keys
 from contract.boardstore import BoardStore
+from contract.errors import Unavailable
 from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
 from contract.settings import Settings
 from gateway.metrics import Metrics
@@ -29,7 +30,6 @@ log = logging.getLogger("scorecast.gateway")
 
 SSE_PING = b": ping\n\n"
 NAME_TTL_S = 60.0
-REBUILD_REQUEST_INTERVAL_S = 5.0
 _ids = itertools.count(1)
 
 
@@ -195,16 +195,29 @@ class Hub:
                 self.unfollow(keys.user_channel(conn.user_id))
 
     async def subscribe(self, conn: Connection, name: str) -> BoardFrames:
-        """Follow ``name``; returns its current frames (read from Redis for the first follower)."""
+        """Follow ``name``; returns its current frames (read from Redis for the first follower).
+
+        Waits until the board was read; cancelled (a caller's timeout), ``conn`` no longer
+        follows it. Raises Unavailable when a new board would exceed ``gateway_max_boards``.
+        """
         board = self.boards.get(name)
         if board is None:
+            if len(self.boards) >= self.settings.gateway_max_boards:
+                raise Unavailable(
+                    f"this gateway follows {len(self.boards)} boards, its maximum; retry later",
+                    code="board_limit",
+                )
             board = self.boards[name] = Board(name, self.settings.broadcast_interval_s)
             board.changed.set()
             board.task = asyncio.create_task(self._board_loop(board))
             self.follow(keys.board_channel(name))
         board.subscribers.add(conn)
         conn.boards.add(name)
-        await asyncio.shield(board.ready)
+        try:
+            await asyncio.shield(board.ready)
+        except BaseException:
+            self.unsubscribe(conn, name)  # a board no one waits for is dropped with its loop
+            raise
         assert board.frames is not None
         return board.frames
 
@@ -297,12 +310,25 @@ class Hub:
         return True
 
     async def _ask_rebuild(self, board: Board) -> None:
-        """A board missing in Redis: the worker rebuilds it from MongoDB (if MongoDB has it)."""
+        """A board missing in Redis: the worker rebuilds it from MongoDB (if MongoDB has it).
+
+        At most one request per board per ``rebuild_request_interval_s`` over every gateway (the
+        first to SET the board's marker asks), on the rebuild stream: requests never count toward
+        the score stream's backlog, so a crowd of followers cannot make writes answer queue_full.
+        """
+        interval_s = self.settings.rebuild_request_interval_s
         now = time.monotonic()
-        if now - board.rebuild_asked < REBUILD_REQUEST_INTERVAL_S:
+        if now - board.rebuild_asked < interval_s:
             return
         board.rebuild_asked = now
-        await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(RebuildRequest(board=board.name))})
+        marker = keys.rebuild_asked(board.name)
+        if await self.redis.set(marker, "1", nx=True, px=max(1, int(interval_s * 1000))):
+            await self.redis.xadd(
+                keys.REBUILD_STREAM,
+                {"d": json_encoder.encode(RebuildRequest(board=board.name))},
+                maxlen=self.settings.rebuild_stream_max_length,
+                approximate=True,
+            )
 
     async def _names(self, user_ids: list[str]) -> dict[str, str]:
         now = time.monotonic()

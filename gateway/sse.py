@@ -24,10 +24,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.auth import token_from_request
-from contract.boards import resolve
 from contract.errors import AuthError, Unavailable
 from contract.http import error_for
 from gateway.hub import Connection, Hub
+from gateway.policy import BoardPolicy
 from gateway.protocol import BoardFrames, State
 from gateway.state import gateway_state
 
@@ -120,9 +120,16 @@ class SlowClientError(Exception):
 
 class EventStream(Response):
     def __init__(
-        self, hub: Hub, conn: Connection, board: str, last_event_id: str | None, retry_ms: int
+        self,
+        hub: Hub,
+        policy: BoardPolicy,
+        conn: Connection,
+        board: str,
+        last_event_id: str | None,
+        retry_ms: int,
     ) -> None:
         self.hub = hub
+        self.policy = policy
         self.conn = conn
         self.board = board
         self.last_event_id = last_event_id
@@ -136,7 +143,7 @@ class EventStream(Response):
         sent = hub.metrics.messages.labels("sse")
         try:
             try:
-                frames = await hub.subscribe(conn, self.board)
+                frames = await self.policy.follow(hub, conn, self.board)
             except Exception as exc:  # before the response started: an error response
                 response = await error_for(Request(scope), exc)
                 await response(scope, receive, send)
@@ -195,7 +202,7 @@ async def stream(request: Request) -> Response:
     if not token:
         raise AuthError("a bearer token is required", code="unauthorized")
     claims = st.verifier.verify(token)
-    board = resolve(request.query_params.get("board", "global"))
+    board = st.policy.name(request.query_params.get("board", "global"))
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     conn = Connection("sse", claims.sub)
-    return EventStream(st.hub, conn, board, last_event_id, st.settings.sse_retry_ms)
+    return EventStream(st.hub, st.policy, conn, board, last_event_id, st.settings.sse_retry_ms)

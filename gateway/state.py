@@ -12,6 +12,7 @@ from contract.settings import Settings
 from gateway.hub import Hub
 from gateway.listener import Listener
 from gateway.metrics import Metrics
+from gateway.policy import BoardPolicy
 from gateway.progress import ProgressWriter
 
 
@@ -24,6 +25,7 @@ class GatewayState:
     hub: Hub
     listener: Listener
     writer: ProgressWriter
+    policy: BoardPolicy
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:

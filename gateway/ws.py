@@ -24,7 +24,7 @@ from websockets.protocol import State as WsState
 from contract import keys
 from contract.auth import Claims, token_from_request
 from contract.boards import resolve
-from contract.errors import AuthError, BoardNameError
+from contract.errors import AuthError, BoardNameError, ScorecastError, UnknownBoard
 from contract.messages import (
     Ack,
     ErrorMessage,
@@ -91,6 +91,7 @@ class Session:
         self.violations = 0
         self.closing = False
         self.in_flight = asyncio.Semaphore(MAX_PINGS_IN_FLIGHT)  # pings submitted, not yet stored
+        self.subscribing: dict[str, asyncio.Task[None]] = {}  # boards waited for, by name
 
     async def run(self) -> None:
         hub = self.st.hub
@@ -103,6 +104,8 @@ class Session:
             pass
         finally:
             self.conn.close()
+            for task in list(self.subscribing.values()):
+                task.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
@@ -168,7 +171,9 @@ class Session:
             await self._subscribe(message.board)
         elif isinstance(message, Unsubscribe):
             try:
-                self.st.hub.unsubscribe(self.conn, resolve(message.board))
+                board = resolve(message.board)
+                self._stop_following(board)
+                self.st.hub.unsubscribe(self.conn, board)
             except BoardNameError as exc:
                 await self.violation(exc.code, exc.message)
 
@@ -187,19 +192,47 @@ class Session:
 
     async def _subscribe(self, name: str) -> None:
         try:
-            board = resolve(name)
-        except BoardNameError as exc:
+            board = self.st.policy.name(name)
+        except (BoardNameError, UnknownBoard) as exc:
             await self.violation(exc.code, exc.message)
             return
-        if board not in self.conn.boards and len(self.conn.boards) >= MAX_BOARDS_PER_CONNECTION:
+        if board in self.subscribing:
+            return  # its snapshot is on the way
+        if (
+            board not in self.conn.boards
+            and len(self.conn.boards) + len(self.subscribing) >= MAX_BOARDS_PER_CONNECTION
+        ):
             await self.violation(
                 "too_many_boards", f"at most {MAX_BOARDS_PER_CONNECTION} boards per connection"
             )
             return
+        # Waiting for the board (read from Redis, the course looked up) happens beside the read
+        # loop: pings keep their pongs and pings their acks meanwhile.
+        task = asyncio.create_task(self._follow(board))
+        self.subscribing[board] = task
+        task.add_done_callback(lambda _: self.subscribing.pop(board, None))
+
+    async def _follow(self, board: str) -> None:
         if board in self.conn.boards:
             self.conn.versions.pop(board, None)  # subscribing again asks for a snapshot again
-        frames = await self.st.hub.subscribe(self.conn, board)
-        self.conn.push_board(frames)
+        try:
+            frames = await self.st.policy.follow(self.st.hub, self.conn, board)
+        except UnknownBoard as exc:
+            await self.violation(exc.code, exc.message)
+        except ScorecastError as exc:  # unavailable, board_limit: not the client's fault
+            self.send(ErrorMessage(code=exc.code, message=exc.message))
+        except Exception:
+            log.exception("subscribing to %s failed", board)
+            self.send(ErrorMessage(code="unavailable", message=f"board {board} cannot be followed now"))
+        else:
+            if board in self.conn.boards:  # not unsubscribed meanwhile
+                self.conn.push_board(frames)
+
+    def _stop_following(self, board: str) -> None:
+        """An unsubscribe also ends a subscribe still waiting for its board."""
+        task = self.subscribing.pop(board, None)
+        if task is not None:
+            task.cancel()
 
     async def violation(self, code: str, message: str) -> None:
         self.violations += 1

@@ -61,7 +61,13 @@ class Achievements:
         self.redis = redis
         self.db = db
         self.settings = settings
-        self.catalog = CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s)
+        self.catalog = CourseCatalog(
+            redis,
+            db,
+            ttl_s=settings.course_meta_ttl_s,
+            max_entries=settings.course_cache_max_entries,
+            max_unknown=settings.course_cache_max_unknown,
+        )
 
     def consumer(self, name: str) -> StreamConsumer:
         s = self.settings

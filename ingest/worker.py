@@ -14,7 +14,8 @@ Per batch, in this order (each step is idempotent, so a crash anywhere is repair
 6. the consumer XACKs (only after MongoDB acknowledged).
 
 Run as ``python -m ingest.worker``: it also runs the achievement consumer of the completion
-stream (``ingest.achievements``). SIGTERM finishes the batch in hand and exits 0.
+stream (``ingest.achievements``) and the consumer of the gateways' rebuild requests (their own
+stream, ``keys.REBUILD_STREAM``). SIGTERM finishes the batch in hand and exits 0.
 """
 
 from __future__ import annotations
@@ -82,6 +83,46 @@ class ScoreWorker:
             probe_interval_s=s.outage_probe_interval_s,
             services=[outage.mongo_service(self.db.client)],
         )
+
+    def rebuild_consumer(self, name: str) -> StreamConsumer:
+        """The consumer of the gateways' rebuild requests (``keys.REBUILD_STREAM``)."""
+        s = self.settings
+        return StreamConsumer(
+            self.redis,
+            stream=keys.REBUILD_STREAM,
+            group=keys.WORKER_GROUP,
+            consumer=name,
+            dead_letter=keys.REBUILD_DEAD_LETTER,
+            handler=self.handle_rebuilds,
+            batch_size=s.stream_batch_size,
+            block_ms=s.stream_block_ms,
+            claim_idle_ms=s.claim_idle_ms,
+            max_deliveries=s.max_deliveries,
+            trim_interval_s=s.stream_trim_interval_s,
+            dead_letter_max_length=s.dead_letter_max_length,
+        )
+
+    async def handle_rebuilds(self, entries: list[Entry]) -> Collection[str]:
+        """Rebuild each board asked for (once per batch) if it is still missing, and publish it."""
+        poison: set[str] = set()
+        boards: set[str] = set()
+        for entry_id, fields in entries:
+            try:
+                entry = stream_entry_decoder.decode(fields["d"])
+            except (KeyError, msgspec.DecodeError) as exc:
+                log.warning("poison rebuild request %s: %s", entry_id, exc)
+                poison.add(entry_id)
+                continue
+            if isinstance(entry, RebuildRequest):
+                boards.add(entry.board)
+            else:
+                log.warning("not a rebuild request on %s: %s", keys.REBUILD_STREAM, entry_id)
+                poison.add(entry_id)
+        for board in sorted(boards):
+            version = await rebuild_board(self.boards, self.db, board, force=False)
+            if version:
+                await self._publish({board: version})
+        return poison
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:
         poison: set[str] = set()
@@ -227,8 +268,10 @@ async def main(settings: Settings) -> None:
     name = settings.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
     try:
         await store.ensure_indexes(db)
+        worker = ScoreWorker(redis=redis, db=db, settings=settings)
         consumers = [
-            ScoreWorker(redis=redis, db=db, settings=settings).consumer(name),
+            worker.consumer(name),
+            worker.rebuild_consumer(name),
             Achievements(redis=redis, db=db, settings=settings).consumer(name),
         ]
         log.info("worker %s consuming %s", name, ", ".join(c.stream for c in consumers))

@@ -54,3 +54,20 @@ async def test_an_old_local_copy_is_answered_at_once_while_one_read_refreshes_it
     fresh = await eventually(lambda: gateway.get("py"), until=lambda m: m is not None and m.title != "Python")
     assert fresh == renamed
     assert gateway.mongo_reads == 1  # the refreshes read the Redis copy
+
+
+async def test_the_local_cache_is_bounded_and_unknown_ids_cannot_push_courses_out(
+    redis: Any, mongo: Any
+) -> None:
+    await mongo[COURSES].insert_many([{**DOC, "_id": f"c{i}"} for i in range(3)])
+    catalog = CourseCatalog(redis, mongo, ttl_s=3600, local_ttl_s=60.0, max_entries=2, max_unknown=3)
+    for i in range(3):
+        assert await catalog.get(f"c{i}") is not None
+    assert catalog.local_sizes == (2, 0)  # the oldest course went
+    for i in range(50):  # a client making ids up
+        assert await catalog.get(f"made-up-{i}") is None
+    assert catalog.local_sizes == (2, 3)
+    reads = catalog.mongo_reads
+    assert await catalog.get("c2") is not None  # the newest courses are still held locally
+    assert await catalog.get("c1") is not None
+    assert catalog.mongo_reads == reads

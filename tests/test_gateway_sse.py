@@ -176,6 +176,7 @@ async def test_a_missing_board_asks_the_worker_for_a_rebuild(stack: Stack, redis
     async with sse(stack, viewer, board="region:EU") as reader:
         await eventually(lambda: asyncio.sleep(0, reader.events), until=bool)
         assert reader.events[0]["data"]["leaderboard"] == []
-        entries = await eventually(lambda: redis.xrange(keys.SCORE_STREAM), until=bool)
+        entries = await eventually(lambda: redis.xrange(keys.REBUILD_STREAM), until=bool)
     request = stream_entry_decoder.decode(entries[0][1]["d"])
     assert request == RebuildRequest(board="region:EU")
+    assert await redis.xlen(keys.SCORE_STREAM) == 0  # not on the write queue

@@ -73,7 +73,13 @@ def create_app(settings: Settings) -> Starlette:
             progress=ProgressStore(
                 redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
             ),
-            catalog=CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s),
+            catalog=CourseCatalog(
+                redis,
+                db,
+                ttl_s=settings.course_meta_ttl_s,
+                max_entries=settings.course_cache_max_entries,
+                max_unknown=settings.course_cache_max_unknown,
+            ),
             backlog=BacklogGauge(redis, max_age_s=settings.queue_backlog_max_age_s),
             trusted_proxies=trusted_proxies,
         )
