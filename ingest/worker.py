@@ -100,6 +100,10 @@ class ScoreWorker:
             max_deliveries=s.max_deliveries,
             trim_interval_s=s.stream_trim_interval_s,
             dead_letter_max_length=s.dead_letter_max_length,
+            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
+            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
+            probe_interval_s=s.outage_probe_interval_s,
+            services=[outage.mongo_service(self.db.client)],
         )
 
     async def handle_rebuilds(self, entries: list[Entry]) -> Collection[str]:
