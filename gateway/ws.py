@@ -210,7 +210,11 @@ class Session:
         # loop: pings keep their pongs and pings their acks meanwhile.
         task = asyncio.create_task(self._follow(board))
         self.subscribing[board] = task
-        task.add_done_callback(lambda _: self.subscribing.pop(board, None))
+        task.add_done_callback(functools.partial(self._followed, board))
+
+    def _followed(self, board: str, task: asyncio.Task[None]) -> None:
+        if self.subscribing.get(board) is task:  # not a newer subscribe to the same board
+            del self.subscribing[board]
 
     async def _follow(self, board: str) -> None:
         if board in self.conn.boards:
