@@ -29,7 +29,7 @@ from contract.messages import CompletionEvent, ScoreAction, completion_event_dec
 from contract.settings import Settings
 from contract.streaks import Streak, local_day, zone
 from ingest.consumer import Entry, StreamConsumer
-from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id
+from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id, progress_on_insert
 
 log = logging.getLogger("scorecast.achievements")
 
@@ -110,7 +110,10 @@ class Achievements:
             additions["unlockedLectures"] = unlocks
         await self.db[PROGRESS].update_one(
             {"_id": progress_id(event.user_id, event.course_id)},
-            {"$addToSet": additions, "$setOnInsert": {"userId": event.user_id, "courseId": event.course_id}},
+            {
+                "$addToSet": additions,
+                "$setOnInsert": progress_on_insert(event.user_id, event.course_id, additions),
+            },
             upsert=True,
         )
         await self.db[COMPLETIONS].update_one(

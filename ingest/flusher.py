@@ -36,7 +36,7 @@ from contract import keys, outage
 from contract.clients import redis_client
 from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint
 from contract.settings import Settings
-from ingest.store import PROGRESS, progress_id
+from ingest.store import PROGRESS, progress_id, progress_on_insert
 
 log = logging.getLogger("scorecast.flusher")
 
@@ -75,7 +75,7 @@ def operations(key: str, live: dict[str, str], now: float) -> list[UpdateOne]:
         newest[RESUME_FIELD] = point.encode()
     completed = [field[2:] for field in live if field.startswith("c:")]
     update: dict[str, Any] = {
-        "$setOnInsert": {"userId": user_id, "courseId": course_id},
+        "$setOnInsert": progress_on_insert(user_id, course_id, ["completedLectures"] if completed else []),
         "$set": {"updatedAt": now},
     }
     if newest:

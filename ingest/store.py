@@ -23,6 +23,7 @@ note on nx-27017 and dotted upserts).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 USERS = "users"
@@ -59,6 +60,18 @@ async def ensure_indexes(db: Any) -> None:
     await db[FLAGS].create_index([("status", 1), ("tsMs", -1)])
     await db[FLAGS].create_index([("userId", 1), ("status", 1)])
     await db[FLAGS].create_index([("rule", 1)])
+
+
+# The array fields of a ``progress`` document, created by whichever upsert inserts the document
+# (``$setOnInsert``, except a field that upsert's own ``$addToSet`` creates): on nx-27017 a later
+# ``$addToSet`` on a document that lacks the array changes nothing, where MongoDB creates it.
+PROGRESS_ARRAYS = ("completedLectures", "unlockedLectures")
+
+
+def progress_on_insert(user_id: str, course_id: str, added: Collection[str] = ()) -> dict[str, Any]:
+    """The ``$setOnInsert`` of a ``progress`` upsert whose ``$addToSet`` touches ``added``."""
+    arrays: dict[str, Any] = {field: [] for field in PROGRESS_ARRAYS if field not in added}
+    return {"userId": user_id, "courseId": course_id, **arrays}
 
 
 def user_doc(name: str, avatar_url: str | None, region: str | None) -> dict[str, Any]:

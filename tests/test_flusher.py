@@ -12,18 +12,27 @@ from pymongo import AsyncMongoClient, UpdateOne
 from redis.asyncio.client import Pipeline
 
 from contract import keys
-from contract.auth import TokenIssuer
-from contract.messages import completion_event_decoder
-from contract.progress import Ping, ProgressStore, ResumePoint
+from contract.auth import Claims, TokenIssuer
+from contract.courses import CourseMeta
+from contract.messages import completion_event_decoder, json_encoder
+from contract.progress import Ping, ProgressStore, ResumePoint, completion_event
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port, mongo_server
 from ingest.achievements import Achievements
-from ingest.flusher import Flusher
+from ingest.flusher import Flusher, operations
 from ingest.store import PROGRESS
 from tests.eventually import eventually
 from tests.helpers import bearer
 from tests.test_progress import progress, put_course
+
+COURSE_META = CourseMeta(
+    course_id="py",
+    title="Python",
+    lecture_order=["intro", "a"],
+    durations={"intro": 60.0, "a": 60.0},
+    marks={"intro": 3, "a": 3},
+)
 
 
 def store_of(redis: Any, settings: Settings) -> ProgressStore:
@@ -333,3 +342,32 @@ async def test_the_flusher_process_writes_once_mongodb_is_back(
     finally:
         await client.close()
         mongo.stop()
+
+
+async def test_completions_reach_a_progress_document_the_flusher_created_first(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    """Found by the simulation: the usual order is a flushed ping first, a completion later. On
+    nx-27017 ``$addToSet`` on an existing document that lacks the array changes nothing (MongoDB
+    creates the array), so neither the achievement consumer nor the flusher ever stored
+    ``completedLectures``/``unlockedLectures``: once Redis let the hash go, completions vanished
+    and course progress read 0 %."""
+    store = store_of(redis, settings)
+    flusher = Flusher(redis=redis, db=mongo, settings=settings)
+    await store.save([Ping("ada", "py", "intro", 10.0, 1, 60.0)], now_ms=1)
+    await flusher.flush_once()  # the document exists, without any completion
+    lectures = [
+        {"lectureId": lec, "title": lec, "durationSeconds": 60.0, "marks": 3} for lec in ("intro", "a")
+    ]
+    await mongo["courses"].insert_one({"_id": "py", "title": "Python", "sections": [{"lectures": lectures}]})
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    claims = Claims(sub="ada", name="Ada", exp=0, iat=0, jti="")
+    done = completion_event(claims, COURSE_META, "intro", 1_000)
+    assert await achievements.handle([("1-0", {"d": json_encoder.encode(done).decode()})]) == set()
+    doc = await mongo[PROGRESS].find_one({"_id": "ada|py"})
+    assert (doc.get("completedLectures"), doc.get("unlockedLectures")) == (["intro"], ["a"])
+    # The flusher's own completion path on an existing document.
+    await mongo[PROGRESS].bulk_write(operations(keys.progress("bob", "py"), {"w:intro": "5.0"}, 1.0))
+    live = {"w:intro": "60.0", "c:intro": "2000", "lecture": "intro", "pos": "60.0", "seq": "2"}
+    await mongo[PROGRESS].bulk_write(operations(keys.progress("bob", "py"), live, 2.0))
+    assert (await mongo[PROGRESS].find_one({"_id": "bob|py"})).get("completedLectures") == ["intro"]

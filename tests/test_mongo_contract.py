@@ -184,6 +184,30 @@ async def test_add_to_set_is_idempotent_and_upserts(mongo: Any) -> None:
     assert (await mongo.c.find_one({"_id": "d"}))["events"] == ["e1", "e2"]
 
 
+async def test_add_to_set_on_arrays_created_when_the_document_was_inserted(mongo: Any) -> None:
+    """``progress`` documents: MongoDB creates a missing array on ``$addToSet``, but nx-27017
+    leaves an existing document that lacks the array unchanged. So the upsert that inserts a
+    document creates its arrays (``$setOnInsert``, ``ingest.store.progress_on_insert``) and later
+    ``$addToSet`` calls only ever meet an existing array: the shape relied on here."""
+    await mongo.c.update_one(
+        {"_id": "p"}, {"$set": {"w": 1}, "$setOnInsert": {"done": [], "open": []}}, upsert=True
+    )
+    await mongo.c.update_one(
+        {"_id": "p"},
+        {"$addToSet": {"done": {"$each": ["a", "b"]}}, "$setOnInsert": {"open": []}},
+        upsert=True,
+    )
+    await mongo.c.update_one({"_id": "p"}, {"$addToSet": {"open": "b", "done": "a"}}, upsert=True)
+    await mongo.c.update_one(
+        {"_id": "q"}, {"$addToSet": {"done": "a"}, "$setOnInsert": {"open": []}}, upsert=True
+    )
+    docs = {d["_id"]: d async for d in mongo.c.find({})}
+    assert docs == {
+        "p": {"_id": "p", "w": 1, "done": ["a", "b"], "open": ["b"]},
+        "q": {"_id": "q", "done": ["a"], "open": []},
+    }
+
+
 async def test_range_query_sorted_with_projection_and_counts(mongo: Any) -> None:
     # ingest.api.heatmap.data (range, _id excluded, sorted), ingest.achievements (count).
     await mongo.c.insert_many(
