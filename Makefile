@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench browser clean
+.PHONY: run test lint bench soak browser clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -24,7 +24,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check contract gateway ingest devstack
+	$(BIN)/ruff format --check contract gateway ingest devstack sim
 	$(BIN)/mypy
 
 test: $(STAMP) browser lint
@@ -32,6 +32,12 @@ test: $(STAMP) browser lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sse_fanout --clients 1000
+
+# A long simulation with faults (see sim/): SOAK_MINUTES of school, SEED to replay a schedule.
+SOAK_MINUTES ?= 10
+SEED ?=
+soak: $(STAMP)
+	$(BIN)/python -m sim --seconds $$(( $(SOAK_MINUTES) * 60 )) --learners 30 --subscribers 14 $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
