@@ -87,12 +87,13 @@ async def watching(stack: Stack, token: str) -> AsyncIterator[SseWatcher]:
                 await task
 
 
-async def write(http: httpx.AsyncClient, token: str, increment: int, action_id: str) -> bool:
+async def write(http: httpx.AsyncClient, scorer: str, user_id: str, increment: int, action_id: str) -> bool:
+    """A scorer's write for ``user_id``; False when it was not accepted."""
     try:
         r = await http.post(
             "/api/v1/scores/update",
-            json={"scoreIncrement": increment, "actionId": action_id},
-            headers={"authorization": f"Bearer {token}"},
+            json={"userId": user_id, "scoreIncrement": increment, "actionId": action_id},
+            headers={"authorization": f"Bearer {scorer}"},
         )
     except httpx.HTTPError:
         return False
@@ -103,9 +104,11 @@ async def redis_outage(stack: Stack, redis: ManagedServer, down_s: float) -> tup
     """(Redis answering → 202, Redis answering → SSE client sees the write) in seconds."""
     issuer = TokenIssuer(stack.settings)
     token = issuer.access_token(user_id="ada", name="Ada")
+    scorer = issuer.access_token(user_id="points-service", name="Points service", roles=["scorer"])
     async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=5) as http, watching(stack, token) as sse:
+        (await http.post("/api/v1/auth/login", json={"userId": "ada", "name": "Ada"})).raise_for_status()
         before = sse.scores.get("ada", 0)
-        assert await write(http, token, 1, str(uuid.uuid4()))
+        assert await write(http, scorer, "ada", 1, str(uuid.uuid4()))
         await until(lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 1))
         await asyncio.sleep(1.5)  # past the AOF's fsync (every second)
         redis.kill()
@@ -113,7 +116,7 @@ async def redis_outage(stack: Stack, redis: ManagedServer, down_s: float) -> tup
         redis.start()
         answered = time.monotonic()
         action = str(uuid.uuid4())
-        await until(lambda: write(http, token, 1, action))
+        await until(lambda: write(http, scorer, "ada", 1, action))
         accepted = time.monotonic()
         await until(lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 2))
         return accepted - answered, time.monotonic() - answered
@@ -160,12 +163,13 @@ async def mongo_outage(settings: Settings, mongo: ManagedServer, redis: Any, dow
 async def worker_crash(stack: Stack, redis: Any, mongo: Any) -> tuple[int, float]:
     """(entries the killed worker held, seconds from starting another worker to their being applied)."""
     issuer = TokenIssuer(stack.settings)
-    token = issuer.access_token(user_id="bob", name="Bob")
+    scorer = issuer.access_token(user_id="points-service", name="Points service", roles=["scorer"])
     for proc in [p for p in stack.procs if p.module == "ingest.worker"]:
         proc.stop()
     async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=5) as http:
+        (await http.post("/api/v1/auth/login", json={"userId": "bob", "name": "Bob"})).raise_for_status()
         for _ in range(400):
-            assert await write(http, token, 1, str(uuid.uuid4()))
+            assert await write(http, scorer, "bob", 1, str(uuid.uuid4()))
     name = f"doomed-{uuid.uuid4().hex[:6]}"
     doomed = stack.start("ingest.worker", consumer_name=name, stream_batch_size=20)
     assert doomed.process is not None
@@ -213,6 +217,7 @@ async def run(args: argparse.Namespace) -> None:
         rate_limit_per_s=10_000.0,
         rate_limit_burst=10_000,
         flush_interval_s=args.flush_interval,
+        dev_login_enabled=True,  # the bench's users log in once, so a scorer can score them
     )
     stack = Stack(settings, work)
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)

@@ -147,6 +147,7 @@ async def run(args: argparse.Namespace) -> None:
         rate_limit_burst=10_000,
         stream_block_ms=50,
         slow_client_timeout_s=30.0,
+        dev_login_enabled=True,  # the bench's users log in once, so a scorer can score them
     )
     stack = Stack(settings, work)
     try:
@@ -156,14 +157,19 @@ async def run(args: argparse.Namespace) -> None:
         assert gateway is not None
         issuer = TokenIssuer(stack.settings)
         token = issuer.access_token(user_id="viewer", name="Viewer", region="EU")
-        scorer = issuer.access_token(user_id="climber", name="Climber", region="EU")
+        scorer = issuer.access_token(user_id="points-service", name="Points service", roles=["scorer"])
         async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=10) as http:
+            # Score writes name a user Scorecast knows: each logs in once (development login).
+            for user_id, name in [("climber", "Climber")] + [(f"seed{i}", f"Seed {i}") for i in range(10)]:
+                r = await http.post(
+                    "/api/v1/auth/login", json={"userId": user_id, "name": name, "region": "EU"}
+                )
+                r.raise_for_status()
             for i in range(10):
-                seed = issuer.access_token(user_id=f"seed{i}", name=f"Seed {i}", region="EU")
                 r = await http.post(
                     "/api/v1/scores/update",
-                    json={"scoreIncrement": 100 + i, "actionId": str(uuid.uuid4())},
-                    headers={"authorization": f"Bearer {seed}"},
+                    json={"userId": f"seed{i}", "scoreIncrement": 100 + i, "actionId": str(uuid.uuid4())},
+                    headers={"authorization": f"Bearer {scorer}"},
                 )
                 r.raise_for_status()
             for _ in range(100):
@@ -192,7 +198,7 @@ async def run(args: argparse.Namespace) -> None:
                 before = max(c.version for c in fanout.clients)
                 r = await http.post(
                     "/api/v1/scores/update",
-                    json={"scoreIncrement": 7, "actionId": str(uuid.uuid4())},
+                    json={"userId": "climber", "scoreIncrement": 7, "actionId": str(uuid.uuid4())},
                     headers={"authorization": f"Bearer {scorer}"},
                 )
                 accepted = time.perf_counter()

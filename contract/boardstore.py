@@ -182,8 +182,11 @@ class Around:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Profile:
+    """A member's display details, and the region whose board their scores go to."""
+
     name: str
     avatar_url: str | None
+    region: str | None = None
 
 
 def _reached(reply: Sequence[Any]) -> int | None:
@@ -217,19 +220,21 @@ class BoardStore:
         self._exists = redis.register_script(_EXISTS)
 
     async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
-        """Apply (board, actionId, userId, increment) steps in one pipelined round trip.
+        """Apply (board, eventId, userId, increment) steps in one pipelined round trip.
 
-        Each step is atomic and idempotent per (board, actionId). A step on a missing board
-        answers status MISSING and changes nothing.
+        ``eventId`` names the action on the board's applied-action guard: the action's
+        ``score_events`` id (``keys.user_action(userId, actionId)``; a bare actionId for events
+        stored before actionIds were per user). Each step is atomic and idempotent per
+        (board, eventId). A step on a missing board answers status MISSING and changes nothing.
         """
         steps = list(items)
         if not steps:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for board, action_id, user_id, increment in steps:
+        for board, event_id, user_id, increment in steps:
             keys = board_keys(board)
             await self._apply(
-                keys=[keys.zset, keys.version, keys.members, keys.guard(action_id), keys.empty],
+                keys=[keys.zset, keys.version, keys.members, keys.guard(event_id), keys.empty],
                 args=[user_id, increment, self._guard_ttl_s],
                 client=pipe,
             )
@@ -326,7 +331,12 @@ class BoardStore:
         pipe = self.redis.pipeline(transaction=False)
         for user_id, profile in profiles.items():
             key = user_profile(user_id)
-            pipe.hset(key, mapping={"name": profile.name, "avatarUrl": profile.avatar_url or ""})
+            mapping = {
+                "name": profile.name,
+                "avatarUrl": profile.avatar_url or "",
+                "region": profile.region or "",
+            }
+            pipe.hset(key, mapping=mapping)
             pipe.expire(key, ttl_s)
         await pipe.execute()
 
@@ -336,10 +346,21 @@ class BoardStore:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for user_id in user_ids:
-            pipe.hmget(user_profile(user_id), "name", "avatarUrl")
+            pipe.hmget(user_profile(user_id), "name", "avatarUrl", "region")
         replies = await pipe.execute()
         return {
-            user_id: Profile(name=name, avatar_url=avatar or None)
-            for user_id, (name, avatar) in zip(user_ids, replies, strict=True)
+            user_id: Profile(name=name, avatar_url=avatar or None, region=region or None)
+            for user_id, (name, avatar, region) in zip(user_ids, replies, strict=True)
             if name is not None
         }
+
+    async def scoring_profile(self, user_id: str) -> Profile | None:
+        """The cached profile of ``user_id`` when it is complete enough to place a score.
+
+        None when not cached, or cached before profiles carried the region (no ``region``
+        field): the caller reads MongoDB ``users`` then, so a score never misses its region board.
+        """
+        name, avatar, region = await self.redis.hmget(user_profile(user_id), "name", "avatarUrl", "region")
+        if name is None or region is None:
+            return None
+        return Profile(name=name, avatar_url=avatar or None, region=region or None)

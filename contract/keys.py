@@ -114,14 +114,42 @@ def user_channel(user_id: str) -> str:
     return f"{USER_CHANNEL_PREFIX}{user_id}"
 
 
+def slot_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: its ``{tag}``, else the whole key.
+
+    A key spelled ``{<slot_tag(k)>}...`` lives in the same cluster slot as ``k``, whether or
+    not ``k`` itself carries a hash tag.
+    """
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
 # Write path
-def action_guard(action_id: str) -> str:
-    """Set by the API when it accepts an actionId; a second POST with it is a duplicate."""
-    return f"action:{action_id}"
+def user_action(user_id: str, action_id: str) -> str:
+    """The identity of one action: an actionId counts once PER USER, so every guard and the
+    ``score_events`` id are keyed by both. (An actionId is a UUID, so the last ``|`` splits.)"""
+    return f"{user_id}|{action_id}"
+
+
+def action_guard(user_id: str, action_id: str, *, stream: str = SCORE_STREAM) -> str:
+    """Set by the API when it queues a user's actionId; a second POST of it is a duplicate.
+
+    It shares the cluster slot of ``stream``, so one Lua step can set it and XADD together.
+    """
+    return f"{{{slot_tag(stream)}}}:action:{user_action(user_id, action_id)}"
 
 
 def rate_limit(user_id: str) -> str:
     return f"ratelimit:{{user:{user_id}}}"
+
+
+def region_rate_limit(region: str | None) -> str:
+    """The write bucket of a region; users without a region share the bucket of region ``""``."""
+    return f"ratelimit:{{region:{(region or '').upper()}}}"
 
 
 def refresh_token(jti: str) -> str:

@@ -58,6 +58,9 @@ class TokenPair(Output):
 
 # ---------------------------------------------------------------- scores (HTTP)
 class ScoreUpdateRequest(Input):
+    """A direct increment by a caller with role ``scorer`` or ``admin``, for the user it names."""
+
+    user_id: Id
     score_increment: Annotated[int, Meta(gt=0)]
     action_id: ActionId
     course_id: Id | None = None

@@ -44,8 +44,10 @@ class Settings:
 
     # Score writes
     max_score_increment: int = 1000
-    rate_limit_per_s: float = 20.0
+    rate_limit_per_s: float = 20.0  # per scored user
     rate_limit_burst: int = 40
+    region_rate_limit_per_s: float = 500.0  # per region of the scored user (seed 003)
+    region_rate_limit_burst: int = 1000
     queue_max_length: int = 100_000  # backlog (undelivered + pending entries) that refuses writes
     queue_backlog_max_age_s: float = 0.1  # an API process re-reads the backlog at most this often
     action_guard_ttl_s: int = 7 * 24 * 3600

@@ -2,8 +2,9 @@
 
 Per batch, in this order (each step is idempotent, so a crash anywhere is repaired by the retry):
 
-1. ``score_events`` upsert with ``_id = actionId`` (``$setOnInsert``, ``applied: false``): the
-   audit log, and what makes an actionId count once even after Redis lost its guards;
+1. ``score_events`` upsert with ``_id = "<userId>|<actionId>"`` (``$setOnInsert``, ``applied:
+   false``; an event stored under its bare actionId by an older worker keeps that id): the audit
+   log, and what makes an actionId count once per user even after Redis lost its guards;
 2. actions whose event is already ``applied: true`` are dropped;
 3. one pipelined round trip applies every (board, action) step in Redis (atomic and idempotent
    per board); a missing board is rebuilt from MongoDB (counting the actions in flight, this
@@ -130,7 +131,7 @@ class ScoreWorker:
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:
         poison: set[str] = set()
-        actions: dict[str, ScoreAction] = {}
+        actions: dict[str, ScoreAction] = {}  # by (userId, actionId): an actionId counts once per user
         for entry_id, fields in entries:
             try:
                 entry = stream_entry_decoder.decode(fields["d"])
@@ -143,34 +144,29 @@ class ScoreWorker:
                 if version:
                     await self._publish({entry.board: version})
             else:
-                actions.setdefault(entry.action_id, entry)
+                actions.setdefault(keys.user_action(entry.user_id, entry.action_id), entry)
         if actions:
             await self.apply(list(actions.values()))
         return poison
 
     async def apply(self, actions: list[ScoreAction]) -> None:
         events = self.db[store.SCORE_EVENTS]
+        ids = await self._event_ids(actions)
         await events.bulk_write(
             [
-                UpdateOne(
-                    {"_id": a.action_id},
-                    {"$setOnInsert": {**event_doc(a), "applied": False}},
-                    upsert=True,
-                )
-                for a in actions
+                UpdateOne({"_id": eid}, {"$setOnInsert": {**event_doc(a), "applied": False}}, upsert=True)
+                for a, eid in zip(actions, ids, strict=True)
             ],
             ordered=False,
         )
-        done = {
-            d["_id"]
-            async for d in events.find(
-                {"_id": {"$in": [a.action_id for a in actions]}, "applied": True}, {"_id": 1}
-            )
-        }
-        todo = [a for a in actions if a.action_id not in done]
-        if not todo:
+        done = {d["_id"] async for d in events.find({"_id": {"$in": ids}, "applied": True}, {"_id": 1})}
+        pending = [(a, eid) for a, eid in zip(actions, ids, strict=True) if eid not in done]
+        if not pending:
             return
-        steps = [(board, a.action_id, a.user_id, a.increment) for a in todo for board in boards_of(a)]
+        todo = [a for a, _ in pending]
+        # The board guards carry the event id too, so a rebuild's "counted" marks (event ids)
+        # and the worker's steps name an action the same way.
+        steps = [(board, eid, a.user_id, a.increment) for a, eid in pending for board in boards_of(a)]
         results = await self.boards.apply_many(steps)
         newest: dict[str, int] = {}
         missing = {r.board for r in results if r.status == MISSING}
@@ -185,11 +181,27 @@ class ScoreWorker:
         await self._persist(todo, steps, results)
         await self._audit(todo, steps, results)
         await self.anomaly.observe(todo)
-        await events.update_many({"_id": {"$in": [a.action_id for a in todo]}}, {"$set": {"applied": True}})
+        await events.update_many({"_id": {"$in": [eid for _, eid in pending]}}, {"$set": {"applied": True}})
         for r in results:
             if r.status == APPLIED:
                 newest[r.board] = max(newest.get(r.board, 0), r.seq)
         await self._publish(newest)
+
+    async def _event_ids(self, actions: list[ScoreAction]) -> list[str]:
+        """The ``score_events`` id of each action: ``<userId>|<actionId>``, or its bare actionId
+        when an older worker stored the same user's action under it (so an action in flight
+        across the upgrade still counts once). Another user's old event under the same actionId
+        is not theirs: it no longer costs them their points."""
+        legacy = {
+            d["_id"]: d.get("userId")
+            async for d in self.db[store.SCORE_EVENTS].find(
+                {"_id": {"$in": [a.action_id for a in actions]}}, {"userId": 1}
+            )
+        }
+        return [
+            a.action_id if legacy.get(a.action_id) == a.user_id else keys.user_action(a.user_id, a.action_id)
+            for a in actions
+        ]
 
     async def _persist(
         self, todo: list[ScoreAction], steps: list[tuple[str, str, str, int]], results: list[ApplyResult]
@@ -224,7 +236,7 @@ class ScoreWorker:
             ordered=False,
         )
         await self.boards.cache_profiles(
-            {uid: Profile(name=a.name, avatar_url=a.avatar_url) for uid, a in users.items()},
+            {uid: Profile(name=a.name, avatar_url=a.avatar_url, region=a.region) for uid, a in users.items()},
             ttl_s=self.settings.user_cache_ttl_s,
         )
 
@@ -253,6 +265,7 @@ class ScoreWorker:
 def event_doc(action: ScoreAction) -> dict[str, Any]:
     return {
         "userId": action.user_id,
+        "actionId": action.action_id,
         "increment": action.increment,
         "boards": boards_of(action),
         "tsMs": action.ts_ms,

@@ -105,8 +105,12 @@ export class Scorecast {
     return this.#request(method, path, body);
   }
 
-  score(increment, courseId) {
-    const body = { scoreIncrement: increment, actionId: crypto.randomUUID() };
+  /**
+   * Award points to `userId` (default: the logged-in user). Needs a token with role `scorer` or
+   * `admin`: in production only backend services hold one; a learner's own token gets 403.
+   */
+  score(increment, { userId = this.user.sub, courseId } = {}) {
+    const body = { userId, scoreIncrement: increment, actionId: crypto.randomUUID() };
     if (courseId) body.courseId = courseId;
     return this.api("POST", "/api/v1/scores/update", body);
   }

@@ -18,15 +18,16 @@ from devstack.processes import Stack
 from ingest import store
 from ingest.worker import ScoreWorker, boards_of
 from tests.eventually import eventually
-from tests.helpers import bearer
+from tests.helpers import bearer, login, scorer_token
 
 
-async def post(http: httpx.AsyncClient, token: str, increment: int, **headers: str) -> str:
+async def post(http: httpx.AsyncClient, scorer: str, user_id: str, increment: int, **headers: str) -> str:
+    """A scorer's write for ``user_id``; ``headers`` are the client's (the audit log records them)."""
     action_id = str(uuid.uuid4())
     r = await http.post(
         "/api/v1/scores/update",
-        json={"scoreIncrement": increment, "actionId": action_id},
-        headers={**bearer(token), **headers},
+        json={"userId": user_id, "scoreIncrement": increment, "actionId": action_id},
+        headers={**bearer(scorer), **headers},
     )
     assert r.status_code == 202, r.text
     return action_id
@@ -48,11 +49,13 @@ async def test_every_score_change_is_audited_with_client_and_old_and_new_totals(
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    ada = issuer.access_token(user_id="ada", name="Ada", region="eu")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        first = await post(http, ada, 5, **{"user-agent": "cheat-o-matic/1.0", "x-forwarded-for": "6.6.6.6"})
-        second = await post(http, ada, 7)
+        await login(http, "ada", "Ada", region="eu")
+        headers = {"user-agent": "cheat-o-matic/1.0", "x-forwarded-for": "6.6.6.6"}
+        first = await post(http, scorer, "ada", 5, **headers)
+        second = await post(http, scorer, "ada", 7)
         page = await eventually(
             lambda: audit_page(http, admin, userId="ada"), until=lambda p: len(p["items"]) == 2
         )
@@ -72,10 +75,11 @@ async def test_every_score_change_is_audited_with_client_and_old_and_new_totals(
 async def test_forwarded_for_is_the_client_behind_a_trusted_proxy(stack: Stack, issuer: TokenIssuer) -> None:
     stack.start("ingest.api", trusted_proxies="127.0.0.1")
     stack.start("ingest.worker")
-    ada = issuer.access_token(user_id="ada", name="Ada")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, ada, 5, **{"x-forwarded-for": "6.6.6.6, 203.0.113.7"})
+        await login(http, "ada", "Ada")
+        await post(http, scorer, "ada", 5, **{"x-forwarded-for": "6.6.6.6, 203.0.113.7"})
         page = await eventually(lambda: audit_page(http, admin), until=lambda p: len(p["items"]) == 1)
     assert page["items"][0]["ip"] == "203.0.113.7"
 
@@ -85,11 +89,12 @@ async def test_audit_pages_newest_first_with_filters_and_validation(
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    ada = issuer.access_token(user_id="ada", name="Ada")
-    bob = issuer.access_token(user_id="bob", name="Bob")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        sent = [await post(http, ada if i % 2 else bob, i + 1) for i in range(7)]
+        ada = await login(http, "ada", "Ada")
+        await login(http, "bob", "Bob")
+        sent = [await post(http, scorer, "ada" if i % 2 else "bob", i + 1) for i in range(7)]
         await eventually(lambda: audit_page(http, admin, limit=100), until=lambda p: len(p["items"]) == 7)
         seen: list[str] = []
         cursor: str | None = None
@@ -127,10 +132,11 @@ async def test_a_rebuild_that_changes_a_total_is_audited(
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    ada = issuer.access_token(user_id="ada", name="Ada")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, ada, 5)
+        await login(http, "ada", "Ada")
+        await post(http, scorer, "ada", 5)
         await eventually(lambda: audit_page(http, admin), until=lambda p: len(p["items"]) == 1)
         # Someone edits Redis behind the system's back; a forced rebuild restores MongoDB's truth.
         member = await redis.hget(keys.board_keys("global").members, "ada")

@@ -20,11 +20,11 @@ from contract.errors import AuthError
 from contract.settings import Settings
 from ingest.api.app import create_app
 from tests.conftest import TEST_SECRET
-from tests.helpers import asgi_client, bearer
+from tests.helpers import asgi_client, bearer, login, scorer_token
 
 
-def score_body() -> dict[str, Any]:
-    return {"scoreIncrement": 5, "actionId": str(uuid.uuid4())}
+def score_body(user_id: str = "eve") -> dict[str, Any]:
+    return {"userId": user_id, "scoreIncrement": 5, "actionId": str(uuid.uuid4())}
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -126,7 +126,8 @@ async def test_missing_token_and_wrong_scheme_are_refused(ingest: httpx.AsyncCli
 async def test_token_in_query_parameter_and_cookie_are_accepted(
     ingest: httpx.AsyncClient, issuer: TokenIssuer
 ) -> None:
-    token = issuer.access_token(user_id="eve", name="Eve")
+    await login(ingest, "eve", "Eve")
+    token = scorer_token(issuer)
     r = await ingest.post("/api/v1/scores/update", json=score_body(), params={"access_token": token})
     assert r.status_code == 202
     ingest.cookies.set("scorecast_token", token)
@@ -135,11 +136,15 @@ async def test_token_in_query_parameter_and_cookie_are_accepted(
 
 
 async def test_login_then_refresh_works_once(ingest: httpx.AsyncClient) -> None:
-    r = await ingest.post("/api/v1/auth/login", json={"userId": "ada", "name": "Ada", "region": "eu"})
+    # The development login grants the roles asked for: a scorer token scores (here: itself).
+    body = {"userId": "ada", "name": "Ada", "region": "eu", "roles": ["scorer"]}
+    r = await ingest.post("/api/v1/auth/login", json=body)
     assert r.status_code == 200
     pair = r.json()
     assert pair["expiresIn"] > 0
-    r = await ingest.post("/api/v1/scores/update", json=score_body(), headers=bearer(pair["accessToken"]))
+    r = await ingest.post(
+        "/api/v1/scores/update", json=score_body("ada"), headers=bearer(pair["accessToken"])
+    )
     assert r.status_code == 202
     first = await ingest.post("/api/v1/auth/refresh", json={"refreshToken": pair["refreshToken"]})
     assert first.status_code == 200
@@ -194,9 +199,12 @@ async def test_rs256_with_a_key_pair(settings: Settings, redis: Any, mongo: Any,
         jwt_public_key_file=str(tmp_path / "key.pub"),
     )
     async with asgi_client(create_app(rs), "http://ingest") as client:
-        pair = (await client.post("/api/v1/auth/login", json={"userId": "ada", "name": "Ada"})).json()
+        body = {"userId": "ada", "name": "Ada", "roles": ["scorer"]}
+        pair = (await client.post("/api/v1/auth/login", json=body)).json()
         assert jwt.get_unverified_header(pair["accessToken"])["alg"] == "RS256"
-        r = await client.post("/api/v1/scores/update", json=score_body(), headers=bearer(pair["accessToken"]))
+        r = await client.post(
+            "/api/v1/scores/update", json=score_body("ada"), headers=bearer(pair["accessToken"])
+        )
         assert r.status_code == 202
         # Algorithm confusion: an HS256 token keyed with the public key must not pass.
         forged = _hs256_with_raw_key(claims(), public)

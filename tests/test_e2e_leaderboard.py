@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -15,15 +14,12 @@ import pytest
 from contract.auth import TokenIssuer
 from devstack.processes import Stack
 from tests.eventually import eventually
+from tests.helpers import login, score, scorer_token
 from tests.sse_client import sse
 
 
-async def post_score(http: httpx.AsyncClient, token: str, increment: int) -> None:
-    r = await http.post(
-        "/api/v1/scores/update",
-        json={"scoreIncrement": increment, "actionId": str(uuid.uuid4())},
-        headers={"authorization": f"Bearer {token}"},
-    )
+async def post_score(http: httpx.AsyncClient, scorer: str, user_id: str, increment: int) -> None:
+    r = await score(http, scorer, user_id, increment)
     assert r.status_code == 202, r.text
 
 
@@ -33,7 +29,8 @@ def ranking(entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
 
 async def test_sse_top10_equals_true_ranking_of_many_users(stack: Stack, issuer: TokenIssuer) -> None:
     stack.start_all()
-    tokens = {f"u{i:02d}": issuer.access_token(user_id=f"u{i:02d}", name=f"User {i}") for i in range(30)}
+    tokens = {f"u{i:02d}": f"User {i}" for i in range(30)}  # user -> name
+    scorer = scorer_token(issuer)
     # User i ends at 200 + 3i, reached in three increments: every total is distinct, so the true
     # ranking is unique.
     targets = {user: 200 + 3 * i for i, user in enumerate(tokens)}
@@ -48,8 +45,10 @@ async def test_sse_top10_equals_true_ranking_of_many_users(stack: Stack, issuer:
         await eventually(lambda: asyncio.sleep(0, reader.events), until=bool)
         assert reader.retry is not None
         assert reader.events[0]["event"] == "snapshot"
+        for user, name in tokens.items():
+            await login(http, user, name)
         for increments in rounds:
-            await asyncio.gather(*(post_score(http, tokens[u], inc) for u, inc in increments.items()))
+            await asyncio.gather(*(post_score(http, scorer, u, inc) for u, inc in increments.items()))
         expected = sorted(totals.items(), key=lambda kv: -kv[1])[:10]
         assert len({score for _, score in totals.items()}) == len(totals)
 
@@ -73,18 +72,20 @@ async def test_200_updates_per_second_give_at_most_one_event_per_second(
 ) -> None:
     stack.start_all()
     users = [f"p{i}" for i in range(20)]
-    tokens = {u: issuer.access_token(user_id=u, name=u.upper()) for u in users}
+    scorer = scorer_token(issuer)
     totals = dict.fromkeys(users, 0)
     viewer = issuer.access_token(user_id="viewer", name="Viewer")
     async with sse(stack, viewer) as reader, httpx.AsyncClient(base_url=stack.ingest_url) as http:
         await eventually(lambda: asyncio.sleep(0, reader.events), until=bool)
+        for user in users:
+            await login(http, user, user.upper())
         for tick in range(25):  # 25 ticks of 0.2 s with 40 writes each: 200/s for 5 s
             batch = []
             for k in range(40):
                 user = users[(tick * 40 + k) % len(users)]
                 increment = 1 + (tick + k) % 9
                 totals[user] += increment
-                batch.append(post_score(http, tokens[user], increment))
+                batch.append(post_score(http, scorer, user, increment))
             await asyncio.gather(*batch, asyncio.sleep(0.2))
         expected = sorted(totals.items(), key=lambda kv: -kv[1])[:10]
 

@@ -13,14 +13,14 @@ from contract import keys
 from contract.auth import TokenIssuer
 from devstack.processes import Stack
 from tests.eventually import eventually
-from tests.helpers import bearer
+from tests.helpers import bearer, login, scorer_token
 
 
 async def score(
-    http: httpx.AsyncClient, token: str, increment: int, action_id: str | None = None
+    http: httpx.AsyncClient, scorer: str, user_id: str, increment: int, action_id: str | None = None
 ) -> httpx.Response:
-    body = {"scoreIncrement": increment, "actionId": action_id or str(uuid.uuid4())}
-    return await http.post("/api/v1/scores/update", json=body, headers=bearer(token))
+    body = {"userId": user_id, "scoreIncrement": increment, "actionId": action_id or str(uuid.uuid4())}
+    return await http.post("/api/v1/scores/update", json=body, headers=bearer(scorer))
 
 
 async def flags(http: httpx.AsyncClient, admin: str, status: str = "open") -> list[dict[str, Any]]:
@@ -44,16 +44,17 @@ async def test_a_burst_is_flagged_once_blocks_until_cleared_and_is_counted(
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker", flag_burst_actions=3, flag_burst_window_s=60.0, flag_block_s=600)
-    eve = issuer.access_token(user_id="eve", name="Eve")
-    bob = issuer.access_token(user_id="bob", name="Bob")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        assert (await score(http, bob, 5)).status_code == 202
+        eve = await login(http, "eve", "Eve")
+        await login(http, "bob", "Bob")
+        assert (await score(http, scorer, "bob", 5)).status_code == 202
         for _ in range(6):
-            assert (await score(http, eve, 5)).status_code == 202
+            assert (await score(http, scorer, "eve", 5)).status_code == 202
         open_flags = await eventually(lambda: flags(http, admin), until=lambda f: len(f) >= 1)
         await eventually(lambda: redis.exists(keys.score_block("eve")))
-        blocked = await score(http, eve, 5)
+        blocked = await score(http, scorer, "eve", 5)
         assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "temporarily_blocked"
         until = blocked.json()["error"]["until"]
         assert until.endswith("Z")
@@ -79,7 +80,7 @@ async def test_a_burst_is_flagged_once_blocks_until_cleared_and_is_counted(
         assert flag["evidence"]["actions"] == 4 and flag["evidence"]["max"] == 3
 
         # The honest user beside the cheater scores on and is not flagged.
-        assert (await score(http, bob, 5)).status_code == 202
+        assert (await score(http, scorer, "bob", 5)).status_code == 202
         rank = await eventually(
             lambda: http.get("/api/v1/scores/rank/eve"),
             until=lambda r: r.status_code == 200 and r.json()["score"] == 30,
@@ -99,7 +100,7 @@ async def test_a_burst_is_flagged_once_blocks_until_cleared_and_is_counted(
         assert learner_clear.status_code == 403
         cleared = await http.post("/api/v1/admin/flags/eve/clear", headers=bearer(admin))
         assert cleared.status_code == 200 and cleared.json() == {"userId": "eve", "cleared": 1}
-        assert (await score(http, eve, 5)).status_code == 202
+        assert (await score(http, scorer, "eve", 5)).status_code == 202
         assert await flags(http, admin) == []
         assert [(f["userId"], f["status"]) for f in await flags(http, admin, "cleared")] == [
             ("eve", "cleared")
@@ -118,15 +119,16 @@ async def test_a_jump_far_above_the_users_and_the_boards_norm_is_flagged(
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    eve = issuer.access_token(user_id="eve", name="Eve")
-    bob = issuer.access_token(user_id="bob", name="Bob")
+    scorer = scorer_token(issuer)
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await login(http, "eve", "Eve")
+        await login(http, "bob", "Bob")
         for _ in range(3):
-            assert (await score(http, bob, 10)).status_code == 202
-            assert (await score(http, eve, 10)).status_code == 202
+            assert (await score(http, scorer, "bob", 10)).status_code == 202
+            assert (await score(http, scorer, "eve", 10)).status_code == 202
         await eventually(lambda: http.get("/api/v1/scores/rank/eve"), until=lambda r: r.status_code == 200)
-        assert (await score(http, eve, 1000)).status_code == 202
+        assert (await score(http, scorer, "eve", 1000)).status_code == 202
         [flag] = await eventually(lambda: flags(http, admin), until=lambda f: len(f) >= 1)
     assert (flag["userId"], flag["rule"]) == ("eve", "jump")
     assert flag["evidence"]["increment"] == 1000 and flag["evidence"]["userMean"] == 10

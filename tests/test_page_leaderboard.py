@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ from contract.boardstore import BoardStore
 from devstack.processes import Stack
 from tests.browser import chromium, open_connections
 from tests.eventually import eventually
+from tests.helpers import login, score, scorer_token
 from tests.test_gateway_sse import apply
 
 
@@ -22,20 +22,17 @@ async def row_score(page: Page, user_id: str) -> str | None:
     return await cell.text_content() if await cell.count() else None
 
 
-async def post_scores(stack: Stack, token: str, increments: list[int]) -> None:
+async def post_scores(stack: Stack, scorer: str, user_id: str, increments: list[int]) -> None:
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await login(http, user_id, user_id.title(), region="EU")
         for increment in increments:
-            r = await http.post(
-                "/api/v1/scores/update",
-                json={"scoreIncrement": increment, "actionId": str(uuid.uuid4())},
-                headers={"authorization": f"Bearer {token}"},
-            )
+            r = await score(http, scorer, user_id, increment)
             assert r.status_code == 202, r.text
 
 
 async def test_two_tabs_update_live_over_one_sse_connection(stack: Stack, issuer: TokenIssuer) -> None:
     stack.start_all()
-    rival = issuer.access_token(user_id="rival", name="Rival", region="EU")
+    rival = scorer_token(issuer)
     async with chromium() as browser:
         context = await browser.new_context()
         first = await context.new_page()
@@ -48,7 +45,7 @@ async def test_two_tabs_update_live_over_one_sse_connection(stack: Stack, issuer
         await second.goto(stack.gateway_url + "/")
         await second.wait_for_selector("#app:not(.hidden)")
 
-        await post_scores(stack, rival, [30, 12])
+        await post_scores(stack, rival, "rival", [30, 12])
         for page in (first, second):
             assert await eventually(lambda p=page: row_score(p, "rival"), until=lambda s: s == "42") == "42"
 
@@ -68,7 +65,7 @@ async def test_without_shared_worker_each_tab_has_its_own_event_source(
     stack: Stack, issuer: TokenIssuer
 ) -> None:
     stack.start_all()
-    rival = issuer.access_token(user_id="rival", name="Rival")
+    rival = scorer_token(issuer)
     async with chromium() as browser:
         context = await browser.new_context()
         await context.add_init_script("delete window.SharedWorker")
@@ -83,7 +80,7 @@ async def test_without_shared_worker_each_tab_has_its_own_event_source(
         await pages[1].reload()
         for page in pages:
             await page.wait_for_selector("#status[data-state=open]")
-        await post_scores(stack, rival, [5])
+        await post_scores(stack, rival, "rival", [5])
         for page in pages:
             assert await eventually(lambda p=page: row_score(p, "rival"), until=lambda s: s == "5") == "5"
         assert await open_connections(stack.gateway_url, "sse") == 2

@@ -15,17 +15,17 @@ from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port, redis_server
 from tests.eventually import eventually
-from tests.helpers import bearer
+from tests.helpers import bearer, login, scorer_token
 from tests.sse_client import SseReader, sse
 
 
-async def accepted(http: httpx.AsyncClient, token: str, increment: int, action_id: str) -> bool:
-    """One attempt at a score write (the same actionId each time, so it counts once)."""
+async def accepted(http: httpx.AsyncClient, scorer: str, increment: int, action_id: str) -> bool:
+    """One attempt at a scorer's write for Ada (the same actionId each time, so it counts once)."""
     try:
         r = await http.post(
             "/api/v1/scores/update",
-            json={"scoreIncrement": increment, "actionId": action_id},
-            headers=bearer(token),
+            json={"userId": "ada", "scoreIncrement": increment, "actionId": action_id},
+            headers=bearer(scorer),
         )
     except httpx.HTTPError:
         return False
@@ -55,11 +55,13 @@ async def test_a_write_after_a_redis_restart_reaches_sse_clients(
         for module in ("ingest.api", "ingest.worker", "gateway"):
             stack.start(module)
         token = TokenIssuer(stack.settings).access_token(user_id="ada", name="Ada")
+        scorer = scorer_token(TokenIssuer(stack.settings))
         async with (
             httpx.AsyncClient(base_url=stack.ingest_url, timeout=10) as http,
             sse(stack, token) as reader,
         ):
-            assert await accepted(http, token, 1, str(uuid.uuid4()))
+            await login(http, "ada", "Ada")
+            assert await accepted(http, scorer, 1, str(uuid.uuid4()))
             await eventually(lambda: shown(reader), until=lambda s: s == [("ada", 1)], timeout_s=30)
 
             redis.stop()
@@ -70,12 +72,12 @@ async def test_a_write_after_a_redis_restart_reaches_sse_clients(
 
             # Delivered by the resync after the listener is back, or by Pub/Sub.
             second = str(uuid.uuid4())
-            await eventually(lambda: accepted(http, token, 2, second), timeout_s=30)
+            await eventually(lambda: accepted(http, scorer, 2, second), timeout_s=30)
             assert await eventually(
                 lambda: shown(reader), until=lambda s: s == [("ada", 3)], timeout_s=60
             ) == [("ada", 3)]
             # And the listener follows the board again: the next write arrives by its event.
-            assert await accepted(http, token, 4, str(uuid.uuid4()))
+            assert await accepted(http, scorer, 4, str(uuid.uuid4()))
             assert await eventually(
                 lambda: shown(reader), until=lambda s: s == [("ada", 7)], timeout_s=30
             ) == [("ada", 7)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,17 +12,29 @@ import pytest
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.settings import Settings
+from devstack.servers import ManagedServer
 from ingest.api.app import create_app
-from tests.helpers import asgi_client, bearer
+from tests.helpers import asgi_client, bearer, login, score, scorer_token
 
 
 @pytest.fixture
 def token(issuer: TokenIssuer) -> str:
-    return issuer.access_token(user_id="ada", name="Ada", region="EU")
+    """A scorer's token (score writes need role ``scorer``)."""
+    return scorer_token(issuer)
 
 
-def action(increment: Any = 5, **extra: Any) -> dict[str, Any]:
-    return {"scoreIncrement": increment, "actionId": str(uuid.uuid4()), **extra}
+@pytest.fixture
+async def ada(ingest: httpx.AsyncClient) -> str:
+    """A learner Scorecast knows (logged in once, region EU). Returns her own token."""
+    return await login(ingest, "ada", "Ada Lovelace", region="eu", avatarUrl="https://a/ada.png")
+
+
+def action(increment: Any = 5, user_id: str = "ada", **extra: Any) -> dict[str, Any]:
+    return {"userId": user_id, "scoreIncrement": increment, "actionId": str(uuid.uuid4()), **extra}
+
+
+async def queued(redis: Any) -> list[dict[str, Any]]:
+    return [json.loads(fields["d"]) for _, fields in await redis.xrange(keys.SCORE_STREAM)]
 
 
 BAD_BODIES: list[tuple[str, Any, str]] = [
@@ -30,9 +43,11 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("increment above the maximum", action(1001), "increment_too_large"),
     ("fractional increment", action(2.5), "invalid_body"),
     ("string increment", action("5"), "invalid_body"),
-    ("actionId not a UUID", {"scoreIncrement": 5, "actionId": "abc"}, "invalid_body"),
-    ("missing actionId", {"scoreIncrement": 5}, "invalid_body"),
-    ("unknown field", action(5, userId="someone-else"), "invalid_body"),
+    ("actionId not a UUID", {"userId": "ada", "scoreIncrement": 5, "actionId": "abc"}, "invalid_body"),
+    ("missing actionId", {"userId": "ada", "scoreIncrement": 5}, "invalid_body"),
+    ("missing userId", {"scoreIncrement": 5, "actionId": str(uuid.uuid4())}, "invalid_body"),
+    ("bad userId", action(5, user_id="a b"), "invalid_body"),
+    ("unknown field", action(5, name="someone-else"), "invalid_body"),
     ("bad courseId", action(5, courseId="a b"), "invalid_body"),
     ("array body", [1, 2], "invalid_body"),
 ]
@@ -40,7 +55,7 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("why", "body", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
 async def test_bad_bodies_get_400_and_nothing_is_queued(
-    ingest: httpx.AsyncClient, redis: Any, token: str, why: str, body: Any, code: str
+    ingest: httpx.AsyncClient, redis: Any, token: str, ada: str, why: str, body: Any, code: str
 ) -> None:
     r = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(token))
     assert r.status_code == 400, why
@@ -63,7 +78,72 @@ async def test_malformed_empty_and_oversized_bodies(
     assert await redis.xlen(keys.SCORE_STREAM) == 0
 
 
-async def test_same_action_id_is_queued_once(ingest: httpx.AsyncClient, redis: Any, token: str) -> None:
+async def test_a_learner_cannot_score_directly(ingest: httpx.AsyncClient, redis: Any, ada: str) -> None:
+    for body in (action(1000), action(1000, user_id="bob")):
+        r = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(ada))
+        assert r.status_code == 403
+        assert r.json()["error"]["code"] == "forbidden"
+    assert await redis.xlen(keys.SCORE_STREAM) == 0
+
+
+async def test_scorer_and_admin_score_the_named_user_on_her_own_boards(
+    ingest: httpx.AsyncClient, redis: Any, issuer: TokenIssuer, ada: str
+) -> None:
+    # The scorer's own token says region US: the action must carry Ada's profile, not the scorer's.
+    service = issuer.access_token(user_id="svc", name="Service", region="US", roles=["scorer"])
+    admin = issuer.access_token(user_id="root", name="Root", region="US", roles=["admin"])
+    assert (await score(ingest, service, "ada", 7)).status_code == 202
+    assert (await score(ingest, admin, "ada", 3)).status_code == 202
+    entries = await queued(redis)
+    assert [(e["userId"], e["increment"]) for e in entries] == [("ada", 7), ("ada", 3)]
+    for e in entries:
+        assert (e["name"], e["region"], e["avatarUrl"], e["source"]) == (
+            "Ada Lovelace",
+            "EU",
+            "https://a/ada.png",
+            "score",
+        )
+
+
+async def test_the_scored_users_profile_comes_from_mongodb_when_not_cached(
+    ingest: httpx.AsyncClient, redis: Any, mongo: Any, token: str
+) -> None:
+    await mongo["users"].insert_one({"_id": "bob", "name": "Bob", "region": "APAC", "avatarUrl": None})
+    # A cache entry from before profiles carried the region must not place the score nowhere.
+    await redis.hset(keys.user_profile("bob"), mapping={"name": "Bob", "avatarUrl": ""})
+    assert (await score(ingest, token, "bob", 4)).status_code == 202
+    [entry] = await queued(redis)
+    assert (entry["userId"], entry["name"], entry["region"]) == ("bob", "Bob", "APAC")
+
+
+async def test_an_unknown_user_is_404_and_nothing_is_queued(
+    ingest: httpx.AsyncClient, redis: Any, token: str
+) -> None:
+    r = await score(ingest, token, "nobody", 5)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "unknown_user"
+    assert await redis.xlen(keys.SCORE_STREAM) == 0
+
+
+async def test_only_an_existing_course_gets_a_board(
+    ingest: httpx.AsyncClient, redis: Any, issuer: TokenIssuer, token: str, ada: str
+) -> None:
+    r = await score(ingest, token, "ada", 5, courseId="no-such-course")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "unknown_course"
+    assert await redis.xlen(keys.SCORE_STREAM) == 0
+    admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
+    lecture = {"lectureId": "l1", "title": "L1", "durationSeconds": 60}
+    course = {"title": "Py", "sections": [{"sectionId": "s", "title": "S", "lectures": [lecture]}]}
+    assert (await ingest.put("/api/v1/courses/py101", json=course, headers=bearer(admin))).status_code == 200
+    assert (await score(ingest, token, "ada", 5, courseId="py101")).status_code == 202
+    assert [e["courseId"] for e in await queued(redis)] == ["py101"]
+
+
+async def test_same_action_id_is_queued_once_per_user(
+    ingest: httpx.AsyncClient, redis: Any, token: str, ada: str
+) -> None:
+    await login(ingest, "bob", "Bob", region="eu")
     body = action(7)
     first = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(token))
     assert first.status_code == 202
@@ -71,7 +151,54 @@ async def test_same_action_id_is_queued_once(ingest: httpx.AsyncClient, redis: A
     again = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(token))
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
-    assert await redis.xlen(keys.SCORE_STREAM) == 1
+    # Another user's action with the same id is theirs, not a duplicate of Ada's.
+    bobs = await ingest.post("/api/v1/scores/update", json={**body, "userId": "bob"}, headers=bearer(token))
+    assert bobs.status_code == 202
+    assert bobs.json()["status"] == "queued"
+    assert [e["userId"] for e in await queued(redis)] == ["ada", "bob"]
+
+
+async def test_a_failed_enqueue_is_not_remembered(
+    settings: Settings, redis: Any, mongo: Any, token: str, redis_srv: ManagedServer
+) -> None:
+    """Hole 2: the guard was set, then the XADD failed and the process could not undo the guard
+    (it died, or Redis refused that too): every retry answered ``duplicate`` though nothing was
+    queued. The XADD fails here for a Redis user without XADD and DEL rights."""
+    await redis.execute_command("ACL", "SETUSER", "api", "on", ">pw", "~*", "&*", "+@all", "-xadd", "-del")
+    try:
+        limited = settings.replace(redis_url=f"redis://api:pw@127.0.0.1:{redis_srv.port}/0")
+        app = create_app(limited)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://ingest") as client,
+        ):
+            await login(client, "ada", "Ada", region="eu")
+            body = action(5)
+            r = await client.post("/api/v1/scores/update", json=body, headers=bearer(token))
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "unavailable"
+            assert await redis.xlen(keys.SCORE_STREAM) == 0
+            await redis.execute_command("ACL", "SETUSER", "api", "+xadd", "+del")
+            r = await client.post("/api/v1/scores/update", json=body, headers=bearer(token))
+            assert r.status_code == 202, r.text
+            assert r.json()["status"] == "queued"
+        assert [e["actionId"] for e in await queued(redis)] == [body["actionId"]]
+    finally:
+        await redis.execute_command("ACL", "DELUSER", "api")
+
+
+async def test_a_stream_key_of_the_wrong_type_answers_503_and_the_retry_goes_through(
+    ingest: httpx.AsyncClient, redis: Any, token: str, ada: str
+) -> None:
+    await redis.set(keys.SCORE_STREAM, "not a stream")
+    body = action(5)
+    r = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(token))
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable")
+    await redis.delete(keys.SCORE_STREAM)
+    r = await ingest.post("/api/v1/scores/update", json=body, headers=bearer(token))
+    assert r.status_code == 202
+    assert len(await queued(redis)) == 1
 
 
 async def test_rate_limit_answers_429_with_retry_after(
@@ -79,16 +206,45 @@ async def test_rate_limit_answers_429_with_retry_after(
 ) -> None:
     limited = settings.replace(rate_limit_per_s=0.5, rate_limit_burst=3)
     async with asgi_client(create_app(limited), "http://ingest") as client:
+        await login(client, "ada", "Ada", region="eu")
+        await login(client, "bob", "Bob", region="eu")
         codes = [
             (await client.post("/api/v1/scores/update", json=action(), headers=bearer(token))).status_code
             for _ in range(3)
         ]
         assert codes == [202, 202, 202]
         r = await client.post("/api/v1/scores/update", json=action(), headers=bearer(token))
-    assert r.status_code == 429
-    assert r.json()["error"]["code"] == "rate_limited"
-    assert int(r.headers["retry-after"]) >= 1
-    assert await redis.xlen(keys.SCORE_STREAM) == 3
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert "user" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) >= 1
+        # The bucket is the scored user's: the same scorer still scores Bob.
+        r = await client.post("/api/v1/scores/update", json=action(user_id="bob"), headers=bearer(token))
+        assert r.status_code == 202
+    assert await redis.xlen(keys.SCORE_STREAM) == 4
+
+
+async def test_a_region_has_its_own_bucket(settings: Settings, redis: Any, mongo: Any, token: str) -> None:
+    limited = settings.replace(region_rate_limit_per_s=0.5, region_rate_limit_burst=3)
+    async with asgi_client(create_app(limited), "http://ingest") as client:
+        for user, region in (("ada", "eu"), ("bob", "eu"), ("cy", "eu"), ("dee", "us"), ("eve", None)):
+            await login(client, user, user.title(), region=region)
+        codes = [
+            (
+                await client.post("/api/v1/scores/update", json=action(user_id=u), headers=bearer(token))
+            ).status_code
+            for u in ("ada", "bob", "ada")
+        ]
+        assert codes == [202, 202, 202]
+        r = await client.post("/api/v1/scores/update", json=action(user_id="cy"), headers=bearer(token))
+        assert r.status_code == 429
+        assert r.json()["error"]["code"] == "rate_limited"
+        assert "region EU" in r.json()["error"]["message"]
+        assert int(r.headers["retry-after"]) >= 1
+        for other in ("dee", "eve"):  # other regions (and no region) have their own budgets
+            r = await client.post("/api/v1/scores/update", json=action(user_id=other), headers=bearer(token))
+            assert r.status_code == 202
+    assert await redis.xlen(keys.SCORE_STREAM) == 5
 
 
 async def test_full_queue_answers_429_queue_full(
@@ -97,6 +253,7 @@ async def test_full_queue_answers_429_queue_full(
     async with asgi_client(
         create_app(settings.replace(queue_max_length=2, queue_backlog_max_age_s=0.0)), "http://ingest"
     ) as client:
+        await login(client, "ada", "Ada", region="eu")
         for _ in range(2):
             assert (
                 await client.post("/api/v1/scores/update", json=action(), headers=bearer(token))

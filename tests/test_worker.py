@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import signal
+import time
 import uuid
 from typing import Any
 
@@ -17,19 +18,39 @@ from contract import keys
 from contract.auth import TokenIssuer
 from contract.boards import monthly_name, weekly_name
 from contract.boardstore import ALREADY_APPLIED, APPLIED, BoardStore
+from contract.messages import ScoreAction
+from contract.settings import Settings
 from devstack.processes import Stack
 from ingest import store
 from ingest.consumer import StreamConsumer
 from ingest.rebuild import rebuild_board
+from ingest.worker import ScoreWorker
 from tests.eventually import eventually
-from tests.helpers import bearer
+from tests.helpers import bearer, login, score, scorer_token
+
+
+async def put_course(http: httpx.AsyncClient, issuer: TokenIssuer, course_id: str) -> None:
+    admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
+    lecture = {"lectureId": "l1", "title": "L1", "durationSeconds": 60}
+    course = {"title": course_id, "sections": [{"sectionId": "s", "title": "S", "lectures": [lecture]}]}
+    r = await http.put(f"/api/v1/courses/{course_id}", json=course, headers=bearer(admin))
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture
+def scorer(issuer: TokenIssuer) -> str:
+    return scorer_token(issuer)
 
 
 async def post(
-    http: httpx.AsyncClient, token: str, increment: int, action_id: str | None = None, **extra: Any
+    http: httpx.AsyncClient,
+    scorer: str,
+    user_id: str,
+    increment: int,
+    action_id: str | None = None,
+    **extra: Any,
 ) -> int:
-    body = {"scoreIncrement": increment, "actionId": action_id or str(uuid.uuid4()), **extra}
-    r = await http.post("/api/v1/scores/update", json=body, headers=bearer(token))
+    r = await score(http, scorer, user_id, increment, action_id, **extra)
     assert r.status_code in (200, 202), r.text
     return r.status_code
 
@@ -40,13 +61,14 @@ async def board(http: httpx.AsyncClient, name: str = "global", limit: int = 100)
     return [(e["userId"], e["score"]) for e in r.json()["entries"]]
 
 
-async def test_every_segment_board_is_updated(stack: Stack, issuer: TokenIssuer) -> None:
+async def test_every_segment_board_is_updated(stack: Stack, issuer: TokenIssuer, scorer: str) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    token = issuer.access_token(user_id="ada", name="Ada Lovelace", region="eu", avatar_url="https://a/b.png")
     now = dt.datetime.now(dt.UTC)
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, token, 12, courseId="py101")
+        await login(http, "ada", "Ada Lovelace", region="eu", avatarUrl="https://a/b.png")
+        await put_course(http, issuer, "py101")
+        await post(http, scorer, "ada", 12, courseId="py101")
         for name in (
             "global",
             weekly_name(now),
@@ -74,37 +96,40 @@ async def test_every_segment_board_is_updated(stack: Stack, issuer: TokenIssuer)
 
 
 async def test_duplicate_action_counts_once_even_after_redis_is_flushed(
-    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+    stack: Stack, scorer: str, redis: Any, mongo: Any
 ) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    token = issuer.access_token(user_id="ada", name="Ada")
     action_id = str(uuid.uuid4())
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        assert await post(http, token, 10, action_id) == 202
-        assert await post(http, token, 10, action_id) == 200
+        await login(http, "ada", "Ada")
+        assert await post(http, scorer, "ada", 10, action_id) == 202
+        assert await post(http, scorer, "ada", 10, action_id) == 200
         await eventually(lambda: board(http), until=lambda b: b == [("ada", 10)])
         await redis.flushall()  # guards, boards and stream group are gone; MongoDB remembers
-        assert await post(http, token, 10, action_id) == 202
-        await post(http, token, 1)  # a new action after the duplicate: when it shows, both were handled
+        assert await post(http, scorer, "ada", 10, action_id) == 202
+        await post(
+            http, scorer, "ada", 1
+        )  # a new action after the duplicate: when it shows, both were handled
         assert await eventually(lambda: board(http), until=lambda b: b == [("ada", 11)]) == [("ada", 11)]
     assert await mongo[store.SCORE_EVENTS].count_documents({"userId": "ada"}) == 2
 
 
 @pytest.mark.timeout(120)
 async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
-    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+    stack: Stack, scorer: str, redis: Any, mongo: Any
 ) -> None:
     stack.start("ingest.api", rate_limit_per_s=10_000.0, rate_limit_burst=10_000)
     users = [f"u{i}" for i in range(12)]
-    tokens = {u: issuer.access_token(user_id=u, name=u) for u in users}
     expected = dict.fromkeys(users, 0)
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for user in users:
+            await login(http, user, user)
         for n in range(600):
             user = users[n % len(users)]
             increment = 1 + n % 17
             expected[user] += increment
-            await post(http, tokens[user], increment)
+            await post(http, scorer, user, increment)
         first = stack.start("ingest.worker", stream_batch_size=20, consumer_name="doomed")
         # Kill it while it is working through the backlog.
         await eventually(
@@ -131,17 +156,15 @@ async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
     assert pending["pending"] == 0
 
 
-async def test_poison_entries_go_to_the_dead_letter_stream(
-    stack: Stack, issuer: TokenIssuer, redis: Any
-) -> None:
+async def test_poison_entries_go_to_the_dead_letter_stream(stack: Stack, scorer: str, redis: Any) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
     await redis.xadd(keys.SCORE_STREAM, {"d": "{not json"})
     await redis.xadd(keys.SCORE_STREAM, {"unexpected": "field"})
     await redis.xadd(keys.SCORE_STREAM, {"d": json.dumps({"kind": "score", "actionId": "x"})})
-    token = issuer.access_token(user_id="ada", name="Ada")
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, token, 3)
+        await login(http, "ada", "Ada")
+        await post(http, scorer, "ada", 3)
         assert await eventually(lambda: board(http), until=lambda b: b == [("ada", 3)]) == [("ada", 3)]
     dead = await eventually(lambda: redis.xrange(keys.SCORE_DEAD_LETTER), until=lambda d: len(d) == 3)
     assert {fields["reason"] for _, fields in dead} == {"rejected by the handler"}
@@ -197,13 +220,15 @@ async def test_a_failing_batch_is_retried_without_counting_deliveries(redis: Any
     assert await redis.xlen("s:dead") == 0
 
 
-async def test_deleted_board_is_rebuilt_from_mongodb(stack: Stack, issuer: TokenIssuer, redis: Any) -> None:
+async def test_deleted_board_is_rebuilt_from_mongodb(stack: Stack, scorer: str, redis: Any) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for user in ["a", "b", "c", "d", "e"]:
+            await login(http, user, user.upper())
         for i, user in enumerate(["a", "b", "c", "d"]):
-            await post(http, issuer.access_token(user_id=user, name=user.upper()), 10 * (i + 1))
-        await post(http, issuer.access_token(user_id="e", name="E"), 20)  # ties with b, later
+            await post(http, scorer, user, 10 * (i + 1))
+        await post(http, scorer, "e", 20)  # ties with b, later
         want = [("d", 40), ("c", 30), ("b", 20), ("e", 20), ("a", 10)]
         await eventually(lambda: board(http), until=lambda b: b == want)
         version = (await http.get("/api/v1/scores/leaderboard")).json()["version"]
@@ -212,36 +237,39 @@ async def test_deleted_board_is_rebuilt_from_mongodb(stack: Stack, issuer: Token
         assert await board(http) == want  # rebuilt by the read itself, tie order kept
         assert (await http.get("/api/v1/scores/leaderboard")).json()["version"] > version
         # And the worker keeps applying on top of the rebuilt board.
-        await post(http, issuer.access_token(user_id="a", name="A"), 35)
+        await post(http, scorer, "a", 35)
         want = [("a", 45), ("d", 40), ("c", 30), ("b", 20), ("e", 20)]
         assert await eventually(lambda: board(http), until=lambda b: b == want) == want
 
 
-async def test_ties_go_to_who_reached_the_score_first(stack: Stack, issuer: TokenIssuer) -> None:
+async def test_ties_go_to_who_reached_the_score_first(stack: Stack, scorer: str) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
-    a = issuer.access_token(user_id="a", name="A")
-    b = issuer.access_token(user_id="b", name="B")
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, a, 10)
+        await login(http, "a", "A")
+        await login(http, "b", "B")
+        await post(http, scorer, "a", 10)
         await eventually(lambda: board(http), until=lambda got: got == [("a", 10)])
-        await post(http, b, 10)
+        await post(http, scorer, "b", 10)
         assert await eventually(lambda: board(http), until=lambda got: len(got) == 2) == [
             ("a", 10),
             ("b", 10),
         ]
-        await post(http, b, 5)
+        await post(http, scorer, "b", 5)
         await eventually(lambda: board(http), until=lambda got: got[0] == ("b", 15))
-        await post(http, a, 5)
+        await post(http, scorer, "a", 5)
         want = [("b", 15), ("a", 15)]
         assert await eventually(lambda: board(http), until=lambda got: got == want) == want
 
 
-async def test_admin_rebuild_replaces_a_drifted_board(stack: Stack, issuer: TokenIssuer, redis: Any) -> None:
+async def test_admin_rebuild_replaces_a_drifted_board(
+    stack: Stack, issuer: TokenIssuer, scorer: str, redis: Any
+) -> None:
     stack.start("ingest.api")
     stack.start("ingest.worker")
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
-        await post(http, issuer.access_token(user_id="a", name="A"), 10)
+        await login(http, "a", "A")
+        await post(http, scorer, "a", 10)
         await eventually(lambda: board(http), until=lambda got: got == [("a", 10)])
         k = keys.board_keys("global")
         await redis.zadd(k.zset, {"000000000000001intruder": 999})  # drift, not in MongoDB
@@ -300,15 +328,15 @@ async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
 
 @pytest.mark.timeout(120)
 async def test_a_killed_workers_batch_is_taken_over_by_heartbeat_not_after_claim_idle(
-    stack: Stack, issuer: TokenIssuer, redis: Any, mongo: Any
+    stack: Stack, scorer: str, redis: Any, mongo: Any
 ) -> None:
     """kill -9 while entries are pending: another worker applies them long before CLAIM_IDLE_MS."""
     stack.start("ingest.api", rate_limit_per_s=10_000.0, rate_limit_burst=10_000)
-    token = issuer.access_token(user_id="ada", name="Ada")
     slow_claim = {"claim_idle_ms": 3_600_000}  # only the heartbeat takeover can rescue in time
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        await login(http, "ada", "Ada")
         for _ in range(400):
-            await post(http, token, 1)
+            await post(http, scorer, "ada", 1)
         doomed = stack.start("ingest.worker", stream_batch_size=20, consumer_name="doomed", **slow_claim)
         assert doomed.process is not None
 
@@ -341,3 +369,46 @@ async def test_a_killed_workers_batch_is_taken_over_by_heartbeat_not_after_claim
         until=lambda cs: "doomed" not in {c["name"] for c in cs},
     )
     assert {c["name"] for c in names} == {"rescuer"}
+
+
+def score_action(user_id: str, action_id: str, increment: int, region: str | None = None) -> ScoreAction:
+    return ScoreAction(
+        action_id=action_id, user_id=user_id, name=user_id.title(), increment=increment,
+        ts_ms=int(time.time() * 1000), region=region,
+    )  # fmt: skip
+
+
+async def test_an_action_id_counts_once_per_user_in_the_worker(
+    settings: Settings, redis: Any, mongo: Any
+) -> None:
+    """Two users' actions that share an actionId are two actions: each counts, on every board."""
+    await store.ensure_indexes(mongo)
+    worker = ScoreWorker(redis=redis, db=mongo, settings=settings)
+    shared = str(uuid.uuid4())
+    await worker.apply([score_action("ada", shared, 5, "EU"), score_action("bob", shared, 7, "EU")])
+    await worker.apply([score_action("bob", shared, 7, "EU")])  # a redelivery of Bob's: still once
+    for name in ("global", "region:EU"):
+        top = await worker.boards.top(name, 10)
+        assert [(r.user_id, r.score) for r in top.rows] == [("bob", 7), ("ada", 5)]
+    ids = sorted([d["_id"] async for d in mongo[store.SCORE_EVENTS].find({})])
+    assert ids == [f"ada|{shared}", f"bob|{shared}"]
+
+
+async def test_events_stored_under_a_bare_action_id_still_count_once(
+    settings: Settings, redis: Any, mongo: Any
+) -> None:
+    """score_events written before actionIds were per user have ``_id = actionId``: a redelivery
+    of that action (same user) is not counted again; another user's action with that id is."""
+    await store.ensure_indexes(mongo)
+    worker = ScoreWorker(redis=redis, db=mongo, settings=settings)
+    old = str(uuid.uuid4())
+    await mongo[store.SCORE_EVENTS].insert_one(
+        {"_id": old, "userId": "ada", "increment": 5, "boards": ["global"], "tsMs": 1, "applied": True}
+    )
+    await mongo[store.BOARD_TOTALS].insert_one(
+        {"_id": "global|ada", "board": "global", "userId": "ada", "score": 5, "seq": 1}
+    )
+    await worker.apply([score_action("ada", old, 5), score_action("bob", old, 3)])
+    top = await worker.boards.top("global", 10)
+    assert [(r.user_id, r.score) for r in top.rows] == [("ada", 5), ("bob", 3)]
+    assert await mongo[store.SCORE_EVENTS].count_documents({"userId": "ada"}) == 1

@@ -55,7 +55,7 @@ async def login(request: Request) -> Response:
         avatar_url=body.avatar_url,
         tz=body.time_zone,
     )
-    profile = Profile(name=body.name, avatar_url=body.avatar_url)
+    profile = Profile(name=body.name, avatar_url=body.avatar_url, region=region)
     await st.boards.cache_profiles({body.user_id: profile}, ttl_s=st.settings.user_cache_ttl_s)
     await st.mongo[store.USERS].update_one(
         {"_id": body.user_id},

@@ -104,7 +104,7 @@ async def submit(request: Request) -> Response:
     )
     status = "graded"
     if delta > 0:
-        await check_rate(st, claims.sub)
+        await check_rate(st, claims.sub, claims.region)
         status = "queued" if await enqueue(st, action) else "duplicate"
     graded = QuizGraded(
         status=status,

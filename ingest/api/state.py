@@ -37,12 +37,14 @@ def state(request: Request) -> IngestState:
     return found
 
 
-def authenticate(request: Request, *, role: str | None = None) -> Claims:
-    """The verified claims of the request's token. Raises AuthError (401) or Forbidden (403)."""
+def authenticate(request: Request, *, role: str | tuple[str, ...] | None = None) -> Claims:
+    """The verified claims of the request's token, which must hold ``role`` (one of them, for a
+    tuple) when given. Raises AuthError (401) or Forbidden (403, ``forbidden``)."""
     token = token_from_request(request.headers, request.query_params, request.cookies)
     if not token:
         raise AuthError("a bearer token is required", code="unauthorized")
     claims = state(request).verifier.verify(token)
-    if role is not None and not claims.has_role(role):
-        raise Forbidden(f"role {role!r} required")
+    wanted = (role,) if isinstance(role, str) else role
+    if wanted is not None and not any(claims.has_role(r) for r in wanted):
+        raise Forbidden(f"role {' or '.join(map(repr, wanted))} required")
     return claims
