@@ -17,7 +17,7 @@ from devstack.processes import Stack
 from ingest.api.app import create_app
 from ingest.consumer import StreamConsumer
 from tests.eventually import eventually
-from tests.helpers import asgi_client, bearer
+from tests.helpers import asgi_client, login, score, scorer_token
 
 
 async def test_the_backlog_is_undelivered_plus_pending_of_the_slowest_group(redis: Any) -> None:
@@ -85,15 +85,12 @@ async def test_dead_letters_are_capped_to_the_newest(redis: Any) -> None:
     assert [f["sourceId"] for _, f in await redis.xrange("s:dead")] == ids[4:]
 
 
-def many_users(issuer: TokenIssuer, n: int) -> list[dict[str, str]]:
-    return [bearer(issuer.access_token(user_id=f"u{i}", name=f"U{i}")) for i in range(n)]
-
-
-async def write(
-    client: httpx.AsyncClient, headers: dict[str, str], action_id: str | None = None
-) -> httpx.Response:
-    body = {"scoreIncrement": 1, "actionId": action_id or str(uuid.uuid4())}
-    return await client.post("/api/v1/scores/update", json=body, headers=headers)
+async def many_users(client: httpx.AsyncClient, n: int) -> list[str]:
+    """``n`` users Scorecast knows (logged in once), so a scorer can score them."""
+    users = [f"u{i}" for i in range(n)]
+    for user in users:
+        await login(client, user, user.upper())
+    return users
 
 
 async def test_processed_writes_never_fill_the_queue_and_a_real_backlog_does(
@@ -102,12 +99,17 @@ async def test_processed_writes_never_fill_the_queue_and_a_real_backlog_does(
     """Issue #8, defect 3: with QUEUE_MAX_LENGTH writes processed in total, every write got 429."""
     limit = 10
     worker = stack.start("ingest.worker", stream_trim_interval_s=0.05)
-    users = many_users(issuer, 5)
+    scorer = scorer_token(issuer)
+
+    async def write(client: httpx.AsyncClient, user_id: str, action_id: str | None = None) -> httpx.Response:
+        return await score(client, scorer, user_id, 1, action_id)
+
     api = create_app(settings.replace(queue_max_length=limit, queue_backlog_max_age_s=0.0))
     async with asgi_client(api, "http://ingest") as client:
+        users = await many_users(client, 5)
         for _ in range(8):  # 40 writes, four times the limit, each batch processed before the next
-            for headers in users:
-                r = await write(client, headers)
+            for user in users:
+                r = await write(client, user)
                 assert r.status_code == 202, r.text
             # a worker process starting on a loaded machine may take a while to read its first batch
             await eventually(lambda: backlog(redis, keys.SCORE_STREAM), until=lambda n: n == 0, timeout_s=60)
