@@ -165,7 +165,9 @@ async def test_a_batch_retried_after_a_crash_is_audited_from_the_board_guards(
     await worker.apply([earlier])
     crashed = worker_action("ada", 4)
     boards = BoardStore(redis)
-    await boards.apply_many((b, crashed.action_id, "ada", 4) for b in boards_of(crashed))  # the lost attempt
+    # The lost attempt's steps, under the board guard id the worker uses (the event id).
+    event_id = keys.user_action("ada", crashed.action_id)
+    await boards.apply_many((b, event_id, "ada", 4) for b in boards_of(crashed))
     await worker.apply([crashed])  # the retry
     doc = await mongo[store.AUDIT].find_one({"_id": f"ada|{crashed.action_id}"})
     assert doc is not None
