@@ -15,6 +15,7 @@ from contract.boardstore import APPLIED, MISSING, BoardStore
 from devstack.processes import Stack
 from ingest.rebuild import rebuild_board
 from tests.eventually import eventually
+from tests.helpers import login, scorer_token
 from tests.sse_client import SseReader, sse
 from tests.test_worker import board, post
 
@@ -66,10 +67,13 @@ async def test_a_lost_ranking_is_rebuilt_for_reads_ranks_subscribers_and_writes(
     k = keys.board_keys("global")
     gone = [k.zset, k.members] if lost == "zset and members" else [k.zset]
     tokens = {user: issuer.access_token(user_id=user, name=user.upper()) for user in ("a", "b", "c")}
+    scorer = scorer_token(issuer)
     want = [("c", 30), ("b", 20), ("a", 10)]
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
+        for user in tokens:
+            await login(http, user, user.upper())
         for user, score in reversed(want):
-            await post(http, tokens[user], score)
+            await post(http, scorer, user, score)
         await eventually(lambda: board(http), until=lambda got: got == want, timeout_s=60)  # worker start
 
         await redis.delete(*gone)
@@ -84,7 +88,7 @@ async def test_a_lost_ranking_is_rebuilt_for_reads_ranks_subscribers_and_writes(
         async with sse(stack, tokens["a"]) as watching:
             await eventually(lambda: asyncio.sleep(0, standings(watching)), until=lambda got: got == want)
             await redis.delete(*gone)
-            await post(http, tokens["a"], 25)  # the worker meets the lost ranking
+            await post(http, scorer, "a", 25)  # the worker meets the lost ranking
             after = [("a", 35), ("c", 30), ("b", 20)]
             await eventually(lambda: asyncio.sleep(0, standings(watching)), until=lambda got: got == after)
             assert await board(http) == after
