@@ -143,6 +143,17 @@ def action_guard(user_id: str, action_id: str, *, stream: str = SCORE_STREAM) ->
     return f"{{{slot_tag(stream)}}}:action:{user_action(user_id, action_id)}"
 
 
+def quiz_tally(user_id: str, quiz_id: str, *, stream: str = SCORE_STREAM) -> str:
+    """Hash {best, n}: what the boards count of a user's quiz and how many attempts were made.
+    In the slot of ``stream``: one Lua step checks it, XADDs the improvement and moves it."""
+    return f"{{{slot_tag(stream)}}}:quiz:{user_id}|{quiz_id}"
+
+
+def quiz_submission(user_id: str, action_id: str, *, stream: str = SCORE_STREAM) -> str:
+    """A quiz submission's outcome (``<delta>:<attempt>``), so a retried submission answers the same."""
+    return f"{{{slot_tag(stream)}}}:quizsub:{user_action(user_id, action_id)}"
+
+
 def rate_limit(user_id: str) -> str:
     return f"ratelimit:{{user:{user_id}}}"
 

@@ -87,14 +87,23 @@ class QuizIn(Input):
     title: Annotated[str, Meta(min_length=1, max_length=200)]
     questions: Annotated[list[QuestionIn], Meta(min_length=1, max_length=200)]
     course_id: Id | None = None
+    # Attempts per learner; the last one is told how many answers were right. None: unlimited,
+    # and the count is never told (it would give the key away one question at a time).
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] | None = None
 
 
 class QuizGraded(Output):
-    status: str
-    correct: int
-    total: int
+    """The answer to a quiz submission. ``scoreDelta`` is what the boards gained (the improvement
+    over the counted attempt); ``correct``/``total``/``score`` only after the last allowed attempt."""
+
+    status: str  # queued (points on their way), graded (stored, nothing to add), duplicate
     score_delta: int
     action_id: str
+    attempt: int
+    attempts_left: int | None = None
+    correct: int | None = None
+    total: int | None = None
+    score: int | None = None
 
 
 class ScoreAccepted(Output):

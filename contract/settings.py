@@ -50,7 +50,9 @@ class Settings:
     region_rate_limit_burst: int = 1000
     queue_max_length: int = 100_000  # backlog (undelivered + pending entries) that refuses writes
     queue_backlog_max_age_s: float = 0.1  # an API process re-reads the backlog at most this often
-    action_guard_ttl_s: int = 7 * 24 * 3600
+    action_guard_ttl_s: int = 7 * 24 * 3600  # also how long Redis keeps a user's quiz tally
+    quiz_counting: str = "best"  # which attempt of a quiz the boards count: "best" or "first"
+    quiz_reveal_correct: bool = True  # tell `correct` after the last allowed attempt (off: never)
     max_body_bytes: int = 16 * 1024
     # Client address of score writes (audit log): X-Forwarded-For is honoured only when the peer
     # is one of these comma-separated addresses or CIDR networks (a reverse proxy you run).
@@ -162,6 +164,10 @@ class Settings:
             values[field.name] = _parse(field.name, field.type, raw)
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.quiz_counting not in ("best", "first"):
+            raise BadRequest(f"QUIZ_COUNTING must be best or first, not {self.quiz_counting!r}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -14,7 +14,9 @@ note on nx-27017 and dotted upserts).
 - ``activity``     {_id: "<userId>|<YYYY-MM-DD>", userId, date, events: [eventId, ...]}
 - ``student_stats`` {_id: userId, currentStreak, longestStreak, lastActiveDate, totalCompleted, tz}
 - ``completions``  {_id: eventId, userId, courseId, lectureId, tsMs}: each lecture completion once
-- ``quizzes``      {_id: quizId, title, courseId, key, points} (ingest.api.quiz)
+- ``quizzes``      {_id: quizId, title, courseId, key, points, maxAttempts} (ingest.api.quiz)
+- ``quiz_attempts`` {_id: "<userId>|<actionId>", userId, quizId, attempt, score, correct, delta,
+                   answers: [[questionId, option], ...], tsMs}: every graded submission
 - ``audit``        {_id, actionId, userId, type, boards, oldScores, newScores, increment, ip,
                    userAgent, tsMs}: every change of a score (ingest.audit)
 - ``flags``        {_id: "<userId>|<rule>|<window>", userId, rule, evidence, tsMs, status,
@@ -34,6 +36,7 @@ PROGRESS = "progress"
 ACTIVITY = "activity"
 STATS = "student_stats"
 COMPLETIONS = "completions"
+QUIZ_ATTEMPTS = "quiz_attempts"
 AUDIT = "audit"
 FLAGS = "flags"
 
@@ -54,6 +57,7 @@ async def ensure_indexes(db: Any) -> None:
     await db[PROGRESS].create_index([("userId", 1)])
     await db[ACTIVITY].create_index([("userId", 1), ("date", 1)])
     await db[COMPLETIONS].create_index([("userId", 1)])
+    await db[QUIZ_ATTEMPTS].create_index([("userId", 1), ("quizId", 1)])
     # The admin audit query: newest first, all users or one, keyset-paginated on (tsMs, _id).
     # (_id is left out of the keys: nx-27017 cannot index it as a path; tsMs ties are few.)
     await db[AUDIT].create_index([("tsMs", -1)])

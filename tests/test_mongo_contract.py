@@ -315,3 +315,30 @@ async def test_set_on_insert_stores_a_nested_evidence_object_and_counts_by_range
     assert (await mongo.c.find_one({"_id": "ada|burst|1"}))["evidence"] == {"actions": 5, "windowS": 1.5}
     assert await mongo.c.count_documents({"blockedUntilMs": {"$gt": 0}}) == 1
     assert await mongo.c.count_documents({"blockedUntilMs": {"$gt": 9}}) == 0
+
+
+async def test_set_on_insert_keeps_an_array_of_pairs_and_two_field_equality_finds_it(mongo: Any) -> None:
+    """quiz_attempts: a submission's answers as [[questionId, option], ...]; the tally is restored
+    by userId + quizId through the compound index."""
+    await mongo["qa"].create_index([("userId", 1), ("quizId", 1)])
+    for n, (user, quiz) in enumerate([("ada", "q1"), ("ada", "q2"), ("bob", "q1"), ("ada", "q1")]):
+        await mongo["qa"].update_one(
+            {"_id": f"{user}|a{n}"},
+            {
+                "$setOnInsert": {
+                    "userId": user,
+                    "quizId": quiz,
+                    "attempt": n,
+                    "answers": [["x.1", "a"], ["y", "b"]],
+                }
+            },
+            upsert=True,
+        )
+    await mongo["qa"].update_one(  # a retry: the first version stays
+        {"_id": "ada|a0"}, {"$setOnInsert": {"userId": "ada", "quizId": "q1", "attempt": 99}}, upsert=True
+    )
+    found = [d async for d in mongo["qa"].find({"userId": "ada", "quizId": "q1"}, {"attempt": 1})]
+    assert sorted(d["attempt"] for d in found) == [0, 3]
+    assert all(set(d) == {"_id", "attempt"} for d in found)
+    doc = await mongo["qa"].find_one({"_id": "ada|a0"})
+    assert doc is not None and doc["answers"] == [["x.1", "a"], ["y", "b"]]
