@@ -32,6 +32,7 @@ class CourseMeta(msgspec.Struct, rename="camel"):
     lecture_order: list[str]
     durations: dict[str, float]
     marks: dict[str, int]
+    completable: list[str] = []  # lectures without video, completed by an explicit call
 
     @property
     def lecture_count(self) -> int:
@@ -49,6 +50,15 @@ class CourseMeta(msgspec.Struct, rename="camel"):
             return None
         return self.lecture_order[i + 1] if i + 1 < len(self.lecture_order) else None
 
+    def previous_lecture(self, lecture_id: str) -> str:
+        """The lecture before ``lecture_id`` in course order, which must be completed before it
+        unlocks ('' for the first lecture)."""
+        try:
+            i = self.lecture_order.index(lecture_id)
+        except ValueError:
+            return ""
+        return self.lecture_order[i - 1] if i > 0 else ""
+
 
 _decoder = msgspec.json.Decoder(CourseMeta)
 
@@ -61,6 +71,7 @@ def meta_from_doc(doc: dict[str, Any]) -> CourseMeta:
         lecture_order=[lec["lectureId"] for lec in lectures],
         durations={lec["lectureId"]: float(lec["durationSeconds"]) for lec in lectures},
         marks={lec["lectureId"]: int(lec.get("marks", 0)) for lec in lectures},
+        completable=[lec["lectureId"] for lec in lectures if lec.get("completable")],
     )
 
 

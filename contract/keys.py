@@ -182,6 +182,11 @@ def presence(user_id: str) -> str:
     return f"presence:{{user:{user_id}}}"
 
 
+def device(user_id: str, device_id: str) -> str:
+    """The last ping of one device of the user (what its next ping's advance is measured from)."""
+    return f"device:{{user:{user_id}}}:{device_id}"
+
+
 def parse_progress(key: str) -> tuple[str, str]:
     """(userId, courseId) of a :func:`progress` key."""
     user_part, _, course_id = key.removeprefix("progress:{user:").partition("}:")

@@ -240,6 +240,9 @@ class CompletionEvent(msgspec.Struct, rename="camel", forbid_unknown_fields=True
     name: str = ""
     region: str | None = None
     marks: int = 0
+    # When the first counted second of the lecture was watched (epoch ms; 0: unknown). With
+    # ``ts_ms`` and the lecture's duration, anomaly rules see how fast it was covered.
+    first_watch_ms: int = 0
 
 
 class BoardEvent(msgspec.Struct, rename="camel"):
@@ -283,6 +286,8 @@ class ProgressSaveRequest(Input):
     position: Seconds
     duration: Annotated[float, Meta(gt=0, le=86_400)] | None = None
     seq: Seq | None = None
+    # The device whose consecutive saves make watched coverage (default: the token's jti).
+    device_id: KeyId | None = None
 
 
 class ProgressCompleteRequest(Input):
@@ -295,6 +300,8 @@ class LectureIn(Input):
     title: Annotated[str, Meta(min_length=1, max_length=200)]
     duration_seconds: Annotated[float, Meta(gt=0, le=86_400)]
     marks: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # Completed by POST /api/v1/progress/complete once unlocked, without watching (no video).
+    completable: bool = False
 
 
 class SectionIn(Input):

@@ -3,11 +3,38 @@
 Redis hash ``progress:{user:<id>}:<courseId>`` (one cluster slot per user):
 
 - ``lecture``, ``pos``, ``seq``: the resume point, last-writer-wins by ``seq`` (an older seq
-  never moves it, though its watch time still counts; a repeat of the current seq is a
-  retransmission and changes nothing; both are acked);
-- ``w:<lectureId>``: seconds watched, a monotonic max;
-- ``c:<lectureId>``: set once, when the lecture completed (watched ≥ threshold * duration, or explicit);
+  never moves it; a repeat of the current seq is a retransmission and changes nothing; both
+  are acked);
+- ``i:<lectureId>``: what was actually watched, merged ``start-end`` intervals in seconds
+  rounded to 0.1 s (``0-12.5,20-30``), at most ``MAX_INTERVALS`` of them;
+- ``w:<lectureId>``: the seconds those intervals cover (monotonic: intervals only grow);
+- ``f:<lectureId>``: when the first counted interval of the lecture began (epoch ms);
+- ``x:<lectureId>``: how many implausible advances (faster than real time) the lecture saw —
+  seeks forward and cheating alike; a signal for anomaly rules, it earns nothing;
+- ``c:<lectureId>``: set once, when the lecture completed (epoch ms);
+- ``p:<lectureId>``: the completion is not yet on the completion stream (hole 1): set in the
+  same Lua step as ``c:``, holding who completed it (``tz``, ``name``, ``region`` as JSON);
+  deleted only after the XADD succeeded. The flusher emits any left behind, with the same
+  deterministic event id, so a crash between the two steps loses nothing and doubles nothing;
 - ``rev``: bumped on every change, so the flusher can tell "flushed" from "changed since".
+
+Coverage comes from consecutive pings of ONE device (a WebSocket connection, or the HTTP
+client's ``deviceId``), kept in ``device:{user:<id>}:<device>`` (lecture, position, time, seq,
+credit; it expires after ``coverage_max_gap_s``, so a ping after a long silence starts afresh).
+The advance from the device's previous ping on the same lecture counts as watched only when it is
+within the device's credit: ``max_playback_rate`` seconds per second of wall-clock time since
+that ping, plus the slack left over from earlier pings (at most ``coverage_slack_s``: it absorbs
+network jitter; spent, not granted per ping, so a burst of small steps cannot add up). A seek is
+an implausible advance: the resume point moves, nothing is covered. A lecture completes by itself
+once ``complete_threshold`` of its duration is covered AND that much could have been watched
+since its first counted second at ``max_playback_rate`` plus one slack — so many devices (or
+connections) in parallel, each with its own credit, still cannot complete faster than real time.
+
+A locked lecture (its predecessor in course order not completed) stores the resume point but
+covers nothing and cannot complete. The lock is read from the hash's ``c:`` fields; a hash that
+expired (24 h after a flush) is first refilled from MongoDB's ``progress`` document
+(``hydration``): the Lua step answers "missing" instead of applying, and the caller sends the
+ping again with the stored fields. A live hash — the common case — costs one round trip.
 
 A changed hash loses its TTL (PERSIST) until the flusher has written it to MongoDB and
 restored the TTL, so expiry never drops an unflushed position. The same pipeline SADDs the key
@@ -22,6 +49,7 @@ import math
 import uuid
 from typing import Any
 
+import msgspec
 from redis.exceptions import NoScriptError, ResponseError
 
 from contract import keys
@@ -30,38 +58,137 @@ from contract.courses import CourseMeta
 from contract.messages import CompletionEvent, Output, json_encoder
 
 COMPLETION_NAMESPACE = uuid.UUID("6f1c1b2e-6a8e-4f0e-9a51-3c0ad1f0e7a1")
+PROGRESS = "progress"  # the MongoDB collection (see ingest.store)
+MAX_INTERVALS = 100  # watched intervals kept per lecture; a disjoint one beyond is not counted
 
-# KEYS: progress hash, presence counter. ARGV[1]: the ping's fields joined by char 31 (one argument
-# keeps redis-py's per-argument packing off the hot path): lecture, position, seq, duration or '',
-# threshold, now ms, userId, courseId, origin, minimum presence to publish. Returns {moved, completed}.
+# Lua shared by the ping and the explicit completion.
+_LIB = f"""
+local function split(s)
+  local out = {{}}
+  for part in string.gmatch(s .. '\\31', '([^\\31]*)\\31') do out[#out + 1] = part end
+  return out
+end
+-- A missing hash is refilled from MongoDB first (``hydration``: field, value pairs); answers
+-- false when the caller must load them and call again.
+local function hydrated(h, hydration, ttl)
+  if redis.call('EXISTS', h) == 1 then return true end
+  if hydration == '' then return false end
+  local pairs_ = split(hydration)
+  redis.call('HSET', h, unpack(pairs_))
+  redis.call('EXPIRE', h, tonumber(ttl))  -- a change PERSISTs it; a refused call leaves no litter
+  return true
+end
+local function round1(x) return math.floor(x * 10 + 0.5) / 10 end
+local function fmt(x) return (string.gsub(string.format('%.1f', x), '%.0$', '')) end
+-- ``s`` (merged intervals) with [a, b] added: the new string and the seconds covered, or nil
+-- when that would exceed the interval budget.
+local function merge(s, a, b)
+  local list = {{}}
+  for x, y in string.gmatch(s, '([%d%.]+)-([%d%.]+)') do list[#list + 1] = {{tonumber(x), tonumber(y)}} end
+  list[#list + 1] = {{round1(a), round1(b)}}
+  table.sort(list, function(p, q) return p[1] < q[1] end)
+  local out = {{}}
+  for _, iv in ipairs(list) do
+    local top = out[#out]
+    if top and iv[1] <= top[2] then
+      if iv[2] > top[2] then top[2] = iv[2] end
+    else
+      out[#out + 1] = {{iv[1], iv[2]}}
+    end
+  end
+  if #out > {MAX_INTERVALS} then return nil end
+  local parts, total = {{}}, 0
+  for _, iv in ipairs(out) do
+    total = total + iv[2] - iv[1]
+    parts[#parts + 1] = fmt(iv[1]) .. '-' .. fmt(iv[2])
+  end
+  return table.concat(parts, ','), round1(total)
+end
+-- Whether ``lecture`` is covered enough to complete at ``now``: ``need`` seconds covered, and
+-- that much watchable at ``rate`` since its first counted second (plus ``slack``).
+local function covered(h, lecture, need, now, rate, slack)
+  if tonumber(redis.call('HGET', h, 'w:' .. lecture) or '0') < need then return false end
+  local first = tonumber(redis.call('HGET', h, 'f:' .. lecture) or now)
+  return (now - first) / 1000 * rate + slack >= need
+end
+local function locked(h, prev)
+  return prev ~= '' and redis.call('HEXISTS', h, 'c:' .. prev) == 0
+end
+"""
+
+# KEYS: progress hash, presence counter, device state. ARGV[1]: the ping's fields joined by char 31
+# (one argument keeps redis-py's per-argument packing off the hot path): lecture, position, seq,
+# duration or '', threshold, now ms, userId, courseId, origin, minimum presence to publish,
+# predecessor lecture or '', max playback rate, slack s, max gap ms, ttl s. ARGV[2]: who (JSON, kept
+# in ``p:`` on completion). ARGV[3]: hydration pairs or ''.
+# Returns {moved, completed, missing, implausible, first counted ms of the lecture}.
 # The resume point moving is published on the user's channel only when another connection of the
 # user may be listening (presence counter >= the minimum).
-_PING = f"""
-local f = {{}}
-for part in string.gmatch(ARGV[1] .. '\\31', '([^\\31]*)\\31') do f[#f + 1] = part end
-local lecture, pos_s, seq_s, duration_s, threshold, now, user, course, origin, min_presence = unpack(f)
-local h = KEYS[1]
-local pos, seq = tonumber(pos_s), tonumber(seq_s)
-local changed, moved, completed = 0, 0, 0
+_PING = (
+    _LIB
+    + f"""
+local f = split(ARGV[1])
+local lecture, pos_s, seq_s, duration_s, threshold, now_s = unpack(f, 1, 6)
+local user, course, origin, min_presence = unpack(f, 7, 10)
+local prev, rate, slack, gap_ms, ttl = f[11], tonumber(f[12]), tonumber(f[13]), f[14], f[15]
+local h, dev = KEYS[1], KEYS[3]
+if not hydrated(h, ARGV[3], ttl) then return {{0, 0, 1, 0, 0}} end
+local pos, seq, now = tonumber(pos_s), tonumber(seq_s), tonumber(now_s)
+local changed, moved, completed, implausible = 0, 0, 0, 0
 local current = tonumber(redis.call('HGET', h, 'seq') or '-1')
-if seq == current then return {{0, 0}} end
+if seq == current then return {{0, 0, 0, 0, 0}} end
 if seq > current then
   redis.call('HSET', h, 'lecture', lecture, 'pos', pos_s, 'seq', seq_s)
   changed, moved = 1, 1
 end
-local wkey = 'w:' .. lecture
-local watched = tonumber(redis.call('HGET', h, wkey) or '0')
-if pos > watched then
-  redis.call('HSET', h, wkey, pos_s)
-  watched, changed = pos, 1
+local is_locked = locked(h, prev)
+-- What this device watched since its previous ping.
+local last = redis.call('GET', dev)
+local credit, from = slack, nil
+local newer = true
+if last then
+  local l = split(last)
+  if now - tonumber(l[3]) > tonumber(gap_ms) then
+    -- silent too long (the key's TTL runs on Redis's clock; this on the callers'): start afresh
+  elseif seq <= tonumber(l[4]) then
+    newer = false
+  else
+    local allowed = tonumber(l[5]) + math.max(0, now - tonumber(l[3])) / 1000 * rate
+    local advance = pos - tonumber(l[2])
+    credit = math.min(slack, allowed)
+    if l[1] == lecture and advance > 0 and not is_locked then
+      if advance <= allowed then
+        from, credit = {{tonumber(l[2]), tonumber(l[3])}}, math.min(slack, allowed - advance)
+      else
+        implausible = 1
+        redis.call('HINCRBY', h, 'x:' .. lecture, 1)
+        changed = 1
+      end
+    end
+  end
+end
+if newer then
+  redis.call('SET', dev, lecture .. '\\31' .. pos_s .. '\\31' .. now_s .. '\\31' .. seq_s .. '\\31' .. credit,
+    'PX', gap_ms)
+end
+if from then
+  local ikey = 'i:' .. lecture
+  local merged, total = merge(redis.call('HGET', h, ikey) or '', from[1], pos)
+  if merged then
+    redis.call('HSET', h, ikey, merged, 'w:' .. lecture, fmt(total))
+    redis.call('HSETNX', h, 'f:' .. lecture, string.format('%d', from[2]))
+    changed = 1
+  end
 end
 local duration = tonumber(duration_s)
-if duration and duration > 0 and watched >= tonumber(threshold) * duration then
-  if redis.call('HSETNX', h, 'c:' .. lecture, now) == 1 then completed, changed = 1, 1 end
+if duration and duration > 0 and not is_locked and redis.call('HEXISTS', h, 'c:' .. lecture) == 0
+    and covered(h, lecture, tonumber(threshold) * duration, now, rate, slack) then
+  redis.call('HSET', h, 'c:' .. lecture, now_s, 'p:' .. lecture, ARGV[2])
+  completed, changed = 1, 1
 end
 if changed == 1 then
   redis.call('HINCRBY', h, 'rev', 1)
-  redis.call('HSET', h, 'upd', now)
+  redis.call('HSET', h, 'upd', now_s)
   redis.call('PERSIST', h)
 end
 if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_presence) then
@@ -70,19 +197,35 @@ if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_pr
     .. ',"seq":' .. seq_s .. ',"origin":"' .. origin .. '"}}'
   redis.call('PUBLISH', '{keys.USER_CHANNEL_PREFIX}' .. user, event)
 end
-return {{moved, completed}}
+local first = 0
+if completed == 1 then first = tonumber(redis.call('HGET', h, 'f:' .. lecture) or now) end
+return {{moved, completed, 0, implausible, first}}
 """
+)
 
 # A batch of pings waits at most this long for Redis, send and replies together.
 BATCH_TIMEOUT_S = 5.0
 
-# KEYS: progress hash. ARGV: lecture, now ms. Returns 1 when newly completed.
-_COMPLETE = """
-if redis.call('HSETNX', KEYS[1], 'c:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('PERSIST', KEYS[1])
-return 1
+# KEYS: progress hash. ARGV: lecture, now ms, predecessor or '', '1' when the lecture is completable
+# without video, seconds to cover, rate, slack s, who (JSON), ttl s, hydration pairs or ''.
+# Returns {status, first counted ms}; status: 1 newly completed, 0 already, -1 hash missing (load
+# the hydration and call again), -2 locked, -3 not covered.
+_COMPLETE = (
+    _LIB
+    + """
+local h, lecture, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if not hydrated(h, ARGV[10], ARGV[9]) then return {-1, 0} end
+if redis.call('HEXISTS', h, 'c:' .. lecture) == 1 then return {0, 0} end
+if locked(h, ARGV[3]) then return {-2, 0} end
+local need, rate, slack = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if ARGV[4] ~= '1' and not covered(h, lecture, need, now, rate, slack) then return {-3, 0} end
+redis.call('HSET', h, 'c:' .. lecture, ARGV[2], 'p:' .. lecture, ARGV[8])
+redis.call('HINCRBY', h, 'rev', 1)
+redis.call('HSET', h, 'upd', ARGV[2])
+redis.call('PERSIST', h)
+return {1, tonumber(redis.call('HGET', h, 'f:' .. lecture) or now)}
 """
+)
 
 # KEYS: progress hash. ARGV: flushed rev, ttl s. Returns 1 when the hash is still at that rev
 # (it may expire again), 0 when it changed since (it must stay dirty).
@@ -92,6 +235,21 @@ if rev and rev ~= ARGV[1] then return 0 end
 if rev then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 """
+
+
+class Who(msgspec.Struct, rename="camel", omit_defaults=True):
+    """Who completed a lecture, as the completion event needs it (kept in ``p:<lecture>``)."""
+
+    tz: str = "UTC"
+    name: str = ""
+    region: str | None = None
+
+
+_who_decoder = msgspec.json.Decoder(Who)
+
+
+def who(claims: Claims) -> str:
+    return json_encoder.encode(Who(tz=claims.tz, name=claims.name, region=claims.region)).decode()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,63 +264,141 @@ class Ping:
     # Publish a move only when the user has at least this many WebSocket connections open: 2 for a
     # ping from one of them (someone else to tell), 1 for the HTTP fallback.
     min_presence: int = 1
+    # The device whose consecutive pings make coverage (default: the origin).
+    device: str = ""
+    # The lecture before this one in course order ('' for the first): locks it until completed.
+    prev: str = ""
+    who: str = "{}"  # see :func:`who`
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PingResult:
     moved: bool
     completed: bool
+    implausible: bool = False  # an advance faster than real time: not counted
+    first_watch_ms: int = 0  # when the lecture's first counted second was watched (on completion)
+
+
+class CompleteStatus:
+    """What :meth:`ProgressStore.complete` found (see ``_COMPLETE``)."""
+
+    NEW, ALREADY, LOCKED, NOT_COVERED = 1, 0, -2, -3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Completed:
+    status: int
+    first_watch_ms: int = 0
 
 
 class ProgressStore:
-    """Progress hashes on one Redis client (``decode_responses=True``)."""
+    """Progress hashes on one Redis client (``decode_responses=True``).
 
-    def __init__(self, redis: Any, *, complete_threshold: float, ttl_s: int) -> None:
+    ``db`` is the MongoDB database a missing hash is refilled from (None: nothing to refill, as in
+    tests of the Redis step alone).
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        complete_threshold: float,
+        ttl_s: int,
+        db: Any = None,
+        max_playback_rate: float = 2.0,
+        coverage_slack_s: float = 2.0,
+        coverage_max_gap_s: float = 30.0,
+    ) -> None:
         self.redis = redis
+        self.db = db
         self.threshold = complete_threshold
         self.ttl_s = ttl_s
+        self.rate = max_playback_rate
+        self.slack_s = coverage_slack_s
+        # The tail of every ping's fields: the same for every ping of this process.
+        gap_ms = int(coverage_max_gap_s * 1000)
+        self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}"
         self._ping_sha: str | None = None
         self._complete = redis.register_script(_COMPLETE)
         self.flushed = redis.register_script(_FLUSHED)
 
+    @classmethod
+    def of(cls, redis: Any, settings: Any, db: Any = None) -> ProgressStore:
+        """The store as ``settings`` (contract.settings.Settings) configure it."""
+        return cls(
+            redis,
+            complete_threshold=settings.complete_threshold,
+            ttl_s=settings.progress_ttl_s,
+            db=db,
+            max_playback_rate=settings.max_playback_rate,
+            coverage_slack_s=settings.coverage_slack_s,
+            coverage_max_gap_s=settings.coverage_max_gap_s,
+        )
+
     async def save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
-        """Store pings in ONE pipelined round trip; each is atomic and idempotent by seq."""
+        """Store pings in ONE pipelined round trip; each is atomic and idempotent by seq.
+
+        A ping whose hash is missing is sent again with the hash's fields from MongoDB (a second
+        round trip and one MongoDB read for the whole batch). Raises what Redis or MongoDB raise.
+        """
+        replies = await self._save_retrying(pings, now_ms, {})
+        missing = [i for i, r in enumerate(replies) if r[2]]
+        if missing:
+            again = [pings[i] for i in missing]
+            stored = await self.hydration({keys.progress(p.user_id, p.course_id) for p in again})
+            for i, reply in zip(missing, await self._save_retrying(again, now_ms, stored), strict=True):
+                replies[i] = reply
+        return [
+            PingResult(
+                moved=bool(r[0]), completed=bool(r[1]), implausible=bool(r[3]), first_watch_ms=int(r[4])
+            )
+            for r in replies
+        ]
+
+    async def _save_retrying(self, pings: list[Ping], now_ms: int, hydration: dict[str, str]) -> list[Any]:
         try:
-            return await self._save(pings, now_ms)
+            return await self._save(pings, now_ms, hydration)
         except NoScriptError:
             # Redis restarted or flushed its script cache: load it and send the batch again (a
             # ping already applied is a repeat of its seq, which changes nothing).
             self._ping_sha = await self.redis.script_load(_PING)
-            return await self._save(pings, now_ms)
+            return await self._save(pings, now_ms, hydration)
 
-    async def _save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
+    async def _save(self, pings: list[Ping], now_ms: int, hydration: dict[str, str]) -> list[Any]:
         if self._ping_sha is None:
             self._ping_sha = await self.redis.script_load(_PING)
         # The pipeline by hand, on a pooled connection: redis-py's Pipeline packs each argument in
         # Python, and reads each reply under its own asyncio timeout, tens of microseconds per ping
         # on the hottest path of the gateway. Here the batch is packed in one go and waits under
         # ONE timeout.
-        head = b"*6\r\n" + _bulk(b"EVALSHA") + _bulk(self._ping_sha.encode()) + _bulk(b"2")
-        threshold = self.threshold
+        head = b"*9\r\n" + _bulk(b"EVALSHA") + _bulk(self._ping_sha.encode()) + _bulk(b"3")
+        threshold, tail = self.threshold, self._tail
         parts: list[bytes] = []
         dirty: set[str] = set()
         for p in pings:
             duration = "" if p.duration is None else repr(p.duration)
             fields = (
                 f"{p.lecture_id}\x1f{p.position!r}\x1f{p.seq}\x1f{duration}\x1f{threshold}\x1f{now_ms}"
-                f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}"
+                f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}\x1f{p.prev}{tail}"
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
             dirty.add(key)
-            presence = keys.presence(p.user_id)
-            parts.append(head + _bulk(key.encode()) + _bulk(presence.encode()) + _bulk(fields))
+            parts.append(
+                head
+                + _bulk(key.encode())
+                + _bulk(keys.presence(p.user_id).encode())
+                + _bulk(keys.device(p.user_id, p.device or p.origin).encode())
+                + _bulk(fields)
+                + _bulk(p.who.encode())
+                + _bulk(hydration.get(key, "").encode())
+            )
         # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
         parts.append(_pack("SADD", keys.PROGRESS_DIRTY, *dirty))
         replies = await self._round_trip(b"".join(parts), len(parts))
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [PingResult(moved=bool(r[0]), completed=bool(r[1])) for r in replies[:-1]]
+        return replies[:-1]
 
     async def _round_trip(self, payload: bytes, count: int) -> list[Any]:
         """Send ``count`` packed commands and read their replies; an error reply is returned in
@@ -195,18 +431,81 @@ class ProgressStore:
         finally:
             await pool.release(conn)
 
-    async def complete(self, user_id: str, course_id: str, lecture_id: str, now_ms: int) -> bool:
-        """Record an explicit completion. Returns whether it is new."""
+    async def complete(
+        self,
+        user_id: str,
+        course_id: str,
+        lecture_id: str,
+        now_ms: int,
+        *,
+        prev: str = "",
+        completable: bool = False,
+        need_s: float = 0.0,
+        who: str = "{}",
+    ) -> Completed:
+        """Record an explicit completion: new or already there, or refused because the lecture is
+        locked (``prev`` not completed) or not covered (``need_s`` seconds, unless ``completable``).
+        Raises what Redis or MongoDB raise."""
         key = keys.progress(user_id, course_id)
+        args = [lecture_id, now_ms, prev, "1" if completable else "", need_s, self.rate, self.slack_s, who]
+        status, first = await self._complete_step(key, [*args, self.ttl_s, ""])
+        if status == -1:
+            stored = await self.hydration({key})
+            status, first = await self._complete_step(key, [*args, self.ttl_s, stored[key]])
+        return Completed(status=int(status), first_watch_ms=int(first))
+
+    async def _complete_step(self, key: str, args: list[Any]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
-        await self._complete(keys=[key], args=[lecture_id, now_ms], client=pipe)
+        await self._complete(keys=[key], args=args, client=pipe)
         pipe.sadd(keys.PROGRESS_DIRTY, key)
-        new, _ = await pipe.execute()
-        return bool(new)
+        reply, _ = await pipe.execute()
+        found: list[int] = reply
+        return found
+
+    async def hydration(self, hashes: set[str]) -> dict[str, str]:
+        """The fields each missing hash in ``hashes`` is refilled with, from MongoDB: completions,
+        watched intervals and their signals (see ``hydration_pairs``). One query for all."""
+        docs: dict[str, dict[str, Any]] = {}
+        if self.db is not None:
+            ids = {progress_id(*keys.parse_progress(key)): key for key in hashes}
+            async for doc in self.db[PROGRESS].find({"_id": {"$in": list(ids)}}):
+                docs[ids[doc["_id"]]] = doc
+        return {key: hydration_pairs(docs.get(key)) for key in hashes}
 
     async def read(self, user_id: str, course_id: str) -> dict[str, str]:
         found: dict[str, str] = await self.redis.hgetall(keys.progress(user_id, course_id))
         return found
+
+
+def progress_id(user_id: str, course_id: str) -> str:
+    """The ``_id`` of a MongoDB ``progress`` document."""
+    return f"{user_id}|{course_id}"
+
+
+# MongoDB's flat ``<prefix>_<lectureId>`` fields and the hash's ``<prefix>:<lectureId>`` fields
+# they come from (see ingest.flusher.operations).
+STORED_FIELDS = ("w", "i", "f", "x")
+
+
+def hydration_pairs(doc: dict[str, Any] | None) -> str:
+    """The hash fields (``field\\x1fvalue`` pairs) that restore what MongoDB kept of ``doc``:
+    completed lectures (as already emitted: the achievement consumer or the flusher had them)
+    and each lecture's watched intervals, covered seconds, first counted time and implausible
+    advances. Always at least a marker field, so the hash exists afterwards."""
+    pairs = ["h", "1"]
+    for field, value in (doc or {}).items():
+        prefix, sep, lecture = field.partition("_")
+        if sep and prefix in STORED_FIELDS and lecture:
+            pairs += [f"{prefix}:{lecture}", _text(value)]
+    for lecture in (doc or {}).get("completedLectures", []):
+        pairs += [f"c:{lecture}", "0"]
+    return "\x1f".join(pairs)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _bulk(value: bytes) -> bytes:
@@ -219,11 +518,17 @@ def _pack(*args: str) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(_bulk(arg.encode()) for arg in args)
 
 
-def completion_event(claims: Claims, meta: CourseMeta, lecture_id: str, ts_ms: int) -> CompletionEvent:
+def event_id(user_id: str, course_id: str, lecture_id: str) -> str:
+    """The completion's id: one per user and lecture, ever (re-emitting it is harmless)."""
+    return str(uuid.uuid5(COMPLETION_NAMESPACE, f"{user_id}|{course_id}|{lecture_id}"))
+
+
+def completion_event(
+    claims: Claims, meta: CourseMeta, lecture_id: str, ts_ms: int, *, first_watch_ms: int = 0
+) -> CompletionEvent:
     """The completion of ``lecture_id`` by the user of ``claims`` (one id per user and lecture)."""
-    event_id = str(uuid.uuid5(COMPLETION_NAMESPACE, f"{claims.sub}|{meta.course_id}|{lecture_id}"))
     return CompletionEvent(
-        event_id=event_id,
+        event_id=event_id(claims.sub, meta.course_id, lecture_id),
         user_id=claims.sub,
         course_id=meta.course_id,
         lecture_id=lecture_id,
@@ -232,16 +537,53 @@ def completion_event(claims: Claims, meta: CourseMeta, lecture_id: str, ts_ms: i
         name=claims.name,
         region=claims.region,
         marks=meta.marks.get(lecture_id, 0),
+        first_watch_ms=first_watch_ms,
     )
 
 
+def pending_completions(key: str, live: dict[str, str], meta: CourseMeta | None) -> list[CompletionEvent]:
+    """The completions of hash ``key`` (its fields ``live``) that never reached the completion
+    stream (``p:`` left behind), rebuilt exactly as they were first sent."""
+    user_id, course_id = keys.parse_progress(key)
+    events = []
+    for field, value in live.items():
+        if not field.startswith("p:"):
+            continue
+        lecture = field[2:]
+        try:
+            person = _who_decoder.decode(value)
+        except msgspec.DecodeError:
+            person = Who()
+        events.append(
+            CompletionEvent(
+                event_id=event_id(user_id, course_id, lecture),
+                user_id=user_id,
+                course_id=course_id,
+                lecture_id=lecture,
+                ts_ms=int(live.get(f"c:{lecture}") or 0),
+                tz=person.tz,
+                name=person.name,
+                region=person.region,
+                marks=meta.marks.get(lecture, 0) if meta else 0,
+                first_watch_ms=int(live.get(f"f:{lecture}") or 0),
+            )
+        )
+    return events
+
+
 async def emit_completions(redis: Any, events: list[CompletionEvent]) -> None:
-    """Queue completions for the achievement consumer (one pipelined round trip)."""
+    """Queue completions for the achievement consumer, then clear their ``p:`` markers: two
+    pipelined round trips, the second only after Redis took every event. Raises what Redis
+    raises; a marker left behind makes the flusher send the event again (same id: harmless)."""
     if not events:
         return
     pipe = redis.pipeline(transaction=False)
     for event in events:
         pipe.xadd(keys.COMPLETION_STREAM, {"d": json_encoder.encode(event)})
+    await pipe.execute()
+    pipe = redis.pipeline(transaction=False)
+    for event in events:
+        pipe.hdel(keys.progress(event.user_id, event.course_id), f"p:{event.lecture_id}")
     await pipe.execute()
 
 

@@ -146,6 +146,12 @@ class Settings:
     course_meta_ttl_s: int = 24 * 3600
     complete_threshold: float = 0.95
     completion_score: int = 10  # points on the course board for a completed lecture (at least)
+    # Watched coverage: an advance between two pings of one device counts when it is at most
+    # max_playback_rate x the wall-clock seconds between them, plus up to coverage_slack_s left
+    # over from earlier pings; a device silent for coverage_max_gap_s starts afresh.
+    max_playback_rate: float = 2.0
+    coverage_slack_s: float = 2.0
+    coverage_max_gap_s: float = 30.0
 
     log_level: str = "info"
 

@@ -1,18 +1,22 @@
 """Streaks of active days, in the learner's time zone (I/O-free).
 
-A day is active when the learner completed a lecture or marked activity. The current streak
-counts consecutive active days ending at the last active day; it reads as 0 once a whole day
-passed without activity (evaluated at read time, in the learner's zone).
+A day is active when the learner completed a lecture or marked activity (one ``activity``
+document per user per day). Streaks are derived from that SET of days, never kept as a counter
+moved by each event, so they do not depend on the order events arrive in, on redelivery, or on
+concurrent writers: the current streak counts consecutive active days ending at the last active
+day, read as 0 once a whole day passed without activity (evaluated at read time, in the learner's
+zone); the longest streak is the longest run in the set.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from typing import Any
+from collections.abc import Collection
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from contract.errors import BadRequest
+
+ONE_DAY = dt.timedelta(days=1)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -28,41 +32,27 @@ def local_day(ts_ms: int, tz: str) -> dt.date:
     return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).astimezone(ZoneInfo(tz)).date()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Streak:
-    current: int = 0
-    longest: int = 0
-    last_active: dt.date | None = None
+def run_of(days: Collection[dt.date], day: dt.date) -> tuple[dt.date, dt.date] | None:
+    """(first, last) day of the run of consecutive days in ``days`` that contains ``day``; None
+    when ``day`` is not active. A caller holding only a window of the days must look wider when
+    the run reaches the window's edge."""
+    if day not in days:
+        return None
+    first = last = day
+    while first - ONE_DAY in days:
+        first -= ONE_DAY
+    while last + ONE_DAY in days:
+        last += ONE_DAY
+    return first, last
 
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Streak:
-        last = doc.get("lastActiveDate")
-        return cls(
-            current=int(doc.get("currentStreak", 0)),
-            longest=int(doc.get("longestStreak", 0)),
-            last_active=dt.date.fromisoformat(last) if last else None,
-        )
 
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "currentStreak": self.current,
-            "longestStreak": self.longest,
-            "lastActiveDate": self.last_active.isoformat() if self.last_active else None,
-        }
+def length(run: tuple[dt.date, dt.date] | None) -> int:
+    return (run[1] - run[0]).days + 1 if run else 0
 
-    def on_active(self, day: dt.date) -> Streak:
-        """The streak after activity on ``day``. Idempotent for a day already counted; a day
-        older than the last active one (a late event) changes nothing."""
-        if self.last_active is not None and day <= self.last_active:
-            return self
-        if self.last_active is not None and day == self.last_active + dt.timedelta(days=1):
-            current = self.current + 1
-        else:
-            current = 1
-        return Streak(current=current, longest=max(self.longest, current), last_active=day)
 
-    def current_on(self, today: dt.date) -> int:
-        """The current streak as seen on ``today``: 0 when yesterday had no activity."""
-        if self.last_active is None or today - self.last_active > dt.timedelta(days=1):
-            return 0
-        return self.current
+def current_streak(days: Collection[dt.date], last_active: dt.date | None, today: dt.date) -> int:
+    """The current streak on ``today``: the run ending at the last active day, or 0 once a whole
+    day passed without activity (``days`` must reach back to the run's start)."""
+    if last_active is None or today - last_active > ONE_DAY:
+        return 0
+    return length(run_of(days, last_active))

@@ -63,14 +63,14 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(settings.redis_url)
-        # MongoDB only for course metadata on a cache miss (see contract.courses).
+        # MongoDB for course metadata on a cache miss (see contract.courses) and for progress
+        # hashes that expired.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
         metrics_ = Metrics()
         hub = Hub(redis=redis, settings=settings, metrics=metrics_)
         listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
-        store = ProgressStore(
-            redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
-        )
+        # MongoDB also refills a progress hash that expired (the lock needs its completions).
+        store = ProgressStore.of(redis, settings, db=mongo[settings.mongo_db])
         catalog = CourseCatalog(
             redis,
             mongo[settings.mongo_db],
@@ -78,7 +78,12 @@ def create_app(settings: Settings) -> Starlette:
             max_entries=settings.course_cache_max_entries,
             max_unknown=settings.course_cache_max_unknown,
         )
-        writer = ProgressWriter(store, catalog, round_trips=metrics_.ping_round_trips)
+        writer = ProgressWriter(
+            store,
+            catalog,
+            round_trips=metrics_.ping_round_trips,
+            implausible=metrics_.implausible_advances,
+        )
         app.state.gateway = GatewayState(
             settings=settings,
             redis=redis,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
+import secrets
 import time
 from typing import Any
 
@@ -30,7 +30,6 @@ log = logging.getLogger("scorecast.gateway")
 
 SSE_PING = b": ping\n\n"
 NAME_TTL_S = 60.0
-_ids = itertools.count(1)
 
 
 class Connection:
@@ -51,7 +50,9 @@ class Connection:
     )
 
     def __init__(self, transport: str, user_id: str) -> None:
-        self.id = f"{transport}-{next(_ids)}"
+        # Random: the id names the device whose consecutive pings make watched coverage, and
+        # the origin a moved position is not echoed to, over every gateway process.
+        self.id = f"{transport}-{secrets.token_hex(8)}"
         self.transport = transport
         self.user_id = user_id
         self.boards: set[str] = set()

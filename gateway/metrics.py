@@ -45,6 +45,11 @@ class Metrics:
             "Pipelined Redis round trips that stored autosave pings (pings per round trip = batching)",
             registry=self.registry,
         )
+        self.implausible_advances = Counter(
+            "scorecast_gateway_progress_implausible_advances",
+            "Pings that advanced faster than real time (seeks, or cheating): not counted as watched",
+            registry=self.registry,
+        )
         for transport in ("sse", "ws"):
             self.connections.labels(transport)
             self.messages.labels(transport)

@@ -6,7 +6,11 @@ connection gather; the next pipeline takes them all — no timers, so a lone pin
 trip and a crowd shares them.
 A ping that moved the resume point is published on the user's channel by the same Lua step, so
 the user's other devices follow at once. A lecture that just completed is queued on the
-completion stream before the ping is acked.
+completion stream before the ping is acked; should that fail, the completion stays marked in the
+progress hash and the flusher queues it (see ``contract.progress``), so the ping is acked anyway.
+
+Coverage: the connection is the device (its ``origin``, a random id per connection); the store
+tells each ping the lecture before it in course order, which locks it until completed.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from prometheus_client import Counter
 
 from contract.auth import Claims
 from contract.courses import CourseCatalog, CourseMeta
-from contract.messages import CompletionEvent, ProgressPing
-from contract.progress import Ping, PingResult, ProgressStore, completion_event, emit_completions
+from contract.messages import ProgressPing
+from contract.progress import Ping, PingResult, ProgressStore, completion_event, emit_completions, who
 
 log = logging.getLogger("scorecast.gateway.progress")
 
@@ -38,13 +42,20 @@ class ProgressRejected(Exception):
 
 
 class ProgressWriter:
-    def __init__(self, store: ProgressStore, catalog: CourseCatalog, *, round_trips: Counter) -> None:
+    def __init__(
+        self,
+        store: ProgressStore,
+        catalog: CourseCatalog,
+        *,
+        round_trips: Counter,
+        implausible: Counter | None = None,
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self._pending: list[tuple[Ping, Claims, CourseMeta, asyncio.Future[PingResult]]] = []
-        self._unsent: list[CompletionEvent] = []
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = round_trips
+        self.implausible = implausible
 
     async def start(self) -> None:
         return None
@@ -82,6 +93,8 @@ class ProgressWriter:
             duration=duration,
             origin=origin,
             min_presence=2,
+            prev=meta.previous_lecture(ping.lecture_id),
+            who=who(claims),
         )
         self._pending.append((item, claims, meta, future))
         if self._flusher is None or self._flusher.done():
@@ -95,15 +108,6 @@ class ProgressWriter:
             try:
                 self.round_trips.inc()
                 results = await self.store.save([item for item, _, _, _ in batch], now_ms)
-                completions = [
-                    completion_event(claims, meta, item.lecture_id, now_ms)
-                    for (item, claims, meta, _), result in zip(batch, results, strict=True)
-                    if result.completed
-                ]
-                self._unsent.extend(completions)
-                if self._unsent:
-                    await emit_completions(self.store.redis, self._unsent)
-                    self._unsent = []
             except Exception:
                 log.warning("saving %d pings failed", len(batch), exc_info=True)
                 for *_, future in batch:
@@ -112,6 +116,20 @@ class ProgressWriter:
                             ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
                         )
                 continue
+            completions = [
+                completion_event(claims, meta, item.lecture_id, now_ms, first_watch_ms=result.first_watch_ms)
+                for (item, claims, meta, _), result in zip(batch, results, strict=True)
+                if result.completed
+            ]
+            try:
+                await emit_completions(self.store.redis, completions)
+            except Exception:
+                # Stored with its marker: the flusher queues it (same event id), nothing is lost.
+                log.warning(
+                    "queueing %d completions failed; the flusher will", len(completions), exc_info=True
+                )
+            if self.implausible is not None:
+                self.implausible.inc(sum(result.implausible for result in results))
             for (*_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

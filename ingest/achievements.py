@@ -8,7 +8,9 @@ is idempotent, so a redelivery after a crash changes nothing twice:
    lecture; marks obtained follow from the completed set and the course's marks);
 2. the activity heatmap: one document per user per local day, counting each event once
    (the day's ``events`` set);
-3. the streak and totals in ``student_stats``, precomputed in the learner's time zone;
+3. the longest streak (``$max``) and totals in ``student_stats``, in the learner's time zone;
+   streaks come from the set of active days (``contract.streaks``), so a late or redelivered
+   event of an earlier day counts, and concurrent writers cannot lose a day;
 4. a score on the course board: a ScoreAction whose actionId is the event id (the score worker
    counts an actionId once, ever).
 """
@@ -27,7 +29,7 @@ from contract.courses import CourseCatalog
 from contract.errors import BadRequest
 from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
 from contract.settings import Settings
-from contract.streaks import Streak, local_day, zone
+from contract.streaks import current_streak, length, local_day, run_of, zone
 from ingest.consumer import Entry, StreamConsumer
 from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id, progress_on_insert
 
@@ -47,13 +49,59 @@ async def record_activity(db: Any, user_id: str, day: dt.date, event_id: str) ->
     return bool(result.modified_count or result.upserted_id)
 
 
+STREAK_WINDOW_DAYS = 64  # active days read around a day at first; doubled while a run fills it
+
+
+async def active_days(db: Any, user_id: str, first: dt.date, last: dt.date) -> set[dt.date]:
+    """The user's active days from ``first`` to ``last`` (one indexed range query)."""
+    found = db[ACTIVITY].find(
+        {"userId": user_id, "date": {"$gte": first.isoformat(), "$lte": last.isoformat()}},
+        {"_id": 0, "date": 1},
+    )
+    return {dt.date.fromisoformat(doc["date"]) async for doc in found}
+
+
+async def run_around(db: Any, user_id: str, day: dt.date, *, ahead: bool) -> int:
+    """The length of the run of active days through ``day`` (looking past it only when ``ahead``),
+    reading windows that double until the run ends inside one."""
+    window = STREAK_WINDOW_DAYS
+    while True:
+        first, last = day - dt.timedelta(days=window), day + dt.timedelta(days=window if ahead else 0)
+        days = await active_days(db, user_id, first, last)
+        run = run_of(days, day)
+        if run is None or (run[0] > first and (run[1] < last or not ahead)):
+            return length(run)
+        window *= 2
+
+
 async def record_streak(db: Any, user_id: str, day: dt.date, tz: str) -> None:
-    """Move the user's streak to ``day`` (a no-op for a day already counted or an older one)."""
-    doc = await db[STATS].find_one({"_id": user_id}) or {}
-    before = Streak.from_doc(doc)
-    after = before.on_active(day)
-    if after != before:
-        await db[STATS].update_one({"_id": user_id}, {"$set": {**after.to_doc(), "tz": tz}}, upsert=True)
+    """Raise the user's longest streak to the run of active days through ``day``; call it after
+    :func:`record_activity` recorded ``day``.
+
+    Atomic and order-independent: the longest streak only ever moves up (``$max`` on one
+    document), and every writer reads the set of days after adding its own, so of two concurrent
+    writers the later reader sees both days; a late event of an earlier day joins its run.
+    """
+    run = await run_around(db, user_id, day, ahead=True)
+    await db[STATS].update_one(
+        {"_id": user_id}, {"$max": {"longestStreak": run}, "$set": {"tz": tz}}, upsert=True
+    )
+
+
+async def streak_summary(db: Any, user_id: str, today: dt.date) -> tuple[int, int, dt.date | None]:
+    """(current streak, longest streak, last active day) of the user as of ``today``.
+
+    The current streak is read from the active days at read time (it ends today or yesterday,
+    or it is 0), so it never depends on the order activities were recorded in."""
+    stats = await db[STATS].find_one({"_id": user_id}) or {}
+    newest = await db[ACTIVITY].find_one(
+        {"userId": user_id, "date": {"$lte": today.isoformat()}}, {"_id": 0, "date": 1}, sort=[("date", -1)]
+    )
+    last = dt.date.fromisoformat(newest["date"]) if newest else None
+    current = 0
+    if last is not None and current_streak({last}, last, today):
+        current = await run_around(db, user_id, last, ahead=False)
+    return current, max(int(stats.get("longestStreak", 0)), current), last
 
 
 class Achievements:

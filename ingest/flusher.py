@@ -18,6 +18,13 @@ the resume point (``contract.progress.ResumePoint``, one string sorting by seq) 
 ``$max`` on a flat field (see DESIGN.md on nx-27017), so a re-flush, an older device or any order
 of writes never moves MongoDB back.
 
+A completion whose event never reached the completion stream (its ``p:`` marker is still in the
+hash: the process that recorded it died or lost Redis before the XADD) is queued here before the
+hash is written, with the same deterministic event id, so its streak, heatmap, course-board
+points and totals happen exactly once. Watched intervals ``i_<lectureId>`` and first counted
+times ``f_<lectureId>`` are ``$set`` (a hash refilled from MongoDB carries them on, so the hash
+always holds a superset); covered seconds ``w_`` and implausible advances ``x_`` are ``$max``.
+
 Run as ``python -m ingest.flusher``; SIGTERM flushes once more and exits 0.
 """
 
@@ -34,7 +41,8 @@ from pymongo import AsyncMongoClient, UpdateOne
 
 from contract import keys, outage
 from contract.clients import redis_client
-from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint
+from contract.courses import CourseCatalog
+from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint, emit_completions, pending_completions
 from contract.settings import Settings
 from ingest.store import PROGRESS, progress_id, progress_on_insert
 
@@ -68,15 +76,22 @@ def operations(key: str, live: dict[str, str], now: float) -> list[UpdateOne]:
     user_id, course_id = keys.parse_progress(key)
     doc_id = progress_id(user_id, course_id)
     newest: dict[str, Any] = {
-        f"w_{field[2:]}": float(value) for field, value in live.items() if field.startswith("w:")
+        f"{field[0]}_{field[2:]}": float(value) if field[0] == "w" else int(value)
+        for field, value in live.items()
+        if field[:2] in ("w:", "x:")
     }
     if "seq" in live:
         point = ResumePoint(int(live["seq"]), live["lecture"], float(live["pos"]))
         newest[RESUME_FIELD] = point.encode()
+    intervals = {
+        f"{field[0]}_{field[2:]}": value if field[0] == "i" else int(value)
+        for field, value in live.items()
+        if field[:2] in ("i:", "f:")
+    }
     completed = [field[2:] for field in live if field.startswith("c:")]
     update: dict[str, Any] = {
         "$setOnInsert": progress_on_insert(user_id, course_id, ["completedLectures"] if completed else []),
-        "$set": {"updatedAt": now},
+        "$set": {"updatedAt": now, **intervals},
     }
     if newest:
         update["$max"] = newest
@@ -92,9 +107,8 @@ class Flusher:
         self.redis = redis
         self.db = db
         self.settings = settings
-        self.store = ProgressStore(
-            redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
-        )
+        self.store = ProgressStore.of(redis, settings)
+        self.catalog = CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s)
         self.writes = 0  # MongoDB write operations issued, for the benchmark
         self._take = redis.register_script(_TAKE)
         self._give_back = redis.register_script(_GIVE_BACK)
@@ -139,6 +153,7 @@ class Flusher:
         for key in batch:
             pipe.hgetall(key)
         hashes: list[dict[str, str]] = await pipe.execute()
+        await self.emit_pending(dirty, hashes)
         now = time.time()
         ops = [
             op for key, live in zip(batch, hashes, strict=True) if live for op in operations(key, live, now)
@@ -166,6 +181,17 @@ class Flusher:
             )
         await pipe.execute()
         return len(finished)
+
+    async def emit_pending(self, dirty: list[str], hashes: list[dict[str, str]]) -> None:
+        """Queue the completions these hashes recorded but never queued (see the module doc)."""
+        events = []
+        for key, live in zip(dirty, hashes, strict=True):
+            if any(field.startswith("p:") for field in live):
+                meta = await self.catalog.get(keys.parse_progress(key)[1])
+                events += pending_completions(key, live, meta)
+        if events:
+            log.warning("queueing %d completions their writers left behind", len(events))
+            await emit_completions(self.redis, events)
 
     async def write(self, ops: list[UpdateOne]) -> None:
         """ONE unordered bulk write. Any error raises, so every key of the batch stays dirty (each

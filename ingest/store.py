@@ -10,9 +10,12 @@ note on nx-27017 and dotted upserts).
 - ``courses``      {_id: courseId, title, sections, lectureCount, totalMarks} (contract.courses)
 - ``progress``     {_id: "<userId>|<courseId>", userId, courseId, resume (contract.progress.
                    ResumePoint; older documents have lastWatchedLecture, lastPosition, lastSeq),
-                   w_<lectureId> (seconds watched), completedLectures, unlockedLectures}
+                   w_<lectureId> (seconds covered), i_<lectureId> (watched intervals),
+                   f_<lectureId> (first counted ms), x_<lectureId> (implausible advances),
+                   completedLectures, unlockedLectures}
 - ``activity``     {_id: "<userId>|<YYYY-MM-DD>", userId, date, events: [eventId, ...]}
-- ``student_stats`` {_id: userId, currentStreak, longestStreak, lastActiveDate, totalCompleted, tz}
+- ``student_stats`` {_id: userId, longestStreak ($max), totalCompleted, tz}; the current streak
+                   and last active day are read from ``activity`` (contract.streaks)
 - ``completions``  {_id: eventId, userId, courseId, lectureId, tsMs}: each lecture completion once
 - ``quizzes``      {_id: quizId, title, courseId, key, points, maxAttempts} (ingest.api.quiz)
 - ``quiz_attempts`` {_id: "<userId>|<actionId>", userId, quizId, attempt, score, correct, delta,
@@ -29,20 +32,19 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+# Re-exported: the progress store needs them too, to refill an expired hash.
+from contract.progress import PROGRESS as PROGRESS
+from contract.progress import progress_id as progress_id
+
 USERS = "users"
 SCORE_EVENTS = "score_events"
 BOARD_TOTALS = "board_totals"
-PROGRESS = "progress"
 ACTIVITY = "activity"
 STATS = "student_stats"
 COMPLETIONS = "completions"
 QUIZ_ATTEMPTS = "quiz_attempts"
 AUDIT = "audit"
 FLAGS = "flags"
-
-
-def progress_id(user_id: str, course_id: str) -> str:
-    return f"{user_id}|{course_id}"
 
 
 def total_id(board: str, user_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import zoneinfo
 from typing import Any
@@ -14,7 +15,7 @@ from contract.courses import CourseMeta
 from contract.messages import json_encoder, stream_entry_decoder
 from contract.progress import completion_event
 from contract.settings import Settings
-from ingest.achievements import Achievements
+from ingest.achievements import Achievements, record_activity, record_streak, streak_summary
 from ingest.store import ACTIVITY
 from tests.helpers import bearer
 
@@ -49,9 +50,8 @@ async def test_the_day_of_a_completion_is_the_learners_day(
     await achievements.apply(event("newyork", "intro", late_evening_utc, "America/New_York"))
     days = {d["userId"]: d["date"] async for d in mongo[ACTIVITY].find({})}
     assert days == {"tokyo": "2026-11-24", "newyork": "2026-11-23"}
-    stats = {d["_id"]: d async for d in mongo["student_stats"].find({})}
-    assert stats["tokyo"]["lastActiveDate"] == "2026-11-24"
-    assert stats["newyork"]["lastActiveDate"] == "2026-11-23"
+    assert (await streak_summary(mongo, "tokyo", dt.date(2026, 11, 24)))[2] == dt.date(2026, 11, 24)
+    assert (await streak_summary(mongo, "newyork", dt.date(2026, 11, 24)))[2] == dt.date(2026, 11, 23)
 
 
 async def test_a_missed_day_resets_the_current_streak_and_keeps_the_longest(
@@ -60,8 +60,9 @@ async def test_a_missed_day_resets_the_current_streak_and_keeps_the_longest(
     achievements = Achievements(redis=redis, db=mongo, settings=settings)
     for day, lecture in ((1, "a"), (2, "b"), (3, "c"), (5, "d")):
         await achievements.apply(event("ada", lecture, at(day, 12)))
+    assert await streak_summary(mongo, "ada", dt.date(2026, 11, 5)) == (1, 3, dt.date(2026, 11, 5))
+    assert await streak_summary(mongo, "ada", dt.date(2026, 11, 7)) == (0, 3, dt.date(2026, 11, 5))
     stats = await mongo["student_stats"].find_one({"_id": "ada"})
-    assert (stats["currentStreak"], stats["longestStreak"], stats["lastActiveDate"]) == (1, 3, "2026-11-05")
     assert stats["totalCompleted"] == 4
 
 
@@ -72,11 +73,10 @@ async def test_a_streak_crosses_midnight_in_the_learners_zone(
     # 14:00 and 16:00 UTC on the same UTC day are two different days in Tokyo (23:00, 01:00).
     await achievements.apply(event("ken", "a", at(10, 14), "Asia/Tokyo"))
     await achievements.apply(event("ken", "b", at(10, 16), "Asia/Tokyo"))
-    stats = await mongo["student_stats"].find_one({"_id": "ken"})
-    assert (stats["currentStreak"], stats["lastActiveDate"]) == (2, "2026-11-11")
+    assert await streak_summary(mongo, "ken", dt.date(2026, 11, 11)) == (2, 2, dt.date(2026, 11, 11))
     await achievements.apply(event("utc", "a", at(10, 14)))
     await achievements.apply(event("utc", "b", at(10, 16)))
-    assert (await mongo["student_stats"].find_one({"_id": "utc"}))["currentStreak"] == 1
+    assert (await streak_summary(mongo, "utc", dt.date(2026, 11, 10)))[:2] == (1, 1)
 
 
 async def test_a_redelivered_event_counts_once(redis: Any, mongo: Any, settings: Settings) -> None:
@@ -87,7 +87,8 @@ async def test_a_redelivered_event_counts_once(redis: Any, mongo: Any, settings:
     day = await mongo[ACTIVITY].find_one({"userId": "ada"})
     assert day["events"] == [done.event_id]
     stats = await mongo["student_stats"].find_one({"_id": "ada"})
-    assert (stats["totalCompleted"], stats["currentStreak"]) == (1, 1)
+    assert (stats["totalCompleted"], stats["longestStreak"]) == (1, 1)
+    assert (await streak_summary(mongo, "ada", dt.date(2026, 11, 20)))[0] == 1
     progress = await mongo["progress"].find_one({"_id": "ada|py"})
     assert progress["completedLectures"] == ["intro"]
     actions = [stream_entry_decoder.decode(f["d"]) for _, f in await redis.xrange(keys.SCORE_STREAM)]
@@ -95,6 +96,29 @@ async def test_a_redelivered_event_counts_once(redis: Any, mongo: Any, settings:
     assert actions[0].course_id == "py"
     assert actions[0].increment == settings.completion_score
     assert await achievements.handle([("9-0", {"d": "{broken"})]) == {"9-0"}
+
+
+async def test_activities_of_consecutive_days_in_reverse_order_make_a_streak_of_two(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    # Hole 5: a late (or redelivered) event of an earlier day used to be ignored.
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    await achievements.apply(event("ada", "b", at(12, 9)))
+    await achievements.apply(event("ada", "a", at(11, 9)))  # the earlier day arrives last
+    assert await streak_summary(mongo, "ada", dt.date(2026, 11, 12)) == (2, 2, dt.date(2026, 11, 12))
+
+
+async def test_concurrent_marks_of_consecutive_days_lose_no_day(mongo: Any) -> None:
+    # Hole 5: two writers (consumers, /heatmap/mark) each read the streak and wrote it back.
+    days = [dt.date(2026, 11, 1) + dt.timedelta(days=n) for n in range(6)]
+
+    async def mark(day: dt.date) -> None:
+        await record_activity(mongo, "bo", day, f"e-{day}")
+        await record_streak(mongo, "bo", day, "UTC")
+
+    await asyncio.gather(*(mark(day) for day in days))
+    assert await streak_summary(mongo, "bo", days[-1]) == (6, 6, days[-1])
+    assert (await mongo["student_stats"].find_one({"_id": "bo"}))["longestStreak"] == 6
 
 
 async def test_heatmap_mark_and_data(ingest: httpx.AsyncClient, issuer: TokenIssuer) -> None:

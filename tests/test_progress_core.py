@@ -6,7 +6,7 @@ import datetime as dt
 
 from contract.courses import CourseMeta, meta_from_doc
 from contract.progress import ResumePoint, merge, percentage, unlocked
-from contract.streaks import Streak, local_day
+from contract.streaks import current_streak, length, local_day, run_of
 
 META = CourseMeta(
     course_id="py",
@@ -98,22 +98,21 @@ def test_local_day_depends_on_the_zone() -> None:
     assert local_day(instant, "America/New_York") == dt.date(2026, 11, 23)
 
 
-def test_streak_grows_on_consecutive_days_and_resets_after_a_gap() -> None:
+def test_streaks_come_from_the_set_of_active_days_in_any_order() -> None:
     d = dt.date(2026, 11, 1)
-    s = Streak().on_active(d)
-    assert (s.current, s.longest) == (1, 1)
-    assert s.on_active(d) is s  # the same day again: nothing changes
-    s = s.on_active(d + dt.timedelta(days=1)).on_active(d + dt.timedelta(days=2))
-    assert (s.current, s.longest) == (3, 3)
-    assert s.on_active(d) is s  # a late event for an older day
-    s = s.on_active(d + dt.timedelta(days=4))  # one day missed
-    assert (s.current, s.longest, s.last_active) == (1, 3, d + dt.timedelta(days=4))
-    assert Streak.from_doc(s.to_doc()) == s
+    days = {d + dt.timedelta(days=n) for n in (0, 1, 2, 4)}  # one day missed
+    assert run_of(days, d + dt.timedelta(days=1)) == (d, d + dt.timedelta(days=2))
+    assert length(run_of(days, d + dt.timedelta(days=4))) == 1
+    assert run_of(days, d + dt.timedelta(days=3)) is None
+    assert length(None) == 0
+    # A late day joins its run: the set does not care which day arrived first.
+    assert length(run_of(days | {d + dt.timedelta(days=3)}, d)) == 5
 
 
 def test_current_streak_reads_zero_once_a_day_was_missed() -> None:
-    s = Streak(current=5, longest=7, last_active=dt.date(2026, 11, 20))
-    assert s.current_on(dt.date(2026, 11, 20)) == 5
-    assert s.current_on(dt.date(2026, 11, 21)) == 5  # today still counts
-    assert s.current_on(dt.date(2026, 11, 22)) == 0
-    assert Streak().current_on(dt.date(2026, 11, 22)) == 0
+    last = dt.date(2026, 11, 20)
+    days = {last - dt.timedelta(days=n) for n in range(5)}
+    assert current_streak(days, last, dt.date(2026, 11, 20)) == 5
+    assert current_streak(days, last, dt.date(2026, 11, 21)) == 5  # today still counts
+    assert current_streak(days, last, dt.date(2026, 11, 22)) == 0
+    assert current_streak(set(), None, dt.date(2026, 11, 22)) == 0

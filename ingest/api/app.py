@@ -70,9 +70,7 @@ def create_app(settings: Settings) -> Starlette:
             boards=BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s),
             issuer=TokenIssuer(settings),
             verifier=TokenVerifier(settings),
-            progress=ProgressStore(
-                redis, complete_threshold=settings.complete_threshold, ttl_s=settings.progress_ttl_s
-            ),
+            progress=ProgressStore.of(redis, settings, db=db),
             catalog=CourseCatalog(
                 redis,
                 db,

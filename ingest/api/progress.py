@@ -3,11 +3,17 @@
 Writes go to Redis first (the same Lua step as the gateway's pings); the flusher takes them to
 MongoDB. The resume view is MongoDB's document merged with the Redis hash, Redis winning: one
 pipelined Redis read and one ``find_one``, issued together.
+
+Coverage over HTTP: consecutive saves of one device count (the body's ``deviceId``, else the
+token's ``jti``). ``POST /progress/complete`` completes only an unlocked lecture (403
+``lecture_locked``) that is covered like a ping would complete it, or one marked ``completable``
+in the course (else 409 ``not_watched``); an already completed lecture answers 200 again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from starlette.requests import Request
@@ -16,13 +22,23 @@ from starlette.routing import BaseRoute, Route
 
 from contract.auth import Claims
 from contract.courses import CourseMeta
-from contract.errors import BadRequest
+from contract.errors import BadRequest, Conflict, Forbidden
 from contract.http import JSONResponse, decode_body
 from contract.messages import ProgressCompleteRequest, ProgressSaveRequest
-from contract.progress import Ping, ProgressView, completion_event, emit_completions, merge
+from contract.progress import (
+    CompleteStatus,
+    Ping,
+    ProgressView,
+    completion_event,
+    emit_completions,
+    merge,
+    who,
+)
 from ingest.api.courses import course_id_param, course_meta
 from ingest.api.state import IngestState, authenticate, state
 from ingest.store import PROGRESS, progress_id
+
+log = logging.getLogger("scorecast.ingest.progress")
 
 
 def lecture_of(meta: CourseMeta, lecture_id: str) -> float:
@@ -33,10 +49,15 @@ def lecture_of(meta: CourseMeta, lecture_id: str) -> float:
 
 
 async def emit_completion(
-    st: IngestState, claims: Claims, meta: CourseMeta, lecture_id: str, now_ms: int
+    st: IngestState, claims: Claims, meta: CourseMeta, lecture_id: str, now_ms: int, first_watch_ms: int
 ) -> None:
-    event = completion_event(claims, meta, lecture_id, now_ms)
-    await emit_completions(st.redis, [event])
+    """Queue the completion; a failure is logged, not answered: the completion is stored with its
+    marker and the flusher queues it (same event id)."""
+    event = completion_event(claims, meta, lecture_id, now_ms, first_watch_ms=first_watch_ms)
+    try:
+        await emit_completions(st.redis, [event])
+    except Exception:
+        log.warning("queueing the completion of %s failed; the flusher will", lecture_id, exc_info=True)
 
 
 async def view(st: IngestState, user_id: str, meta: CourseMeta) -> ProgressView:
@@ -62,10 +83,13 @@ async def save(request: Request) -> Response:
         seq=body.seq if body.seq is not None else now_ms,
         duration=duration,
         origin="http",
+        device=f"http:{body.device_id or claims.jti}",
+        prev=meta.previous_lecture(body.lecture_id),
+        who=who(claims),
     )
     (result,) = await st.progress.save([ping], now_ms)
     if result.completed:
-        await emit_completion(st, claims, meta, body.lecture_id, now_ms)
+        await emit_completion(st, claims, meta, body.lecture_id, now_ms, result.first_watch_ms)
     return JSONResponse({"message": "synced"})
 
 
@@ -74,10 +98,31 @@ async def complete(request: Request) -> Response:
     claims = authenticate(request)
     body = await decode_body(request, ProgressCompleteRequest, max_bytes=st.settings.max_body_bytes)
     meta = await course_meta(st, body.course_id)
-    lecture_of(meta, body.lecture_id)
+    duration = lecture_of(meta, body.lecture_id)
     now_ms = int(time.time() * 1000)
-    if await st.progress.complete(claims.sub, meta.course_id, body.lecture_id, now_ms):
-        await emit_completion(st, claims, meta, body.lecture_id, now_ms)
+    done = await st.progress.complete(
+        claims.sub,
+        meta.course_id,
+        body.lecture_id,
+        now_ms,
+        prev=meta.previous_lecture(body.lecture_id),
+        completable=body.lecture_id in meta.completable,
+        need_s=st.settings.complete_threshold * duration,
+        who=who(claims),
+    )
+    if done.status == CompleteStatus.LOCKED:
+        raise Forbidden(
+            f"lecture {body.lecture_id!r} is locked until the lecture before it is completed",
+            code="lecture_locked",
+        )
+    if done.status == CompleteStatus.NOT_COVERED:
+        raise Conflict(
+            f"lecture {body.lecture_id!r} has not been watched far enough to complete "
+            f"({st.settings.complete_threshold:.0%} of it, at most real time)",
+            code="not_watched",
+        )
+    if done.status == CompleteStatus.NEW:
+        await emit_completion(st, claims, meta, body.lecture_id, now_ms, done.first_watch_ms)
     current = await view(st, claims.sub, meta)
     return JSONResponse({"message": "completed", "completionPercentage": current.completion_percentage})
 

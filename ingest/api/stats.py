@@ -1,7 +1,7 @@
 """Learner statistics: ``GET /api/v1/stats/student`` and ``GET /api/v1/stats/course-progress``.
 
-Streaks and totals are precomputed on write (``ingest.achievements``); a read only decides
-whether the current streak is still alive today, in the learner's time zone.
+The longest streak and totals are kept on write (``ingest.achievements``); the current streak and
+the last active day are read from the active days, in the learner's time zone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from starlette.routing import BaseRoute, Route
 from contract.courses import COURSES
 from contract.http import JSONResponse
 from contract.progress import percentage
-from contract.streaks import Streak, zone
+from contract.streaks import zone
+from ingest.achievements import streak_summary
 from ingest.api.state import authenticate, state
 from ingest.store import PROGRESS, STATS
 
@@ -23,14 +24,14 @@ from ingest.store import PROGRESS, STATS
 async def student(request: Request) -> Response:
     st = state(request)
     claims = authenticate(request)
-    doc = await st.mongo[STATS].find_one({"_id": claims.sub}) or {}
-    streak = Streak.from_doc(doc)
+    doc = await st.mongo[STATS].find_one({"_id": claims.sub}, {"tz": 1, "totalCompleted": 1}) or {}
     today = dt.datetime.now(zone(doc.get("tz") or claims.tz)).date()
+    current, longest, last = await streak_summary(st.mongo, claims.sub, today)
     return JSONResponse(
         {
-            "currentStreak": streak.current_on(today),
-            "longestStreak": streak.longest,
-            "lastActiveDate": doc.get("lastActiveDate"),
+            "currentStreak": current,
+            "longestStreak": longest,
+            "lastActiveDate": last.isoformat() if last else None,
             "totalCompleted": int(doc.get("totalCompleted", 0)),
         }
     )
