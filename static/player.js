@@ -100,8 +100,11 @@ function connectSocket() {
   });
 }
 
+// The server counts as watched only the advance between two consecutive pings of this
+// connection that real time allows: ping where playback starts, so its first seconds count.
 video.addEventListener("play", () => {
   clearInterval(timer);
+  sendPing();
   timer = setInterval(sendPing, PING_EVERY_MS);
 });
 video.addEventListener("pause", () => {

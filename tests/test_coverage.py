@@ -53,7 +53,7 @@ class Viewer:
         (result,) = await self.store.save([ping], T0 + int(at_s * 1000))
         return result
 
-    async def watch(self, lecture: str, start: float, end: float, at_s: float, *, every_s: float = 5.0) -> float:
+    async def watch(self, lecture: str, start: float, end: float, at_s: float, every_s: float = 5.0) -> float:
         """Play ``lecture`` from ``start`` to ``end`` at 1x from ``at_s``, pinging every ``every_s``
         (and at the start and the end, as the page does). Returns the time it ends."""
         position, now = start, at_s

@@ -60,12 +60,24 @@ async def test_watching_to_the_end_completes_and_unlocks_the_next_lecture(
 ) -> None:
     stack.start_all()
     admin = issuer.access_token(user_id="root", name="Root", roles=["admin"])
+    user = issuer.access_token(user_id="finisher", name="Grace")
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http:
         await http.put(f"/api/v1/courses/{DEMO_COURSE_ID}", json=DEMO_COURSE, headers=bearer(admin))
-    async with chromium() as browser:
+    async with chromium() as browser, httpx.AsyncClient(base_url=stack.ingest_url) as http:
         page = await log_in(browser, stack, "finisher")
+        # Seeking to the end and playing the last half second resumes there, completes nothing.
         await page.evaluate("const v = document.getElementById('video'); v.currentTime = 29.5; v.play()")
-        await page.wait_for_selector("#lectures li.done")
+        await page.wait_for_function("document.getElementById('video').ended")
+        view = await eventually(
+            lambda: http.get(f"/api/v1/progress/{DEMO_COURSE_ID}", headers=bearer(user)),
+            until=lambda r: r.json()["lastPosition"] == 30,
+        )
+        assert view.json()["completedLectures"] == []
+        # Watching it from the start, at 2x (the default maximum rate), completes it.
+        await page.evaluate(
+            "const v = document.getElementById('video'); v.currentTime = 0; v.playbackRate = 2; v.play()"
+        )
+        await page.wait_for_selector("#lectures li.done", timeout=60_000)
         classes = await page.locator("#lectures li").evaluate_all("els => els.map(e => e.className)")
         assert classes == ["done", "", "locked"]
         assert await page.text_content("#completion") == "33.3"

@@ -259,9 +259,8 @@ async def test_http_fallback_save_and_explicit_complete(
         assert r.status_code == 200
         assert (await progress(http, token))["lastPosition"] == 12.0
         for lecture, status, code in (("intro", 409, "not_watched"), ("vars", 403, "lecture_locked")):
-            r = await http.post(
-                "/api/v1/progress/complete", json={"courseId": "py", "lectureId": lecture}, headers=bearer(token)
-            )
+            body = {"courseId": "py", "lectureId": lecture}
+            r = await http.post("/api/v1/progress/complete", json=body, headers=bearer(token))
             assert (r.status_code, r.json()["error"]["code"]) == (status, code)
         for bad, status, code in (
             ({"courseId": "nope", "lectureId": "x", "position": 1}, 404, "unknown_course"),
