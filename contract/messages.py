@@ -240,8 +240,9 @@ class CompletionEvent(msgspec.Struct, rename="camel", forbid_unknown_fields=True
     name: str = ""
     region: str | None = None
     marks: int = 0
-    # When the first counted second of the lecture was watched (epoch ms; 0: unknown). With
-    # ``ts_ms`` and the lecture's duration, anomaly rules see how fast it was covered.
+    # When the first counted second of the lecture was watched (epoch ms; 0: never watched, as a
+    # ``completable`` lecture). With ``ts_ms`` and the lecture's duration, anomaly rules see how
+    # fast it was covered (the score action's ``covered_s`` and ``watch_ms``).
     first_watch_ms: int = 0
 
 

@@ -198,7 +198,7 @@ if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_pr
   redis.call('PUBLISH', '{keys.USER_CHANNEL_PREFIX}' .. user, event)
 end
 local first = 0
-if completed == 1 then first = tonumber(redis.call('HGET', h, 'f:' .. lecture) or now) end
+if completed == 1 then first = tonumber(redis.call('HGET', h, 'f:' .. lecture) or '0') end
 return {{moved, completed, 0, implausible, first}}
 """
 )
@@ -223,7 +223,7 @@ redis.call('HSET', h, 'c:' .. lecture, ARGV[2], 'p:' .. lecture, ARGV[8])
 redis.call('HINCRBY', h, 'rev', 1)
 redis.call('HSET', h, 'upd', ARGV[2])
 redis.call('PERSIST', h)
-return {1, tonumber(redis.call('HGET', h, 'f:' .. lecture) or now)}
+return {1, tonumber(redis.call('HGET', h, 'f:' .. lecture) or '0')}
 """
 )
 

@@ -197,4 +197,9 @@ class Achievements:
             course_id=event.course_id,
             source="completion",
         )
+        if meta and event.first_watch_ms and event.lecture_id not in meta.completable:
+            # What the coverage_too_fast rule judges: the seconds that had to be covered, and the
+            # wall-clock time from the first counted second to the completion.
+            action.covered_s = self.settings.complete_threshold * meta.durations.get(event.lecture_id, 0.0)
+            action.watch_ms = max(0, event.ts_ms - event.first_watch_ms)
         await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(action)})

@@ -153,7 +153,7 @@ class Flusher:
         for key in batch:
             pipe.hgetall(key)
         hashes: list[dict[str, str]] = await pipe.execute()
-        await self.emit_pending(dirty, hashes)
+        await self.emit_pending(batch, hashes)
         now = time.time()
         ops = [
             op for key, live in zip(batch, hashes, strict=True) if live for op in operations(key, live, now)
@@ -182,10 +182,10 @@ class Flusher:
         await pipe.execute()
         return len(finished)
 
-    async def emit_pending(self, dirty: list[str], hashes: list[dict[str, str]]) -> None:
+    async def emit_pending(self, batch: list[str], hashes: list[dict[str, str]]) -> None:
         """Queue the completions these hashes recorded but never queued (see the module doc)."""
         events = []
-        for key, live in zip(dirty, hashes, strict=True):
+        for key, live in zip(batch, hashes, strict=True):
             if any(field.startswith("p:") for field in live):
                 meta = await self.catalog.get(keys.parse_progress(key)[1])
                 events += pending_completions(key, live, meta)

@@ -98,6 +98,28 @@ async def test_a_redelivered_event_counts_once(redis: Any, mongo: Any, settings:
     assert await achievements.handle([("9-0", {"d": "{broken"})]) == {"9-0"}
 
 
+async def test_a_watched_completion_tells_the_anomaly_rules_how_fast_it_was_covered(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    achievements = Achievements(redis=redis, db=mongo, settings=settings)
+    await mongo["courses"].insert_one(
+        {"_id": "py", "title": "Python", "sections": [{"sectionId": "s", "title": "S", "lectures": [
+            {"lectureId": "intro", "title": "I", "durationSeconds": 60},
+            {"lectureId": "a", "title": "A", "durationSeconds": 60, "completable": True}]}]}
+    )  # fmt: skip
+    claims = Claims(sub="eve", name="Eve", exp=0, iat=0, jti="")
+    watched = completion_event(claims, COURSE, "intro", at(3, 12, 1), first_watch_ms=at(3, 12))
+    read = completion_event(claims, COURSE, "a", at(3, 13))  # completable: never watched
+    for e in (watched, read):
+        await achievements.apply(e)
+    actions = {
+        a.action_id: a
+        for a in (stream_entry_decoder.decode(f["d"]) for _, f in await redis.xrange(keys.SCORE_STREAM))
+    }
+    assert (actions[watched.event_id].covered_s, actions[watched.event_id].watch_ms) == (57.0, 60_000)
+    assert (actions[read.event_id].covered_s, actions[read.event_id].watch_ms) == (None, None)
+
+
 async def test_activities_of_consecutive_days_in_reverse_order_make_a_streak_of_two(
     redis: Any, mongo: Any, settings: Settings
 ) -> None:
