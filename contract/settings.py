@@ -153,6 +153,12 @@ class Settings:
     coverage_slack_s: float = 2.0
     coverage_max_gap_s: float = 30.0
 
+    # Operations: the worker and the flusher serve /metrics, /healthz and /readyz on a port of
+    # their own (0: none) on metrics_host.
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 0
+    flusher_metrics_port: int = 0
+
     log_level: str = "info"
 
     @classmethod

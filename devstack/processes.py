@@ -109,7 +109,13 @@ class Stack:
 
     def start(self, module: str, **overrides: object) -> Proc:
         settings = self.settings.replace(**overrides) if overrides else self.settings
-        port = {"ingest.api": settings.ingest_port, "gateway": settings.gateway_port}.get(module)
+        port = {
+            "ingest.api": settings.ingest_port,
+            "gateway": settings.gateway_port,
+            # With an operations port, started means listening there.
+            "ingest.worker": settings.worker_metrics_port or None,
+            "ingest.flusher": settings.flusher_metrics_port or None,
+        }.get(module)
         proc = Proc(module, settings, self.log_dir, port).start()
         self.procs.append(proc)
         return proc

@@ -37,6 +37,7 @@ from redis.exceptions import ResponseError
 
 from contract import keys, outage
 from contract.streams import trim_done
+from ingest.ops import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class StreamConsumer:
         self._forget = redis.register_script(_FORGET)
         self._rescue_at = 0.0  # loop time of the next look for dead consumers
         self._own_leftovers = True  # entries a dead process of the same name left pending
+        self.metrics: ConsumerMetrics | None = None  # set by a process that exports them
 
     async def ensure_group(self) -> None:
         try:
@@ -139,12 +141,16 @@ class StreamConsumer:
             return 0
         try:
             poison = set(await self.handler(entries))
-        except BaseException:
+        except BaseException as exc:
             self._retry = entries
+            if self.metrics and isinstance(exc, Exception):
+                self.metrics.batch_failures.labels(self.stream).inc()
             raise
         if poison:
             await self._dead_letter([e for e in entries if e[0] in poison], "rejected by the handler")
         await self.redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+        if self.metrics:
+            self.metrics.handled(self.stream, [entry_id for entry_id, _ in entries if entry_id not in poison])
         return len(entries)
 
     async def _claim(self) -> list[Entry]:
@@ -177,6 +183,8 @@ class StreamConsumer:
             entries, more = await self._claim_from(self.consumer, min_idle_ms=0)
             self._own_leftovers = more
             if entries:
+                if self.metrics:
+                    self.metrics.rescued.labels(self.stream).inc(len(entries))
                 return entries
         loop = asyncio.get_running_loop()
         if loop.time() < self._rescue_at:
@@ -191,6 +199,8 @@ class StreamConsumer:
                 self._rescue_at = 0.0  # look again next round: for the rest, or to remove it
             if entries:
                 log.warning("%s: took over %d entries of dead consumer %s", self.stream, len(entries), name)
+                if self.metrics:
+                    self.metrics.rescued.labels(self.stream).inc(len(entries))
                 return entries
             if not more and await self._forget(keys=[self.stream, self.deadlines], args=[self.group, name]):
                 log.info("%s: removed dead consumer %s from group %s", self.stream, name, self.group)
@@ -220,6 +230,8 @@ class StreamConsumer:
             )
         await pipe.execute()
         log.warning("dead-lettered %d entries of %s: %s", len(entries), self.stream, reason)
+        if self.metrics:
+            self.metrics.dead_lettered.labels(self.stream).inc(len(entries))
 
     async def trim_when_due(self) -> int:
         """Trim the stream's finished entries when ``trim_interval_s`` has passed since the last

@@ -44,6 +44,8 @@ from contract.clients import redis_client
 from contract.courses import CourseCatalog
 from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint, emit_completions, pending_completions
 from contract.settings import Settings
+from ingest.ops import FlusherMetrics
+from ingest.ops import serve as serve_ops
 from ingest.store import PROGRESS, progress_id, progress_on_insert
 
 log = logging.getLogger("scorecast.flusher")
@@ -114,6 +116,7 @@ class Flusher:
         self._give_back = redis.register_script(_GIVE_BACK)
         # Probed after a failed cycle, to retry as soon as both answer again.
         self.services = [outage.redis_service(redis), outage.mongo_service(db.client)]
+        self.metrics: FlusherMetrics | None = None  # set by a process that exports them
 
     async def flush_once(self) -> int:
         """Flush what a dead flusher left in flight, then every key dirty now, once. Returns how
@@ -210,12 +213,17 @@ class Flusher:
             if stop.is_set():
                 return
             try:
+                started = time.monotonic()
                 flushed = await cycle()
+                if self.metrics:
+                    self.metrics.flushed(flushed, time.monotonic() - started)
                 cycle = self.flush_once
                 if flushed:
                     log.info("flushed %d progress keys", flushed)
                 delay = self.settings.flush_interval_s
             except Exception as exc:
+                if self.metrics:
+                    self.metrics.failures.inc()
                 delay = await self._after_failure(exc, stop)
 
     async def _after_failure(self, exc: Exception, stop: asyncio.Event) -> float:
@@ -249,6 +257,12 @@ async def main(settings: Settings) -> None:
     log.info(
         "flusher running: every %.1f s, batches of %d", settings.flush_interval_s, settings.flush_batch_size
     )
+    flusher.metrics = FlusherMetrics(redis)
+    ops = await serve_ops(
+        host=settings.metrics_host, port=settings.flusher_metrics_port, registry=flusher.metrics.registry,
+        refresh=flusher.metrics.refresh, refresh_failures=flusher.metrics.refresh_failures,
+        services=flusher.services,
+    )  # fmt: skip
     try:
         await flusher.run(stop)
         try:
@@ -256,6 +270,8 @@ async def main(settings: Settings) -> None:
         except Exception:
             log.warning("final flush failed; the keys stay dirty for the next flusher", exc_info=True)
     finally:
+        if ops:
+            await ops.close()
         await redis.aclose()
         await client.close()
 

@@ -44,6 +44,8 @@ from ingest import audit, store
 from ingest.achievements import Achievements
 from ingest.anomaly import AnomalyDetector
 from ingest.consumer import Entry, StreamConsumer
+from ingest.ops import ConsumerMetrics
+from ingest.ops import serve as serve_ops
 from ingest.rebuild import rebuild_board
 
 log = logging.getLogger("scorecast.worker")
@@ -292,7 +294,19 @@ async def main(settings: Settings) -> None:
             Achievements(redis=redis, db=db, settings=settings).consumer(name),
         ]
         log.info("worker %s consuming %s", name, ", ".join(c.stream for c in consumers))
-        await asyncio.gather(*(c.run(stop) for c in consumers))
+        metrics = ConsumerMetrics(redis, {c.stream: c.group for c in consumers})
+        for c in consumers:
+            c.metrics = metrics
+        ops = await serve_ops(
+            host=settings.metrics_host, port=settings.worker_metrics_port, registry=metrics.registry,
+            refresh=metrics.refresh, refresh_failures=metrics.refresh_failures,
+            services=[outage.redis_service(redis), outage.mongo_service(client)],
+        )  # fmt: skip
+        try:
+            await asyncio.gather(*(c.run(stop) for c in consumers))
+        finally:
+            if ops:
+                await ops.close()
     finally:
         await redis.aclose()
         await client.close()

@@ -26,7 +26,7 @@ from contract.streams import BacklogGauge
 from ingest import store
 from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
 from ingest.api.client import parse_networks
-from ingest.api.metrics import IngestMetrics, metrics_endpoint
+from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
 from ingest.api.state import IngestState, state
 
 
@@ -113,4 +113,5 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.metrics = IngestMetrics()
     install_error_handlers(app)
+    count_refusals(app)
     return app

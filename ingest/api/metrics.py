@@ -5,6 +5,10 @@
   ``graded`` (a quiz that earned nothing new), ``rate_limited``, ``queue_full``, ``blocked``,
   ``forbidden``, ``unauthorized``, ``invalid`` (4xx input), ``error`` (anything else). Counted
   by this process.
+- ``scorecast_auth_failures_total{code}``: requests answered 401 (every endpoint), by error code;
+  ``scorecast_rate_limit_violations_total{code}``: requests answered 429 for a rate limit, by
+  code (``queue_full`` is back-pressure, not a violation: see ``scorecast_score_writes_total``).
+  Seed 004's security metrics, counted by this process.
 - ``scorecast_flags_raised_total{rule}``, ``scorecast_flags_open``,
   ``scorecast_blocks_applied_total``, ``scorecast_blocks_active``: read from MongoDB's ``flags``
   at each scrape. Flags are raised by the worker (any replica), so their durable count is the
@@ -23,6 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,6 +39,7 @@ from contract.errors import (
     TemporarilyBlocked,
     TooManyRequests,
 )
+from contract.http import error_for
 from ingest import store
 from ingest.anomaly import OPEN, RULES
 
@@ -90,6 +96,21 @@ class IngestMetrics:
         for endpoint in ("scores", "quiz"):
             for outcome in OUTCOMES:
                 self.score_writes.labels(endpoint, outcome)
+        self.auth_failures = Counter(
+            "scorecast_auth_failures",
+            "Requests refused 401, by error code (unauthorized, invalid_token, token_expired, ...)",
+            ["code"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "scorecast_rate_limit_violations",
+            "Requests refused 429 for going over a rate limit, by error code (not queue_full)",
+            ["code"],
+            registry=self.registry,
+        )
+        for code in ("unauthorized", "invalid_token", "token_expired"):
+            self.auth_failures.labels(code)
+        self.rate_limited.labels("rate_limited")
         self.flags = FlagCollector()
         self.registry.register(self.flags)
 
@@ -152,6 +173,21 @@ def counted(endpoint: str, handler: Endpoint) -> Endpoint:
         return response
 
     return wrapper
+
+
+def count_refusals(app: Starlette) -> None:
+    """Count every 401 and rate-limit 429 ``app`` answers, then answer as before. Call after
+    ``install_error_handlers`` (this replaces its ScorecastError handler and delegates to it)."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        metrics: IngestMetrics = request.app.state.metrics
+        if isinstance(exc, AuthError):
+            metrics.auth_failures.labels(exc.code).inc()
+        elif isinstance(exc, TooManyRequests) and exc.code != "queue_full":
+            metrics.rate_limited.labels(exc.code).inc()
+        return await error_for(request, exc)
+
+    app.add_exception_handler(ScorecastError, handler)
 
 
 async def metrics_endpoint(request: Request) -> Response:
