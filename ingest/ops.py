@@ -111,6 +111,7 @@ class ConsumerMetrics:
         for stream, group in self.groups.items():
             for by_stream in (self.processed, self.dead_lettered, self.batch_failures, self.rescued):
                 by_stream.labels(stream)
+            self.latency.labels(stream)
             self.backlog.labels(stream)
             self.lag.labels(stream, group)
             self.pending.labels(stream, group)

@@ -114,3 +114,24 @@ def test_mongodb_is_a_replica_set_that_the_processes_are_pointed_at() -> None:
     init = found[("Job", "mongo-rs-init")]
     script = " ".join(containers(init)[0]["command"])
     assert "rs.initiate" in script and replica_set in script
+
+
+def test_worker_and_flusher_are_scraped_and_probed_on_their_configured_operations_port() -> None:
+    found = resources()
+    config = found[("ConfigMap", "scorecast-config")]["data"]
+    assert config["METRICS_HOST"] == "0.0.0.0"
+    for name, setting in (
+        ("ingest-worker", "WORKER_METRICS_PORT"),
+        ("ingest-flusher", "FLUSHER_METRICS_PORT"),
+    ):
+        deployment = found[("Deployment", name)]
+        port = int(config[setting])
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port)
+        assert annotations["prometheus.io/path"] == "/metrics"
+        (container,) = containers(deployment)
+        (declared,) = container["ports"]
+        assert declared == {"name": "metrics", "containerPort": port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
