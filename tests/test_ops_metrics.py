@@ -19,6 +19,7 @@ from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port
 from tests.eventually import eventually
+from tests.helpers import login, score, scorer_token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -163,16 +164,10 @@ async def test_ingest_api_counts_failed_authentications_and_rate_limit_violation
         assert r.status_code == 401
         body = {"scoreIncrement": 1, "actionId": str(uuid.uuid4())}
         assert (await http.post("/api/v1/scores/update", json=body)).status_code == 401
-        token = issuer.access_token(user_id="ada", name="Ada")
-        codes = []
-        for _ in range(3):
-            r = await http.post(
-                "/api/v1/scores/update",
-                json={"scoreIncrement": 1, "actionId": str(uuid.uuid4())},
-                headers={"authorization": f"Bearer {token}"},
-            )
-            codes.append(r.status_code)
-        assert codes.count(429) == 2, codes
+        await login(http, "ada", "Ada")
+        scorer = scorer_token(issuer)
+        codes = [(await score(http, scorer, "ada", 1)).status_code for _ in range(3)]
+        assert codes == [202, 429, 429], codes
     samples = await scrape(f"{stack.ingest_url}/metrics")
     assert value(samples, "scorecast_auth_failures_total", code="invalid_token") == 1
     assert value(samples, "scorecast_auth_failures_total", code="unauthorized") == 1
