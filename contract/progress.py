@@ -6,7 +6,7 @@ Redis hash ``progress:{user:<id>}:<courseId>`` (one cluster slot per user):
   never moves it; a repeat of the current seq is a retransmission and changes nothing; both
   are acked);
 - ``i:<lectureId>``: what was actually watched, merged ``start-end`` intervals in seconds
-  rounded to 0.1 s (``0-12.5,20-30``), at most ``MAX_INTERVALS`` of them;
+  rounded down to 0.1 s (``0-12.5,20-30``), at most ``MAX_INTERVALS`` of them;
 - ``w:<lectureId>``: the seconds those intervals cover (monotonic: intervals only grow);
 - ``f:<lectureId>``: when the first counted interval of the lecture began (epoch ms);
 - ``x:<lectureId>``: how many implausible advances (faster than real time) the lecture saw —
@@ -78,7 +78,9 @@ local function hydrated(h, hydration, ttl)
   redis.call('EXPIRE', h, tonumber(ttl))  -- a change PERSISTs it; a refused call leaves no litter
   return true
 end
-local function round1(x) return math.floor(x * 10 + 0.5) / 10 end
+-- Down to 0.1 s (the epsilon undoes binary fractions: 2.3 * 10 = 22.999...): never past the
+-- position pinged, and adjacent intervals still meet exactly.
+local function round1(x) return math.floor(x * 10 + 1e-6) / 10 end
 local function fmt(x) return (string.gsub(string.format('%.1f', x), '%.0$', '')) end
 -- ``s`` (merged intervals) with [a, b] added: the new string and the seconds covered, or nil
 -- when that would exceed the interval budget.

@@ -52,9 +52,16 @@ class Policy:
     outage_grace_s: float = 5.0
 
 
-# Issue #10 (scoring): direct writes need a scorer token naming the user; a quiz counts its best
-# attempt per user.
-CURRENT = Policy(score_writes="scorer", quiz_counts="best")
+# Issue #10: direct writes need a scorer token naming the user; a quiz counts its best attempt
+# per user; watching completes a lecture by the coverage of one device's consecutive pings (at the
+# server's default MAX_PLAYBACK_RATE and COVERAGE_SLACK_S), never a locked one.
+CURRENT = Policy(
+    score_writes="scorer",
+    quiz_counts="best",
+    completion_by="coverage",
+    locked_can_complete=False,
+    coverage_slack_s=2.0,
+)
 
 
 def quiz_points(policy: Policy, grades: Sequence[int]) -> int:

@@ -210,3 +210,16 @@ async def test_intervals_merge_and_stay_bounded(store: ProgressStore) -> None:
         await many.ping("l1", n * 0.6, n * 10, device=f"d{n}")
         await many.ping("l1", n * 0.6 + 0.3, n * 10 + 1, device=f"d{n}")
     assert len((await many.field("i:l1") or "").split(",")) == 100
+
+
+async def test_covered_seconds_never_pass_the_furthest_position_pinged(store: ProgressStore) -> None:
+    # Found by the simulation: rounding to the nearest 0.1 s answered 2.7 for a ping at 2.695.
+    ana = Viewer(store)
+    await ana.ping("l1", 0.0, 0)
+    await ana.ping("l1", 2.695, 2)
+    await ana.ping("l1", 4.3, 3)  # 4.3 * 10 is 42.99999... in binary: still 4.3
+    assert (await ana.field("i:l1"), await ana.field("w:l1")) == ("0-4.3", "4.3")
+    bo = Viewer(store, "bo")
+    await bo.ping("l1", 0.0, 0)
+    await bo.ping("l1", 2.695, 2)
+    assert await bo.field("w:l1") == "2.6"
