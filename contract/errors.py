@@ -79,9 +79,12 @@ class TooManyRequests(ScorecastError):
     status = 429
     default_code = "rate_limited"
 
-    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: int = 1, bucket: str = ""
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
+        self.bucket = bucket  # which rate limit refused (``user``, ``region``); for metrics
 
 
 class Unavailable(ScorecastError):

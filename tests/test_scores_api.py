@@ -244,6 +244,10 @@ async def test_a_region_has_its_own_bucket(settings: Settings, redis: Any, mongo
         for other in ("dee", "eve"):  # other regions (and no region) have their own budgets
             r = await client.post("/api/v1/scores/update", json=action(user_id=other), headers=bearer(token))
             assert r.status_code == 202
+        # The same error code for both buckets; /metrics tells them apart.
+        text = (await client.get("/metrics")).text
+        assert 'scorecast_score_writes_total{endpoint="scores",outcome="region_limited"} 1.0' in text
+        assert 'scorecast_score_writes_total{endpoint="scores",outcome="rate_limited"} 0.0' in text
     assert await redis.xlen(keys.SCORE_STREAM) == 5
 
 

@@ -2,7 +2,8 @@
 
 - ``scorecast_score_writes_total{endpoint, outcome}``: score writes (``scores``: POST
   /scores/update; ``quiz``: POST /quiz/submit) by outcome: ``accepted``, ``duplicate``,
-  ``graded`` (a quiz that earned nothing new), ``rate_limited``, ``queue_full``, ``blocked``,
+  ``graded`` (a quiz that earned nothing new), ``rate_limited`` (the scored user's bucket),
+  ``region_limited`` (the bucket of the scored user's region), ``queue_full``, ``blocked``,
   ``forbidden``, ``unauthorized``, ``invalid`` (4xx input), ``error`` (anything else). Counted
   by this process.
 - ``scorecast_auth_failures_total{code}``: requests answered 401 (every endpoint), by error code;
@@ -45,7 +46,8 @@ from ingest.anomaly import OPEN, RULES
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 OUTCOMES = (
-    "accepted", "duplicate", "graded", "rate_limited", "queue_full", "blocked", "forbidden",
+    "accepted", "duplicate", "graded", "rate_limited", "region_limited", "queue_full", "blocked",
+    "forbidden",
     "unauthorized", "invalid", "error",
 )  # fmt: skip
 
@@ -137,6 +139,8 @@ class IngestMetrics:
 def outcome_of(response: Response | None, exc: BaseException | None) -> str:
     if exc is not None:
         if isinstance(exc, TooManyRequests):
+            if exc.code == "rate_limited" and exc.bucket == "region":
+                return "region_limited"
             return exc.code if exc.code in ("rate_limited", "queue_full") else "rate_limited"
         if isinstance(exc, TemporarilyBlocked):
             return "blocked"

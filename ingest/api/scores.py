@@ -94,6 +94,7 @@ async def check_rate(st: IngestState, user_id: str, region: str | None) -> None:
             "too many score writes for this user; slow down",
             code="rate_limited",
             retry_after_s=-(-wait_ms // 1000),
+            bucket="user",
         )
     wait_ms = int(
         await bucket(
@@ -106,6 +107,7 @@ async def check_rate(st: IngestState, user_id: str, region: str | None) -> None:
             f"too many score writes in region {region or '(none)'}; slow down",
             code="rate_limited",
             retry_after_s=-(-wait_ms // 1000),
+            bucket="region",
         )
 
 
