@@ -1,8 +1,8 @@
 """A cheating client against the real stack (issue #10): every trick is refused, counted once or
 flagged, and an honest learner next to the cheater is untouched.
 
-Scoring tricks live here; the video tricks (seek-to-end, implausible ping bursts) belong beside
-them once completion by coverage lands."""
+Scoring tricks live here; the video tricks (seek-to-end, implausible ping bursts, locked
+lectures) are played against an honest viewer in tests/test_watch_coverage.py."""
 
 from __future__ import annotations
 
