@@ -15,6 +15,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from contract.logs import install_redaction
 from contract.settings import Settings
 from gateway.app import create_app
 from gateway.sse import SlowClientError, serve
@@ -42,6 +43,7 @@ class _HideSlowClients(logging.Filter):
 
 
 def main() -> None:
+    install_redaction()  # uvicorn logs a WebSocket handshake's query string: access_token=…
     settings = Settings.from_env()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # one descriptor per connection

@@ -42,6 +42,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 from contract import keys, outage
 from contract.clients import redis_client
 from contract.courses import CourseCatalog
+from contract.logs import install_redaction
 from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint, emit_completions, pending_completions
 from contract.settings import Settings
 from ingest.ops import FlusherMetrics
@@ -277,6 +278,7 @@ async def main(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
+    install_redaction()
     _settings = Settings.from_env()
     logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     import uvloop

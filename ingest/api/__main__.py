@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uvicorn
 
+from contract.logs import install_redaction
 from contract.settings import Settings
 from ingest.api.app import create_app
 
 
 def main() -> None:
+    install_redaction()
     settings = Settings.from_env()
     uvicorn.run(
         create_app(settings),
