@@ -160,6 +160,7 @@ class Settings:
     flusher_metrics_port: int = 0
 
     log_level: str = "info"
+    log_format: str = "text"  # text, or json: one JSON object per line (contract/logs.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

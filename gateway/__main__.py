@@ -15,7 +15,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
-from contract.logs import install_redaction
+from contract.logs import install_redaction, setup_logging, uvicorn_log_config
 from contract.settings import Settings
 from gateway.app import create_app
 from gateway.sse import SlowClientError, serve
@@ -45,6 +45,7 @@ class _HideSlowClients(logging.Filter):
 def main() -> None:
     install_redaction()  # uvicorn logs a WebSocket handshake's query string: access_token=…
     settings = Settings.from_env()
+    setup_logging(log_format=settings.log_format, level=settings.log_level)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # one descriptor per connection
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -54,6 +55,7 @@ def main() -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_format),
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",

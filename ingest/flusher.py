@@ -42,7 +42,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 from contract import keys, outage
 from contract.clients import redis_client
 from contract.courses import CourseCatalog
-from contract.logs import install_redaction
+from contract.logs import install_redaction, setup_logging
 from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint, emit_completions, pending_completions
 from contract.settings import Settings
 from ingest.ops import FlusherMetrics
@@ -280,7 +280,7 @@ async def main(settings: Settings) -> None:
 if __name__ == "__main__":
     install_redaction()
     _settings = Settings.from_env()
-    logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    setup_logging(log_format=_settings.log_format, level=_settings.log_level)
     import uvloop
 
     uvloop.run(main(_settings))

@@ -38,7 +38,7 @@ from contract import keys, outage
 from contract.boards import segments_for
 from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore, Profile
 from contract.clients import redis_client
-from contract.logs import install_redaction
+from contract.logs import install_redaction, setup_logging
 from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
 from contract.settings import Settings
 from ingest import audit, store
@@ -316,7 +316,7 @@ async def main(settings: Settings) -> None:
 if __name__ == "__main__":
     install_redaction()
     _settings = Settings.from_env()
-    logging.basicConfig(level=_settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    setup_logging(log_format=_settings.log_format, level=_settings.log_level)
     import uvloop
 
     uvloop.run(main(_settings))

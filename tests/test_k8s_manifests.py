@@ -120,6 +120,7 @@ def test_worker_and_flusher_are_scraped_and_probed_on_their_configured_operation
     found = resources()
     config = found[("ConfigMap", "scorecast-config")]["data"]
     assert config["METRICS_HOST"] == "0.0.0.0"
+    assert config["LOG_FORMAT"] == "json"
     for name, setting in (
         ("ingest-worker", "WORKER_METRICS_PORT"),
         ("ingest-flusher", "FLUSHER_METRICS_PORT"),
