@@ -133,6 +133,7 @@ async def test_flusher_is_not_ready_and_counts_failures_while_mongodb_is_unreach
     failed = await eventually(
         lambda: scrape(f"http://127.0.0.1:{port}/metrics"),
         until=lambda s: value(s, "scorecast_flush_failures_total") >= 1,
+        timeout_s=60,  # a cycle fails after the flusher's MongoDB server selection timeout (5 s)
     )
     assert value(failed, "scorecast_flush_keys_total") == 0
 
