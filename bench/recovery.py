@@ -45,12 +45,12 @@ from ingest.store import PROGRESS, SCORE_EVENTS
 
 
 async def until(
-    probe: Callable[[], Awaitable[bool]], timeout_s: float = 120.0, every_s: float = 0.01
+    probe: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 120.0, every_s: float = 0.01
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while not await probe():
         if time.monotonic() > deadline:
-            raise SystemExit("timed out waiting")
+            raise SystemExit(f"timed out waiting for {what}")
         await asyncio.sleep(every_s)
 
 
@@ -59,6 +59,7 @@ class SseWatcher:
 
     def __init__(self) -> None:
         self.scores: dict[str, int] = {}
+        self.snapshot = asyncio.Event()
 
     async def consume(self, response: httpx.Response) -> None:
         async for line in response.aiter_lines():
@@ -66,6 +67,7 @@ class SseWatcher:
                 data = json.loads(line[5:])
                 if "leaderboard" in data:
                     self.scores = {e["userId"]: e["score"] for e in data["leaderboard"]}
+                    self.snapshot.set()
 
 
 @contextlib.asynccontextmanager
@@ -107,18 +109,22 @@ async def redis_outage(stack: Stack, redis: ManagedServer, down_s: float) -> tup
     scorer = issuer.access_token(user_id="points-service", name="Points service", roles=["scorer"])
     async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=5) as http, watching(stack, token) as sse:
         (await http.post("/api/v1/auth/login", json={"userId": "ada", "name": "Ada"})).raise_for_status()
+        await asyncio.wait_for(sse.snapshot.wait(), 30)
         before = sse.scores.get("ada", 0)
         assert await write(http, scorer, "ada", 1, str(uuid.uuid4()))
-        await until(lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 1))
+        await until(lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 1), "the first write on SSE")
         await asyncio.sleep(1.5)  # past the AOF's fsync (every second)
         redis.kill()
         await asyncio.sleep(down_s)
         redis.start()
         answered = time.monotonic()
         action = str(uuid.uuid4())
-        await until(lambda: write(http, scorer, "ada", 1, action))
+        await until(lambda: write(http, scorer, "ada", 1, action), "a 202 after the restart")
         accepted = time.monotonic()
-        await until(lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 2))
+        await until(
+            lambda: asyncio.sleep(0, sse.scores.get("ada") == before + 2),
+            "the write on SSE",
+        )
         return accepted - answered, time.monotonic() - answered
 
 
@@ -146,7 +152,7 @@ async def mongo_outage(settings: Settings, mongo: ManagedServer, redis: Any, dow
 
     try:
         await ping()
-        await until(newest_in_mongo, every_s=0.05)
+        await until(newest_in_mongo, "the first position in MongoDB", every_s=0.05)
         mongo.stop()
         ends = time.monotonic() + down_s
         while time.monotonic() < ends:  # the player keeps pinging through the outage
@@ -154,7 +160,7 @@ async def mongo_outage(settings: Settings, mongo: ManagedServer, redis: Any, dow
             await asyncio.sleep(0.5)
         mongo.start()
         answered = time.monotonic()
-        await until(newest_in_mongo, every_s=0.02)
+        await until(newest_in_mongo, "the newest position in MongoDB", every_s=0.02)
         return time.monotonic() - answered
     finally:
         await client.close()
@@ -184,7 +190,7 @@ async def worker_crash(stack: Stack, redis: Any, mongo: Any) -> tuple[int, float
             doomed.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         return bool(held)
 
-    await until(frozen_holding, every_s=0.02)
+    await until(frozen_holding, "the worker frozen holding entries", every_s=0.02)
     doomed.kill()
     started = time.monotonic()
     stack.start("ingest.worker", consumer_name=f"rescuer-{uuid.uuid4().hex[:6]}")
@@ -195,7 +201,7 @@ async def worker_crash(stack: Stack, redis: Any, mongo: Any) -> tuple[int, float
         )
         return not left
 
-    await until(applied, every_s=0.02)
+    await until(applied, "the entries applied", every_s=0.02)
     elapsed = time.monotonic() - started
     assert await mongo[SCORE_EVENTS].count_documents({"userId": "bob", "applied": True}) >= 400 - 20
     return len(held), elapsed
