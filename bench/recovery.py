@@ -150,6 +150,18 @@ async def mongo_outage(settings: Settings, mongo: ManagedServer, redis: Any, dow
         point = ResumePoint.of_document(doc) if doc else None
         return point is not None and point.seq == seq
 
+    async def pings() -> bool:
+        fresh: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongo_url, serverSelectionTimeoutMS=200, connectTimeoutMS=200
+        )
+        try:
+            await fresh.admin.command("ping")
+        except Exception:
+            return False
+        finally:
+            await fresh.close()
+        return True
+
     try:
         await ping()
         await until(newest_in_mongo, "the first position in MongoDB", every_s=0.05)
@@ -159,6 +171,7 @@ async def mongo_outage(settings: Settings, mongo: ManagedServer, redis: Any, dow
             await ping()
             await asyncio.sleep(0.5)
         mongo.start()
+        await until(pings, "MongoDB answering a ping", every_s=0.02)
         answered = time.monotonic()
         await until(newest_in_mongo, "the newest position in MongoDB", every_s=0.02)
         return time.monotonic() - answered

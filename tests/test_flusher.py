@@ -374,3 +374,35 @@ async def test_completions_reach_a_progress_document_the_flusher_created_first(
     live = {"w:intro": "60.0", "c:intro": "2000", "lecture": "intro", "pos": "60.0", "seq": "2"}
     await mongo[PROGRESS].bulk_write(operations(keys.progress("bob", "py"), live, 2.0))
     assert (await mongo[PROGRESS].find_one({"_id": "bob|py"})).get("completedLectures") == ["intro"]
+
+
+class StalledWrite(PingDuringWrite):
+    """A flusher whose MongoDB write waits (an outage ending under it) while a ping lands."""
+
+    async def write(self, ops: list[UpdateOne]) -> None:
+        if not self.pinged:
+            await asyncio.sleep(1.5)
+        await super().write(ops)
+
+
+async def test_what_changed_during_a_stalled_write_is_flushed_at_once(
+    redis: Any, mongo: Any, settings: Settings
+) -> None:
+    store = store_of(redis, settings)
+    await store.save([Ping("u0", "c1", "l1", 10.0, 1, 1000.0)], now_ms=1)
+    # Left in flight by a dead flusher: the new one's first cycle (at start) writes it.
+    await redis.smove(keys.PROGRESS_DIRTY, keys.PROGRESS_INFLIGHT, keys.progress("u0", "c1"))
+    flusher = StalledWrite(store, redis=redis, db=mongo, settings=settings.replace(flush_interval_s=3600.0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(flusher.run(stop))
+    try:
+
+        async def resume_point() -> ResumePoint | None:
+            doc = await mongo[PROGRESS].find_one({"_id": "u0|c1"})
+            return ResumePoint.of_document(doc) if doc else None
+
+        # Not an hour later: the ping that landed during the stalled write follows at once.
+        assert await eventually(resume_point, until=lambda p: p == ResumePoint(99, "l1", 999.0))
+    finally:
+        stop.set()
+        await task
