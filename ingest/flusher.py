@@ -54,8 +54,8 @@ log = logging.getLogger("scorecast.flusher")
 # The flusher's MongoDB client gives up on an unreachable server after this long (pymongo's 30 s
 # default would hold a failed cycle, and the retry after it, that long).
 SERVER_SELECTION_TIMEOUT_MS = 5000
-# A write that took longer than this waited for MongoDB (an outage that ended under it); what
-# changed meanwhile is flushed again at once instead of an interval later.
+# A write that took longer than this waited for MongoDB (an outage that ended under it): the
+# cycle is followed at once by another, for what changed meanwhile, instead of an interval later.
 STALLED_WRITE_S = 1.0
 
 # KEYS: dirty set, in-flight set. ARGV: how many. Moves up to that many keys from the first to the
@@ -116,7 +116,7 @@ class Flusher:
         self.store = ProgressStore.of(redis, settings)
         self.catalog = CourseCatalog(redis, db, ttl_s=settings.course_meta_ttl_s)
         self.writes = 0  # MongoDB write operations issued, for the benchmark
-        # Set by a batch whose write stalled while keys of it changed: the next cycle runs at once.
+        # Set by a batch whose write stalled: the next cycle runs at once.
         self.catch_up = False
         self._take = redis.register_script(_TAKE)
         self._give_back = redis.register_script(_GIVE_BACK)
@@ -167,8 +167,8 @@ class Flusher:
         ops = [
             op for key, live in zip(batch, hashes, strict=True) if live for op in operations(key, live, now)
         ]
-        started = time.monotonic()
         if ops:
+            started = time.monotonic()
             try:
                 await self.write(ops)
             except Exception:
@@ -176,6 +176,7 @@ class Flusher:
                 with contextlib.suppress(Exception):
                     await self._give_back(keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=batch)
                 raise
+            self.catch_up |= time.monotonic() - started > STALLED_WRITE_S
         pipe = self.redis.pipeline(transaction=False)
         for key, live in zip(batch, hashes, strict=True):
             await self.store.flushed(keys=[key], args=[live.get("rev", ""), self.store.ttl_s], client=pipe)
@@ -189,7 +190,6 @@ class Flusher:
             await self._give_back(
                 keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=changed, client=pipe
             )
-            self.catch_up |= time.monotonic() - started > STALLED_WRITE_S
         await pipe.execute()
         return len(finished)
 
@@ -213,10 +213,11 @@ class Flusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Flush what a dead flusher left in flight at once, then every ``flush_interval_s`` until
         ``stop``. A failed cycle is retried one interval on at the latest, and as soon as Redis and
-        MongoDB answer again when they were unreachable; a cycle whose write waited for MongoDB is
-        followed at once by one for the keys that changed meanwhile."""
+        MongoDB answer again when they were unreachable; the first cycle after a failed one, or one
+        whose write waited for MongoDB, is followed at once by another (once in a row), for the
+        keys that changed meanwhile."""
         delay, cycle = 0.0, self.recover  # at start: only what a dead predecessor left in flight
-        catching_up = False
+        failed = catching_up = False
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -230,14 +231,16 @@ class Flusher:
                 cycle = self.flush_once
                 if flushed:
                     log.info("flushed %d progress keys", flushed)
-                # One catch-up in a row at most: a MongoDB that is merely slow must not turn the
-                # write-behind into a write-through.
-                catching_up = self.catch_up and not catching_up
-                self.catch_up = False
+                # The first cycle after a failed one, or one whose write waited for MongoDB, is
+                # followed at once by another: pings kept coming while it waited. One in a row at
+                # most: a MongoDB that is merely slow must not turn write-behind into write-through.
+                catching_up = (self.catch_up or failed) and not catching_up
+                self.catch_up = failed = False
                 delay = 0.0 if catching_up else self.settings.flush_interval_s
             except Exception as exc:
                 if self.metrics:
                     self.metrics.failures.inc()
+                failed, catching_up = True, False
                 delay = await self._after_failure(exc, stop)
 
     async def _after_failure(self, exc: Exception, stop: asyncio.Event) -> float:
