@@ -82,12 +82,20 @@ end
 -- position pinged, and adjacent intervals still meet exactly.
 local function round1(x) return math.floor(x * 10 + 1e-6) / 10 end
 local function fmt(x) return (string.gsub(string.format('%.1f', x), '%.0$', '')) end
--- ``s`` (merged intervals) with [a, b] added: the new string and the seconds covered, or nil
--- when that would exceed the interval budget.
-local function merge(s, a, b)
+-- ``s`` (merged intervals, covering ``total`` seconds) with [a, b] added: the new string and the
+-- seconds covered, or nil when that would exceed the interval budget.
+local function merge(s, total, a, b)
+  a, b = round1(a), round1(b)
+  -- The common case: playback goes on inside the last interval; extend it in place.
+  local head, x, y = string.match(s, '^(.-)([%d%.]+)-([%d%.]+)$')
+  x, y = tonumber(x), tonumber(y)
+  if x and a >= x and a <= y then
+    if b <= y then return s, total end
+    return head .. fmt(x) .. '-' .. fmt(b), round1(total + b - y)
+  end
   local list = {{}}
   for x, y in string.gmatch(s, '([%d%.]+)-([%d%.]+)') do list[#list + 1] = {{tonumber(x), tonumber(y)}} end
-  list[#list + 1] = {{round1(a), round1(b)}}
+  list[#list + 1] = {{a, b}}
   table.sort(list, function(p, q) return p[1] < q[1] end)
   local out = {{}}
   for _, iv in ipairs(list) do
@@ -136,14 +144,19 @@ local prev, rate, slack, gap_ms, ttl = f[11], tonumber(f[12]), tonumber(f[13]), 
 local h, dev = KEYS[1], KEYS[3]
 if not hydrated(h, ARGV[3], ttl) then return {{0, 0, 1, 0, 0}} end
 local pos, seq, now = tonumber(pos_s), tonumber(seq_s), tonumber(now_s)
-local changed, moved, completed, implausible = 0, 0, 0, 0
-local current = tonumber(redis.call('HGET', h, 'seq') or '-1')
+-- Everything this step reads of the hash, in one call; everything it writes, in one HSET.
+local got = redis.call('HMGET', h, 'seq', 'rev', 'c:' .. lecture, 'i:' .. lecture, 'w:' .. lecture,
+  'f:' .. lecture, 'c:' .. prev)
+local current = tonumber(got[1] or '-1')
 if seq == current then return {{0, 0, 0, 0, 0}} end
+local sets = {{}}
+local function put(field, value) sets[#sets + 1] = field; sets[#sets + 1] = value end
+local changed, moved, completed, implausible = 0, 0, 0, 0
 if seq > current then
-  redis.call('HSET', h, 'lecture', lecture, 'pos', pos_s, 'seq', seq_s)
+  put('lecture', lecture); put('pos', pos_s); put('seq', seq_s)
   changed, moved = 1, 1
 end
-local is_locked = locked(h, prev)
+local is_locked = prev ~= '' and not got[7]
 -- What this device watched since its previous ping.
 local last = redis.call('GET', dev)
 local credit, from = slack, nil
@@ -173,24 +186,32 @@ if newer then
   redis.call('SET', dev, lecture .. '\\31' .. pos_s .. '\\31' .. now_s .. '\\31' .. seq_s .. '\\31' .. credit,
     'PX', gap_ms)
 end
+local covered_s, first = tonumber(got[5] or '0'), got[6]
 if from then
-  local ikey = 'i:' .. lecture
-  local merged, total = merge(redis.call('HGET', h, ikey) or '', from[1], pos)
+  local merged, total = merge(got[4] or '', covered_s, from[1], pos)
   if merged then
-    redis.call('HSET', h, ikey, merged, 'w:' .. lecture, fmt(total))
-    redis.call('HSETNX', h, 'f:' .. lecture, string.format('%d', from[2]))
+    covered_s = total
+    put('i:' .. lecture, merged); put('w:' .. lecture, fmt(total))
+    if not first then
+      first = string.format('%d', from[2])
+      put('f:' .. lecture, first)
+    end
     changed = 1
   end
 end
+-- Completes at the threshold covered, and no sooner than real time allows since the first
+-- counted second (see ``covered`` in the library above).
 local duration = tonumber(duration_s)
-if duration and duration > 0 and not is_locked and redis.call('HEXISTS', h, 'c:' .. lecture) == 0
-    and covered(h, lecture, tonumber(threshold) * duration, now, rate, slack) then
-  redis.call('HSET', h, 'c:' .. lecture, now_s, 'p:' .. lecture, ARGV[2])
-  completed, changed = 1, 1
+if duration and duration > 0 and not is_locked and not got[3] then
+  local need = tonumber(threshold) * duration
+  if covered_s >= need and (now - tonumber(first or now_s)) / 1000 * rate + slack >= need then
+    put('c:' .. lecture, now_s); put('p:' .. lecture, ARGV[2])
+    completed, changed = 1, 1
+  end
 end
 if changed == 1 then
-  redis.call('HINCRBY', h, 'rev', 1)
-  redis.call('HSET', h, 'upd', now_s)
+  put('rev', string.format('%d', (tonumber(got[2]) or 0) + 1)); put('upd', now_s)
+  redis.call('HSET', h, unpack(sets))
   redis.call('PERSIST', h)
 end
 if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_presence) then
@@ -199,9 +220,7 @@ if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_pr
     .. ',"seq":' .. seq_s .. ',"origin":"' .. origin .. '"}}'
   redis.call('PUBLISH', '{keys.USER_CHANNEL_PREFIX}' .. user, event)
 end
-local first = 0
-if completed == 1 then first = tonumber(redis.call('HGET', h, 'f:' .. lecture) or '0') end
-return {{moved, completed, 0, implausible, first}}
+return {{moved, completed, 0, implausible, completed == 1 and tonumber(first or '0') or 0}}
 """
 )
 
