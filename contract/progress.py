@@ -340,6 +340,7 @@ class ProgressStore:
         gap_ms = int(coverage_max_gap_s * 1000)
         self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}"
         self._ping_sha: str | None = None
+        self.round_trips = 0  # pipelined ping round trips, refills included (observable)
         self._complete = redis.register_script(_COMPLETE)
         self.flushed = redis.register_script(_FLUSHED)
 
@@ -425,6 +426,7 @@ class ProgressStore:
         """Send ``count`` packed commands and read their replies; an error reply is returned in
         its place (the replies after it are still read, so the connection stays in step). A
         dropped connection is retried by the pool's own policy (see ``contract.clients``)."""
+        self.round_trips += 1
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
 

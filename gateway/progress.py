@@ -105,8 +105,8 @@ class ProgressWriter:
         while self._pending:
             batch, self._pending = self._pending, []
             now_ms = int(time.time() * 1000)
+            trips = self.store.round_trips
             try:
-                self.round_trips.inc()
                 results = await self.store.save([item for item, _, _, _ in batch], now_ms)
             except Exception:
                 log.warning("saving %d pings failed", len(batch), exc_info=True)
@@ -116,6 +116,9 @@ class ProgressWriter:
                             ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
                         )
                 continue
+            finally:
+                # One per batch, or two when an expired hash was refilled from MongoDB first.
+                self.round_trips.inc(self.store.round_trips - trips)
             completions = [
                 completion_event(claims, meta, item.lecture_id, now_ms, first_watch_ms=result.first_watch_ms)
                 for (item, claims, meta, _), result in zip(batch, results, strict=True)
