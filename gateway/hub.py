@@ -147,7 +147,10 @@ class Hub:
         self.connections: set[Connection] = set()
         self.names: dict[str, tuple[str, float]] = {}
         self.draining = False
+        # Set exactly while no connection is registered (cleared by every register): a drain
+        # waits on it, so a count that touched zero before cannot end a later drain early.
         self._all_gone = asyncio.Event()
+        self._all_gone.set()
         # Set by the listener: called with a channel to (un)subscribe.
         self.follow: Any = lambda channel: None
         self.unfollow: Any = lambda channel: None
@@ -171,6 +174,9 @@ class Hub:
         conn.life.move(State.OPEN)
         conn.task = asyncio.current_task()
         self.connections.add(conn)
+        self._all_gone.clear()
+        if self.draining:  # registered while a drain runs: told to reconnect like the others
+            conn.drain()
         self.metrics.connections.labels(conn.transport).inc()
         if conn.transport == "ws":
             users = self.users.setdefault(conn.user_id, set())

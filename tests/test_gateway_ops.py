@@ -164,3 +164,45 @@ async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
         line for line in metrics.splitlines() if line.startswith("scorecast_gateway_dropped_frames_total")
     ]
     assert dropped and float(dropped[0].split()[1]) > 0  # unsent frames were replaced by newer ones
+
+
+async def test_a_drain_after_the_count_touched_zero_waits_for_every_client(
+    settings: Settings, redis: Any
+) -> None:
+    """The count of connections reached zero once; a later drain still waits for the clients of
+    then, each told to reconnect, none cut short (failed before: the "all gone" event stayed set
+    from the first zero and the drain kicked everyone at once)."""
+    app = create_app(settings)
+    async with asgi_client(app, "http://gateway"):
+        hub = app.state.gateway.hub
+        leave = asyncio.Event()
+
+        async def client(conn: Connection) -> None:
+            hub.register(conn)
+            try:
+                assert await conn.next_frames() == []  # drained: nothing more to write
+                await leave.wait()  # the client takes its time to go
+            finally:
+                hub.unregister(conn)
+
+        async def touch_zero() -> None:
+            early = Connection("sse", "early")
+            hub.register(early)
+            hub.unregister(early)
+
+        await asyncio.create_task(touch_zero())
+        late = [Connection(transport, f"late-{i}") for i, transport in enumerate(["sse", "ws", "ws"])]
+        clients = [asyncio.create_task(client(conn)) for conn in late]
+        await eventually(lambda: asyncio.sleep(0, len(hub.connections)), until=lambda n: n == 3)
+        drain = asyncio.create_task(hub.drain(60))
+        await eventually(
+            lambda: asyncio.sleep(0, [c.life.state for c in late]), until=lambda s: set(s) == {State.DRAINING}
+        )
+        await asyncio.sleep(0.3)  # room for a drain that would end early to do so
+        assert not drain.done()
+        assert [c.life.state for c in late] == [State.DRAINING] * 3  # none kicked
+        leave.set()
+        await asyncio.wait_for(drain, 20)
+        for task in clients:
+            await task  # ended on their own: not cancelled by a kick
+        assert not hub.connections
