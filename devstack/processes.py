@@ -64,6 +64,12 @@ class Proc:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.module} did not listen on {self.port}:\n{self.log()}")
 
+    @property
+    def url(self) -> str:
+        """The HTTP base URL of a process that listens (the API, a gateway)."""
+        assert self.port is not None, f"{self.module} does not listen"
+        return f"http://127.0.0.1:{self.port}"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
 
@@ -119,6 +125,11 @@ class Stack:
         proc = Proc(module, settings, self.log_dir, port).start()
         self.procs.append(proc)
         return proc
+
+    def start_gateway(self, **overrides: object) -> Proc:
+        """One more gateway, on a free port of its own, beside the one ``start("gateway")`` puts on
+        ``gateway_url``: every gateway shares the stack's Redis and MongoDB."""
+        return self.start("gateway", gateway_port=free_port(), **overrides)
 
     def start_all(self) -> Stack:
         for module in ("ingest.api", "ingest.worker", "gateway"):
