@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# GATEWAYS=n WORKERS=n: n gateways (consecutive ports from 8001) and n workers on the one Redis.
+GATEWAYS ?= 1
+WORKERS ?= 1
 run: $(STAMP)
-	$(BIN)/python -m devstack
+	GATEWAYS=$(GATEWAYS) WORKERS=$(WORKERS) $(BIN)/python -m devstack
 
 # Headless Chromium for the page tests (Debian package); skipped quietly where apt is unavailable,
 # in which case the browser tests fail loudly rather than being skipped.

@@ -2,7 +2,9 @@
 
 Starts the embedded servers (unless ``REDIS_URL`` / ``MONGO_URL`` are set), then the ingest
 API, the worker, the flusher and the gateway as child processes; restarts a child that dies;
-Ctrl-C (or SIGTERM) stops everything in order: gateway first (it drains), servers last.
+Ctrl-C (or SIGTERM) stops everything in order: gateways first (they drain), servers last.
+``GATEWAYS=n`` / ``WORKERS=n`` (``make run GATEWAYS=2 WORKERS=2``) start n of each: the gateways on
+consecutive free ports from ``GATEWAY_PORT``, every one on the same Redis and MongoDB.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ class Child:
                 self.process.wait()
 
 
+def _count(env: dict[str, str], name: str) -> int:
+    raw = env.get(name, "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise ValueError(f"{name} must be a whole number from 1 to 16, not {raw!r}")
+    return int(raw)
+
+
 def main() -> int:
     data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +85,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     children: list[Child] = []
     try:
+        gateways, workers = _count(env, "GATEWAYS"), _count(env, "WORKERS")
+    except ValueError as exc:
+        print(f"[devstack] {exc}", file=sys.stderr)
+        return 2
+    try:
         if not env.get("REDIS_URL"):
             port = _port(int(env.get("EMBEDDED_REDIS_PORT", "6379")))
             servers.append(redis_server(port, data_dir / "redis").start())
@@ -89,29 +103,49 @@ def main() -> int:
         env.setdefault("STATIC_DIR", str(ROOT / "static"))
         env.setdefault("PYTHONUNBUFFERED", "1")
         ingest_port = env.setdefault("INGEST_PORT", "8000")
-        gateway_port = env.setdefault("GATEWAY_PORT", "8001")
+        gateway_ports = [env.setdefault("GATEWAY_PORT", "8001")]
+        while len(gateway_ports) < gateways:
+            candidate = str(_port(int(gateway_ports[-1]) + 1))
+            if candidate not in (ingest_port, *gateway_ports):
+                gateway_ports.append(candidate)
         env.setdefault("PUBLIC_INGEST_URL", f"http://127.0.0.1:{ingest_port}")
-        env.setdefault("CORS_ORIGINS", f"http://127.0.0.1:{gateway_port},http://localhost:{gateway_port}")
+        env.setdefault(
+            "CORS_ORIGINS",
+            ",".join(
+                f"http://{host}:{listen}" for listen in gateway_ports for host in ("127.0.0.1", "localhost")
+            ),
+        )
 
-        children = [
-            Child("ingest-api", "ingest.api", env),
-            Child("ingest-worker", "ingest.worker", env),
-            Child("ingest-flusher", "ingest.flusher", env),
-            Child("gateway", "gateway", env),
-        ]
+        children = [Child("ingest-api", "ingest.api", env)]
+        for i in range(workers):
+            name = "ingest-worker" if workers == 1 else f"ingest-worker-{i + 1}"
+            worker_env = dict(env)
+            if workers > 1 and env.get("CONSUMER_NAME"):  # one consumer of the group each
+                worker_env["CONSUMER_NAME"] = f"{env['CONSUMER_NAME']}-{i + 1}"
+            children.append(Child(name, "ingest.worker", worker_env))
+        children.append(Child("ingest-flusher", "ingest.flusher", env))
+        for i, listen in enumerate(gateway_ports):
+            name = f"gateway-{i + 1}" if gateways > 1 else "gateway"
+            children.append(Child(name, "gateway", {**env, "GATEWAY_PORT": listen}))
         for child in children:
             child.start()
         print(f"[devstack] {demo.seed(env)}", flush=True)
-        print(
-            "\nScorecast is running:\n"
-            f"  leaderboard page  http://127.0.0.1:{gateway_port}/\n"
-            f"  video player      http://127.0.0.1:{gateway_port}/player.html\n"
-            f"  ingest API        http://127.0.0.1:{ingest_port}/api/v1\n"
-            f"  gateway metrics   http://127.0.0.1:{gateway_port}/metrics\n"
-            f"  Redis {env['REDIS_URL']}   MongoDB {env['MONGO_URL']}\n"
-            "Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        lines = ["", "Scorecast is running:"]
+        for i, listen in enumerate(gateway_ports):
+            label = f"gateway {i + 1}: " if gateways > 1 else ""
+            lines += [
+                f"  {label}leaderboard page  http://127.0.0.1:{listen}/",
+                f"  {label}video player      http://127.0.0.1:{listen}/player.html",
+                f"  {label}metrics           http://127.0.0.1:{listen}/metrics",
+            ]
+        lines += [
+            f"  ingest API        http://127.0.0.1:{ingest_port}/api/v1",
+            f"  workers           {workers}",
+            f"  Redis {env['REDIS_URL']}   MongoDB {env['MONGO_URL']}",
+            "Ctrl-C stops everything.",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
         while not stopping:
             time.sleep(0.2)
             for child in children:
@@ -127,6 +161,7 @@ def main() -> int:
         return 1
     finally:
         print("[devstack] stopping", flush=True)
+        # Gateways first (they drain), then the flusher, the workers and the API.
         for child in reversed(children):
             child.stop(timeout_s=20.0)
         for server in reversed(servers):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
+from contract import keys
 from devstack.servers import free_port, redis_binary
 from tests.stack import ROOT
 
@@ -69,3 +72,51 @@ def test_make_run_starts_whole_stack_and_stops_on_ctrl_c(tmp_path: Path) -> None
     output = (tmp_path / "devstack.log").read_text()
     assert code == 0, output
     assert "Scorecast is running" in output
+
+
+def test_make_run_with_two_gateways_and_two_workers(tmp_path: Path) -> None:
+    """``make run GATEWAYS=2 WORKERS=2``: both gateways serve on the one Redis, two workers
+    consume the score stream together, every gateway URL is printed, Ctrl-C stops all of it."""
+    ingest_port, redis_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL", "JWT_SECRET")}
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        INGEST_PORT=str(ingest_port),
+        GATEWAY_PORT=str(free_port()),
+        EMBEDDED_REDIS_PORT=str(redis_port),
+        EMBEDDED_MONGO_PORT=str(free_port()),
+        GATEWAYS="2",
+        WORKERS="2",
+    )
+    log_path = tmp_path / "devstack.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        _wait_ok(f"http://127.0.0.1:{ingest_port}/healthz", deadline)
+        while "Ctrl-C stops everything" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        urls = re.findall(r"leaderboard page\s+(http://127\.0\.0\.1:\d+)/", log_path.read_text())
+        assert len(urls) == 2 and len(set(urls)) == 2, log_path.read_text()
+        for url in urls:
+            assert "<html" in _wait_ok(f"{url}/", deadline).text.lower()
+        client = redis.Redis(port=redis_port, decode_responses=True)
+        try:
+
+            def consumers() -> int:
+                try:
+                    groups = client.xinfo_groups(keys.SCORE_STREAM)
+                except redis.ResponseError:  # no worker has created the stream yet
+                    return 0
+                return sum(int(g["consumers"]) for g in groups if g["name"] == keys.WORKER_GROUP)
+
+            while consumers() < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert consumers() == 2
+        finally:
+            client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        log.close()
+    assert code == 0, log_path.read_text()
