@@ -340,8 +340,11 @@ async def test_the_flusher_process_writes_once_mongodb_is_back(
         await eventually(lambda: asyncio.sleep(0, proc.log()), until=lambda log: "flush failed" in log)
         mongo.start()
         assert await eventually(lambda: flushed_at(db, 5, 2), timeout_s=60)
-        await eventually(lambda: redis.scard(keys.PROGRESS_DIRTY), until=lambda n: n == 0)
-        assert await redis.scard(keys.PROGRESS_INFLIGHT) == 0
+        # A key leaves the in-flight set only after its write: wait for both sets, not one then the other.
+        await eventually(
+            lambda: asyncio.gather(redis.scard(keys.PROGRESS_DIRTY), redis.scard(keys.PROGRESS_INFLIGHT)),
+            until=lambda counts: list(counts) == [0, 0],
+        )
     finally:
         await client.close()
         mongo.stop()
