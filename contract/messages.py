@@ -6,6 +6,7 @@ so a ``msgspec.ValidationError`` at a boundary becomes a 4xx or a WebSocket ``er
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
@@ -71,10 +72,23 @@ class QuizAnswer(Input):
     selected_option: Annotated[str, Meta(min_length=1, max_length=64)]
 
 
+# Seed 004's client timestamp: RFC 3339 with an offset, or epoch milliseconds.
+ClientTimestamp = Annotated[dt.datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=2**53)]
+
+
 class QuizSubmitRequest(Input):
     quiz_id: Id
     action_id: ActionId
     answers: Annotated[list[QuizAnswer], Meta(min_length=1, max_length=200)]
+    # When the client says it submitted (seed 004): stored with the action for the audit trail,
+    # never used for scoring, ordering or a board's period (the server's clock decides those).
+    timestamp: ClientTimestamp | None = None
+
+    def client_ts_ms(self) -> int | None:
+        """The client timestamp as epoch milliseconds (None when not sent)."""
+        if self.timestamp is None or isinstance(self.timestamp, int):
+            return self.timestamp
+        return int(self.timestamp.timestamp() * 1000)
 
 
 class QuestionIn(Input):
@@ -116,7 +130,7 @@ class LeaderboardEntry(Output):
     user_id: str
     name: str
     score: int
-    avatar_url: str | None = None
+    avatar_url: str | None  # no default: always on the wire, ``null`` when the user has none
 
 
 class LeaderboardPage(Output):
@@ -214,6 +228,7 @@ class ScoreAction(StreamEntry, tag="score"):
     # from its first counted second to the completion: the coverage_too_fast rule.
     covered_s: float | None = None
     watch_ms: int | None = None
+    client_ts_ms: int | None = None  # the client's own timestamp (seed 004), audit only
 
 
 class RebuildRequest(StreamEntry, tag="rebuild"):
@@ -282,13 +297,28 @@ class BoardSnapshot(Output):
 
 # ---------------------------------------------------------------- progress (HTTP fallback)
 class ProgressSaveRequest(Input):
+    """Exactly one of ``position`` and ``watchTime`` (seed 001's name for the same playhead)."""
+
     course_id: KeyId
     lecture_id: KeyId
-    position: Seconds
+    position: Seconds | None = None
+    watch_time: Seconds | None = None
     duration: Annotated[float, Meta(gt=0, le=86_400)] | None = None
     seq: Seq | None = None
     # The device whose consecutive saves make watched coverage (default: the token's jti).
     device_id: KeyId | None = None
+
+    def __post_init__(self) -> None:
+        # A ValueError here is a msgspec.ValidationError to the decoder: 400 invalid_body.
+        if (self.position is None) == (self.watch_time is None):
+            raise ValueError("exactly one of `position` and `watchTime` is required")
+
+    @property
+    def playhead(self) -> float:
+        """Where the learner is in the lecture, in seconds, whichever name the client used."""
+        found = self.position if self.position is not None else self.watch_time
+        assert found is not None  # __post_init__ made sure
+        return found
 
 
 class ProgressCompleteRequest(Input):

@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/api/v1/config", config),
-        Route("/api/v1/leaderboard/stream", sse.stream),
+        *(Route(path, sse.stream) for path in sse.STREAM_PATHS),
         WebSocketRoute("/api/v1/ws", ws.endpoint),
     ]
     if settings.static_dir and os.path.isdir(settings.static_dir):

@@ -39,7 +39,8 @@ HEADERS = [
 
 
 RAW_SEND = "scorecast.raw_send"
-STREAM_PATH = "/api/v1/leaderboard/stream"
+# The stream's path, and seed 002's name for the same stream (README, "What the API adds").
+STREAM_PATHS = frozenset({"/api/v1/leaderboard/stream", "/api/v1/scores/events"})
 
 
 def serve(app: Starlette) -> ASGIApp:
@@ -56,7 +57,7 @@ def serve(app: Starlette) -> ASGIApp:
     async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             scope[RAW_SEND] = send
-            if scope["type"] == "http" and scope["path"] == STREAM_PATH and scope["method"] == "GET":
+            if scope["type"] == "http" and scope["path"] in STREAM_PATHS and scope["method"] == "GET":
                 scope["app"] = app
                 request = Request(scope, receive, send)
                 try:

@@ -3,8 +3,9 @@ note on nx-27017 and dotted upserts).
 
 - ``users``        {_id: userId, name, avatarUrl, region, updatedAt}
 - ``score_events`` {_id: "<userId>|<actionId>", userId, actionId, increment, boards, tsMs, source,
-                   applied}: the audit log; its _id makes an actionId count once per user, ever
-                   (events stored before actionIds were per user keep the bare actionId as _id).
+                   courseId, clientTsMs, applied}: the audit log; its _id makes an actionId count
+                   once per user, ever (events stored before actionIds were per user keep the bare
+                   actionId as _id).
 - ``board_totals`` {_id: "<board>|<userId>", board, userId, score, seq}: durable truth of
                    every board, what REBUILD reads (with the actions still in flight).
 - ``courses``      {_id: courseId, title, sections, lectureCount, totalMarks} (contract.courses)

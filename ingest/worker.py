@@ -274,6 +274,7 @@ def event_doc(action: ScoreAction) -> dict[str, Any]:
         "tsMs": action.ts_ms,
         "source": action.source,
         "courseId": action.course_id,
+        "clientTsMs": action.client_ts_ms,
     }
 
 

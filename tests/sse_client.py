@@ -45,7 +45,11 @@ class SseReader:
 
 @contextlib.asynccontextmanager
 async def sse(
-    stack: Stack, token: str, board: str = "global", headers: dict[str, str] | None = None
+    stack: Stack,
+    token: str,
+    board: str = "global",
+    headers: dict[str, str] | None = None,
+    path: str = "/api/v1/leaderboard/stream",
 ) -> AsyncIterator[SseReader]:
     """An SSE client of the stack's gateway, reading in the background while the block runs."""
     reader = SseReader()
@@ -53,7 +57,7 @@ async def sse(
         httpx.AsyncClient(base_url=stack.gateway_url, timeout=httpx.Timeout(10, read=None)) as client,
         client.stream(
             "GET",
-            "/api/v1/leaderboard/stream",
+            path,
             params={"board": board},
             headers={"authorization": f"Bearer {token}", **(headers or {})},
         ) as response,

@@ -79,7 +79,7 @@ async def save(request: Request) -> Response:
         user_id=claims.sub,
         course_id=body.course_id,
         lecture_id=body.lecture_id,
-        position=min(body.position, duration),
+        position=min(body.playhead, duration),
         seq=body.seq if body.seq is not None else now_ms,
         duration=duration,
         origin="http",

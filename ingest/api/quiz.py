@@ -248,6 +248,7 @@ async def submit(request: Request) -> Response:
         template,
         quiz_elapsed_ms=await quiz_elapsed_ms(request, claims.sub, body.quiz_id),
         quiz_questions=len(quiz["key"]),
+        client_ts_ms=body.client_ts_ms(),
     )
     await check_rate(st, claims.sub, claims.region)
     await queue_has_room(st)
