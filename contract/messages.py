@@ -371,6 +371,13 @@ class Ping(WsInput, tag="ping"):
     pass
 
 
+class PingSeq(msgspec.Struct):
+    """What can be read of a refused message that looks like a progress ping: its seq."""
+
+    type: str
+    seq: Seq
+
+
 ClientMessage = Subscribe | Unsubscribe | ProgressPing | Ping
 
 
@@ -404,17 +411,25 @@ class Pong(WsOutput, tag="pong"):
 class ErrorMessage(WsOutput, tag="error"):
     code: str
     message: str
+    seq: int | None = None  # the refused progress ping's seq, so the client stops resending it
+
+
+class Unsubscribed(WsOutput, tag="unsubscribed"):
+    board: str
 
 
 class ReconnectMessage(WsOutput, tag="reconnect"):
     after_ms: int
 
 
-ServerMessage = LeaderboardMessage | ProgressMessage | Ack | Pong | ErrorMessage | ReconnectMessage
+ServerMessage = (
+    LeaderboardMessage | ProgressMessage | Ack | Pong | ErrorMessage | Unsubscribed | ReconnectMessage
+)
 
 # Built once, reused everywhere.
 json_encoder = msgspec.json.Encoder()
 client_message_decoder = msgspec.json.Decoder(ClientMessage)
+ping_seq_decoder = msgspec.json.Decoder(PingSeq)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
 stream_entry_decoder = msgspec.json.Decoder(ScoreAction | RebuildRequest)
 board_event_decoder = msgspec.json.Decoder(BoardEvent)

@@ -34,8 +34,10 @@ from contract.messages import (
     ReconnectMessage,
     Subscribe,
     Unsubscribe,
+    Unsubscribed,
     client_message_decoder,
     json_encoder,
+    ping_seq_decoder,
 )
 from contract.progress import PingResult
 from gateway.hub import Connection
@@ -140,7 +142,7 @@ class Session:
             if len(raw) > limit:
                 await self.violation("too_large", f"messages are limited to {limit} bytes")
             elif not self.bucket.allow(time.monotonic()):
-                await self.violation("rate_limited", "too many messages; slow down")
+                await self.violation("rate_limited", "too many messages; slow down", seq=ping_seq(raw))
             else:
                 await self._handle(raw)
 
@@ -149,7 +151,7 @@ class Session:
             message = client_message_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             code = "unknown_type" if "`$.type`" in str(exc) else "bad_message"
-            await self.violation(code, str(exc))
+            await self.violation(code, str(exc), seq=ping_seq(raw))
             return
         except msgspec.DecodeError as exc:
             await self.violation("bad_json", f"malformed JSON: {exc}")
@@ -162,7 +164,7 @@ class Session:
                 saved = await self.st.writer.submit(self.claims, message, origin=self.conn.id)
             except ProgressRejected as exc:
                 self.in_flight.release()
-                await self.violation(exc.code, exc.message)
+                await self.violation(exc.code, exc.message, seq=message.seq)
                 return
             saved.add_done_callback(functools.partial(self._saved, message.seq))
         elif isinstance(message, Ping):
@@ -172,10 +174,12 @@ class Session:
         elif isinstance(message, Unsubscribe):
             try:
                 board = resolve(message.board)
-                self._stop_following(board)
-                self.st.hub.unsubscribe(self.conn, board)
             except BoardNameError as exc:
                 await self.violation(exc.code, exc.message)
+                return
+            self._stop_following(board)
+            self.st.hub.unsubscribe(self.conn, board)
+            self.send(Unsubscribed(board=board))
 
     def _saved(self, seq: int, saved: asyncio.Future[PingResult]) -> None:
         self.in_flight.release()
@@ -185,7 +189,7 @@ class Session:
         if self.conn.life.state is not State.OPEN:
             return
         if isinstance(exc, ProgressRejected):  # a backing service is down: not a violation
-            self.send(ErrorMessage(code=exc.code, message=exc.message))
+            self.send(ErrorMessage(code=exc.code, message=exc.message, seq=seq))
         elif exc is None:
             self.st.metrics.pings.inc()
             self.send(Ack(seq=seq))
@@ -238,9 +242,9 @@ class Session:
         if task is not None:
             task.cancel()
 
-    async def violation(self, code: str, message: str) -> None:
+    async def violation(self, code: str, message: str, *, seq: int | None = None) -> None:
         self.violations += 1
-        self.send(ErrorMessage(code=code, message=message))
+        self.send(ErrorMessage(code=code, message=message, seq=seq))
         if self.violations >= self.st.settings.ws_max_violations:
             self.send(ErrorMessage(code="too_many_errors", message="closing after repeated bad messages"))
             await self._close(CLOSE_POLICY, "too many bad messages")
@@ -286,6 +290,16 @@ class Session:
                     encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))
                 )
                 await self.websocket.close(CLOSE_RESTART)
+
+
+def ping_seq(raw: str | bytes) -> int | None:
+    """The ``seq`` of a refused message that is a progress ping by its ``type``, when it has a
+    valid one: the client keeps a ping until it hears about that seq, and would resend forever."""
+    try:
+        probe = ping_seq_decoder.decode(raw)
+    except msgspec.DecodeError:  # ValidationError included: no usable seq
+        return None
+    return probe.seq if probe.type == "progress" else None
 
 
 def texts(frames: list[object]) -> list[str]:

@@ -180,6 +180,11 @@ export class SocketClient {
     ws.onmessage = ({ data }) => {
       const message = JSON.parse(data);
       if (message.type === "ack") this.unacked.delete(message.seq);
+      // A refused ping is answered with its seq: resending it would be refused again, forever.
+      // Only an outage (`unavailable`) keeps it, to be resent after the next reconnect.
+      if (message.type === "error" && message.seq !== undefined && message.code !== "unavailable") {
+        this.unacked.delete(message.seq);
+      }
       if (message.type === "reconnect") after = message.afterMs;
       this.#emit(message.type, message);
     };

@@ -130,3 +130,41 @@ async def test_bad_tokens_close_with_4401(stack: Stack, kind: str) -> None:
     assert error == {"type": "error", "code": want, "message": error["message"]}
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, want)
+
+
+async def test_errors_about_a_ping_carry_its_seq(stack: Stack, token: str) -> None:
+    stack.start("gateway", ws_rate_limit_per_s=0.01, ws_rate_limit_burst=4)
+    fields = {"type": "progress", "courseId": "nowhere", "lectureId": "l"}
+    async with connect(ws_url(stack, token)) as ws:
+        await ws.send(json.dumps({**fields, "position": -1, "seq": 5}))  # invalid, seq readable
+        assert (await recv(ws))["seq"] == 5
+        await ws.send(json.dumps({**fields, "position": 1, "seq": -2}))  # the seq itself is invalid
+        error = await recv(ws)
+        assert error["code"] == "bad_message" and "seq" not in error
+        await ws.send(json.dumps({"type": "subscribe", "board": "galaxy", "seq": 9}))  # not a ping
+        error = await recv(ws)
+        assert error["code"] == "bad_message" and "seq" not in error
+        await ws.send(json.dumps({**fields, "position": 1, "seq": 6}))  # valid, unknown course
+        error = await recv(ws)
+        assert (error["code"], error["seq"]) == ("unknown_course", 6)
+        await ws.send(json.dumps({**fields, "position": 1, "seq": 7}))  # over the rate limit
+        error = await recv(ws)
+        assert (error["code"], error["seq"]) == ("rate_limited", 7)
+        await ws.send(json.dumps({"type": "ping"}))
+        error = await recv(ws)
+        assert error["code"] == "rate_limited" and "seq" not in error
+
+
+async def test_unsubscribe_is_answered(stack: Stack, redis: Any, token: str) -> None:
+    await make_board(redis, scores={"ada": 3})
+    stack.start("gateway")
+    async with connect(ws_url(stack, token)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "board": "global"}))
+        assert (await recv(ws))["type"] == "leaderboard"
+        await ws.send(json.dumps({"type": "unsubscribe", "board": "global"}))
+        assert await recv(ws) == {"type": "unsubscribed", "board": "global"}
+        await ws.send(json.dumps({"type": "unsubscribe", "board": "weekly"}))  # never followed
+        answer = await recv(ws)
+        assert answer["type"] == "unsubscribed" and answer["board"].startswith("weekly:")
+        await ws.send(json.dumps({"type": "unsubscribe", "board": "galaxy"}))
+        assert (await recv(ws))["code"] == "invalid_board"

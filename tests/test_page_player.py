@@ -162,3 +162,37 @@ async def test_a_device_that_follows_another_never_pings_the_move_back(
         assert await pings_stored(stack) == stored + 2
         await laptop.context.close()
         await phone.context.close()
+
+
+REFUSED_PING = """async (token) => {
+  const { SocketClient } = await import("/scorecast.js");
+  return await new Promise((resolve) => {
+    const client = new SocketClient(() => token, {
+      status: ({ status }) => {
+        if (status === "open") {
+          client.progress({ courseId: "nowhere", lectureId: "l", position: 1, duration: 10, seq: 4 });
+          client.progress({ courseId: "nowhere", lectureId: "l", position: 2, duration: 10, seq: 5 });
+        }
+      },
+      error: (error) => {
+        if (error.seq === 5) {
+          resolve({ unacked: [...client.unacked.keys()], code: error.code });
+          client.close();
+        }
+      },
+    });
+  });
+}"""
+
+
+async def test_the_socket_client_forgets_a_ping_the_gateway_refused(
+    stack: Stack, issuer: TokenIssuer
+) -> None:
+    stack.start("gateway")
+    token = issuer.access_token(user_id="grace", name="Grace")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(stack.gateway_url + "/api/v1/config")
+        result = await page.evaluate(REFUSED_PING, token)
+        # Both pings were refused with their seq: neither is kept for a resend after a reconnect.
+        assert result == {"unacked": [], "code": "unknown_course"}

@@ -282,12 +282,12 @@ async def test_pings_for_unknown_courses_and_lectures_get_errors(
     async with httpx.AsyncClient(base_url=stack.ingest_url) as http, connect(ws_url(stack, token)) as ws:
         await put_course(http, issuer)
         error = await ping(ws, "intro", 1.0, 1, course="secret")
-        assert (error["type"], error["code"]) == ("error", "unknown_course")
+        assert (error["type"], error["code"], error["seq"]) == ("error", "unknown_course", 1)
         await ws.send(
             json.dumps({"type": "progress", "courseId": "py", "lectureId": "ghost", "position": 1, "seq": 2})
         )
         error = await recv(ws)
-        assert (error["type"], error["code"]) == ("error", "unknown_lecture")
+        assert (error["type"], error["code"], error["seq"]) == ("error", "unknown_lecture", 2)
         assert await ping(ws, "intro", 1.0, 3) == {"type": "ack", "seq": 3}  # still open and working
 
 
@@ -374,7 +374,7 @@ async def test_redis_down_answers_pings_with_errors_and_the_connection_lives_on(
             # More failures than WS_MAX_VIOLATIONS: an outage is not the client's fault.
             for seq in range(2, 7):
                 reply = await ping_reply(ws, 10.0 * seq, seq)
-                assert reply["type"] == "error" and reply["code"] == "unavailable", reply
+                assert (reply["type"], reply["code"], reply["seq"]) == ("error", "unavailable", seq), reply
             own.start()  # the same data directory: its AOF brings the first ping back
             reply = await eventually(lambda: ping_reply(ws, 70.0, 7), until=lambda r: r["type"] == "ack")
             assert reply == {"type": "ack", "seq": 7}
