@@ -17,6 +17,7 @@ import jwt
 import msgspec
 
 from contract.errors import AuthError, BadRequest
+from contract.messages import Id
 from contract.settings import Settings
 
 COOKIE_NAME = "scorecast_token"
@@ -24,7 +25,9 @@ QUERY_PARAM = "access_token"
 
 
 class Claims(msgspec.Struct, frozen=True):
-    sub: str
+    # A user id: it goes into Redis hash tags and Lua arguments, so ``}`` or a control
+    # character from another issuer must not get through (AuthError ``invalid_token``).
+    sub: Id
     name: str
     exp: int
     iat: int
@@ -55,7 +58,8 @@ def _keys(settings: Settings) -> tuple[Any, Any]:
 
 
 class TokenVerifier:
-    """Verifies signature, expiry, audience and issuer; rejects every other algorithm.
+    """Verifies signature, expiry, audience, issuer (``iss`` must equal ``jwt_issuer``) and the
+    form of ``sub`` (a user id); rejects every other algorithm.
 
     A token that verified is remembered (at most ``cache_size``, the oldest forgotten first), so
     a client sending the same token on every request pays for the signature check once; only
@@ -66,6 +70,7 @@ class TokenVerifier:
         _, self._key = _keys(settings)
         self._algorithm = settings.jwt_algorithm
         self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
         self._verified: dict[str, Claims] = {}
         self._cache_size = cache_size
 
@@ -93,7 +98,8 @@ class TokenVerifier:
                 self._key,
                 algorithms=[self._algorithm],
                 audience=self._audience,
-                options={"require": ["exp", "iat", "sub", "jti", "aud"]},
+                issuer=self._issuer,
+                options={"require": ["exp", "iat", "sub", "jti", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired", code="token_expired") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 import time
@@ -37,6 +38,7 @@ class Connection:
 
     __slots__ = (
         "boards",
+        "expires_at",
         "id",
         "life",
         "outbox",
@@ -49,12 +51,15 @@ class Connection:
         "waiter",
     )
 
-    def __init__(self, transport: str, user_id: str) -> None:
+    def __init__(self, transport: str, user_id: str, *, expires_at: float = math.inf) -> None:
         # Random: the id names the device whose consecutive pings make watched coverage, and
         # the origin a moved position is not echoed to, over every gateway process.
         self.id = f"{transport}-{secrets.token_hex(8)}"
         self.transport = transport
         self.user_id = user_id
+        # Epoch seconds: the ``exp`` of the token that opened it. The hub's sweep ends the
+        # connection then (the endpoint tells the client why), so no stream outlives its token.
+        self.expires_at = expires_at
         self.boards: set[str] = set()
         # The newest version handed over per board: never the same version twice, never older.
         self.versions: dict[str, int] = {}
@@ -110,6 +115,10 @@ class Connection:
             finally:
                 self.waiter = None
         return self.outbox.take() if self.life.state is State.OPEN else []
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the token of this connection has expired (``now``: epoch seconds)."""
+        return (time.time() if now is None else now) >= self.expires_at
 
     def drain(self) -> None:
         if self.life.state is State.OPEN:
@@ -390,17 +399,22 @@ class Hub:
                     self.board_event(name, int(version or 0))
 
     async def _sweep(self) -> None:
-        """Every ``period``: disconnect clients stuck in a write, and end the streams whose client
-        left (an SSE stream writing straight to its socket has no task waiting for that)."""
+        """Every ``period``: disconnect clients stuck in a write, end the streams whose client
+        left (an SSE stream writing straight to its socket has no task waiting for that), and
+        end the connections whose token expired (SSE: ``reconnect``, so the client comes back
+        with a refreshed token; WebSocket: ``token_expired`` and close 4401, even when idle)."""
         period = max(0.1, min(1.0, self.settings.slow_client_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
             now = asyncio.get_running_loop().time()
+            wall = time.time()
             for conn in list(self.connections):
                 if conn.sending_since and now - conn.sending_since > self.settings.slow_client_timeout_s:
                     self.kick(conn)
                 elif conn.sink is not None and conn.sink.gone():
                     conn.close()  # the client left: its endpoint wakes up and ends
+                elif conn.life.open and conn.expired(wall):
+                    conn.drain()  # its endpoint says why and ends
 
     def kick(self, conn: Connection, *, slow: bool = True) -> None:
         """Disconnect a client now: one that cannot keep up, or a straggler of a drain."""

@@ -167,8 +167,10 @@ class EventStream(Response):
                 await self._write(send, chunk)
                 sent.inc(len(pending))
             if conn.life.state is State.DRAINING:
-                after = b'event: reconnect\ndata: {"afterMs":%d}\n\n' % hub.reconnect_after_ms()
-                await self._write(send, after)
+                # Drained, or the token expired: the client comes back (with its refreshed
+                # token, at once after an expiry; after a jittered delay, elsewhere, after a drain).
+                after_ms = 0 if conn.expired() else hub.reconnect_after_ms()
+                await self._write(send, b'event: reconnect\ndata: {"afterMs":%d}\n\n' % after_ms)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             sink = conn.sink
@@ -205,5 +207,5 @@ async def stream(request: Request) -> Response:
     claims = st.verifier.verify(token)
     board = st.policy.name(request.query_params.get("board", "global"))
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
-    conn = Connection("sse", claims.sub)
+    conn = Connection("sse", claims.sub, expires_at=claims.exp)
     return EventStream(st.hub, st.policy, conn, board, last_event_id, st.settings.sse_retry_ms)

@@ -54,6 +54,7 @@ MAX_BOARDS_PER_CONNECTION = 20
 MAX_PINGS_IN_FLIGHT = 16
 PRESENCE_TTL_S = 24 * 3600
 log = logging.getLogger("scorecast.gateway.ws")
+EXPIRED = ErrorMessage(code="token_expired", message="the access token expired; reconnect with a fresh one")
 
 
 def encode(message: msgspec.Struct) -> str:
@@ -85,7 +86,7 @@ class Session:
         self.st = st
         self.websocket = websocket
         self.claims = claims
-        self.conn = Connection("ws", claims.sub)
+        self.conn = Connection("ws", claims.sub, expires_at=claims.exp)
         settings = st.settings
         self.bucket = TokenBucket(
             rate_per_s=settings.ws_rate_limit_per_s, burst=settings.ws_rate_limit_burst, now=time.monotonic()
@@ -135,8 +136,8 @@ class Session:
             if message["type"] == "websocket.disconnect":
                 return
             raw: str | bytes = message.get("text") or message.get("bytes") or b""
-            if time.time() >= self.claims.exp:
-                self.send(ErrorMessage(code="token_expired", message="the access token expired; reconnect"))
+            if self.conn.expired():
+                self.send(EXPIRED)
                 await self._close(CLOSE_UNAUTHORIZED, "token_expired")
                 return
             if len(raw) > limit:
@@ -286,6 +287,10 @@ class Session:
             self.closing = True
             with contextlib.suppress(Exception):
                 await self._flush()
+                if self.conn.expired():  # the hub's sweep ended it: the same as at a message
+                    await self.websocket.send_text(encode(EXPIRED))
+                    await self.websocket.close(CLOSE_UNAUTHORIZED, reason="token_expired")
+                    return
                 await self.websocket.send_text(
                     encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))
                 )

@@ -36,6 +36,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "exp": now + 300,
         "jti": uuid.uuid4().hex,
         "aud": "scorecast",
+        "iss": "scorecast-dev",
         "typ": "access",
     }
     base.update(overrides)
@@ -64,6 +65,13 @@ def bad_tokens(issuer: TokenIssuer) -> dict[str, str]:
         ),
         "refresh_as_access": refresh,
         "garbage": "not-a-jwt",
+        "wrong_issuer": jwt.encode(claims(iss="someone-else"), TEST_SECRET, algorithm="HS256"),
+        "no_issuer": jwt.encode(
+            {k: v for k, v in claims().items() if k != "iss"}, TEST_SECRET, algorithm="HS256"
+        ),
+        "sub_with_brace": jwt.encode(claims(sub="eve}x"), TEST_SECRET, algorithm="HS256"),
+        "sub_with_control": jwt.encode(claims(sub="eve\nx"), TEST_SECRET, algorithm="HS256"),
+        "sub_too_long": jwt.encode(claims(sub="e" * 65), TEST_SECRET, algorithm="HS256"),
     }
 
 
@@ -78,6 +86,11 @@ def bad_tokens(issuer: TokenIssuer) -> dict[str, str]:
         "no_expiry",
         "refresh_as_access",
         "garbage",
+        "wrong_issuer",
+        "no_issuer",
+        "sub_with_brace",
+        "sub_with_control",
+        "sub_too_long",
     ],
 )
 async def test_bad_tokens_are_refused(ingest: httpx.AsyncClient, issuer: TokenIssuer, kind: str) -> None:

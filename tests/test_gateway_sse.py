@@ -13,6 +13,7 @@ from contract import keys
 from contract.auth import TokenIssuer
 from contract.boardstore import BoardStore
 from contract.messages import BoardEvent, RebuildRequest, json_encoder, stream_entry_decoder
+from contract.settings import Settings
 from devstack.processes import Stack
 from tests.eventually import eventually
 from tests.sse_client import SseReader, sse
@@ -180,3 +181,16 @@ async def test_a_missing_board_asks_the_worker_for_a_rebuild(stack: Stack, redis
     request = stream_entry_decoder.decode(entries[0][1]["d"])
     assert request == RebuildRequest(board="region:EU")
     assert await redis.xlen(keys.SCORE_STREAM) == 0  # not on the write queue
+
+
+async def test_a_stream_ends_with_reconnect_when_its_token_expires(
+    stack: Stack, redis: Any, settings: Settings
+) -> None:
+    await make_board(redis, scores={"ada": 2})
+    stack.start("gateway")
+    short = TokenIssuer(settings.replace(access_token_ttl_s=2)).access_token(user_id="viewer", name="V")
+    async with sse(stack, short) as reader:
+        await wait_for(reader, {"ada": 2})
+        await eventually(lambda: asyncio.sleep(0, reader.ended), timeout_s=20)
+    assert [e["event"] for e in reader.events] == ["snapshot", "reconnect"]
+    assert reader.events[-1]["data"] == {"afterMs": 0}  # at once: the client has a fresh token

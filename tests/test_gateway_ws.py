@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from contract.auth import TokenIssuer
+from contract.settings import Settings
 from devstack.processes import Stack
 from tests.browser import open_connections
 from tests.conftest import TEST_SECRET
@@ -116,7 +118,8 @@ async def test_a_flood_gets_errors_then_a_policy_close(stack: Stack, token: str)
 async def test_bad_tokens_close_with_4401(stack: Stack, kind: str) -> None:
     stack.start("gateway")
     now = int(time.time())
-    claims = {"sub": "ada", "name": "Ada", "iat": now - 100, "exp": now - 10, "jti": "j", "aud": "scorecast"}
+    claims = {"sub": "ada", "name": "Ada", "iat": now - 100, "exp": now - 10, "jti": "j", "aud": "scorecast",
+              "iss": "scorecast-dev"}  # fmt: skip
     token = {
         "missing": None,
         "expired": jwt.encode(claims, TEST_SECRET, algorithm="HS256"),
@@ -168,3 +171,18 @@ async def test_unsubscribe_is_answered(stack: Stack, redis: Any, token: str) -> 
         assert answer["type"] == "unsubscribed" and answer["board"].startswith("weekly:")
         await ws.send(json.dumps({"type": "unsubscribe", "board": "galaxy"}))
         assert (await recv(ws))["code"] == "invalid_board"
+
+
+async def test_an_idle_connection_is_closed_when_its_token_expires(stack: Stack, settings: Settings) -> None:
+    stack.start("gateway")
+    short = TokenIssuer(settings.replace(access_token_ttl_s=2)).access_token(user_id="ada", name="Ada")
+    async with connect(ws_url(stack, short)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+        # Nothing more is sent: the gateway's sweep ends the connection at the token's exp.
+        error = await asyncio.wait_for(recv(ws), timeout=20)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert (error["type"], error["code"]) == ("error", "token_expired")
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token_expired")
