@@ -117,6 +117,16 @@ class TokenVerifier:
 class TokenIssuer:
     """Signs access and refresh tokens. Needs the private key (RS256) or the secret (HS256)."""
 
+    @classmethod
+    def optional(cls, settings: Settings) -> TokenIssuer | None:
+        """The issuer, or None when the settings can verify tokens but not sign them (RS256 with
+        the public key only: production, where the identity provider issues every token).
+
+        Raises BadRequest when the settings cannot even verify tokens.
+        """
+        signing, _ = _keys(settings)
+        return None if signing is None else cls(settings)
+
     def __init__(self, settings: Settings) -> None:
         self._key, _ = _keys(settings)
         if self._key is None:

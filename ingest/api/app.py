@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
             redis=redis,
             mongo=db,
             boards=BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s),
-            issuer=TokenIssuer(settings),
+            issuer=TokenIssuer.optional(settings),
             verifier=TokenVerifier(settings),
             progress=ProgressStore.of(redis, settings, db=db),
             catalog=CourseCatalog(

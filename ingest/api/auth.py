@@ -3,7 +3,8 @@
 ``POST /api/v1/auth/login`` is the development identity provider: off unless
 ``DEV_LOGIN_ENABLED`` (production verifies tokens of the real identity provider and never
 issues them here). A refresh token works once: its ``jti`` is recorded in Redis at issue and
-removed atomically (GETDEL) at use.
+removed atomically (GETDEL) at use. A deployment without a signing key (RS256 with the public
+key only) issues nothing: both endpoints answer 404 ``token_issuer_disabled``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contract import keys
-from contract.auth import Claims
+from contract.auth import Claims, TokenIssuer
 from contract.boardstore import Profile
 from contract.errors import AuthError, NotFound
 from contract.http import JSONResponse, decode_body
@@ -23,8 +24,20 @@ from ingest import store
 from ingest.api.state import IngestState, state
 
 
+def issuer_of(st: IngestState) -> TokenIssuer:
+    """The token issuer. Raises NotFound (``token_issuer_disabled``) when there is none."""
+    if st.issuer is None:
+        raise NotFound(
+            "this deployment does not issue tokens (no JWT_PRIVATE_KEY_FILE): "
+            "get and refresh them from the identity provider",
+            code="token_issuer_disabled",
+        )
+    return st.issuer
+
+
 async def issue_pair(st: IngestState, claims: Claims) -> TokenPair:
-    access = st.issuer.access_token(
+    issuer = issuer_of(st)
+    access = issuer.access_token(
         user_id=claims.sub,
         name=claims.name,
         region=claims.region,
@@ -32,15 +45,16 @@ async def issue_pair(st: IngestState, claims: Claims) -> TokenPair:
         avatar_url=claims.avatar_url,
         tz=claims.tz,
     )
-    refresh, jti = st.issuer.refresh_token(claims)
-    await st.redis.set(keys.refresh_token(jti), claims.sub, ex=st.issuer.refresh_ttl_s)
-    return TokenPair(access_token=access, refresh_token=refresh, expires_in=st.issuer.access_ttl_s)
+    refresh, jti = issuer.refresh_token(claims)
+    await st.redis.set(keys.refresh_token(jti), claims.sub, ex=issuer.refresh_ttl_s)
+    return TokenPair(access_token=access, refresh_token=refresh, expires_in=issuer.access_ttl_s)
 
 
 async def login(request: Request) -> Response:
     st = state(request)
     if not st.settings.dev_login_enabled:
         raise NotFound("development login is disabled")
+    issuer_of(st)  # before any write: a login that cannot get its tokens changes nothing
     body = await decode_body(request, LoginRequest, max_bytes=st.settings.max_body_bytes)
     zone(body.time_zone)
     region = body.region.upper() if body.region else None
@@ -67,6 +81,7 @@ async def login(request: Request) -> Response:
 
 async def refresh(request: Request) -> Response:
     st = state(request)
+    issuer_of(st)  # before the refresh token is used up
     body = await decode_body(request, RefreshRequest, max_bytes=st.settings.max_body_bytes)
     claims = st.verifier.verify(body.refresh_token, typ="refresh")
     if await st.redis.getdel(keys.refresh_token(claims.jti)) is None:

@@ -24,7 +24,7 @@ class IngestState:
     redis: Redis
     mongo: Any  # pymongo AsyncDatabase
     boards: BoardStore
-    issuer: TokenIssuer
+    issuer: TokenIssuer | None  # None: this deployment verifies tokens and never issues them
     verifier: TokenVerifier
     progress: ProgressStore
     catalog: CourseCatalog
