@@ -1,7 +1,8 @@
 """``make run``: the whole stack on one machine.
 
 Starts the embedded servers (unless ``REDIS_URL`` / ``MONGO_URL`` are set), then the ingest
-API, the worker, the flusher and the gateway as child processes; restarts a child that dies;
+API, the worker, the flusher and the gateway as child processes; restarts a child or an embedded
+server that dies (reaped, its stale pid file removed, started again on the same port and data);
 Ctrl-C (or SIGTERM) stops everything in order: gateways first (they drain), servers last.
 ``GATEWAYS=n`` / ``WORKERS=n`` (``make run GATEWAYS=2 WORKERS=2``) start n of each: the gateways on
 consecutive free ports from ``GATEWAY_PORT``, every one on the same Redis and MongoDB.
@@ -146,8 +147,19 @@ def main() -> int:
             "",
         ]
         print("\n".join(lines), flush=True)
+        server_restarts = dict.fromkeys(servers, 0)
         while not stopping:
             time.sleep(0.2)
+            for server in servers:
+                code = server.exited()
+                if code is not None and not stopping:
+                    server_restarts[server] += 1
+                    print(f"[devstack] {server.name} server exited with {code}; restarting", flush=True)
+                    time.sleep(min(5.0, 0.5 * server_restarts[server]))
+                    try:
+                        server.start(timeout_s=60.0)  # a busy machine: do not kill a slow start
+                    except ServerError as exc:  # tried again on the next round
+                        print(f"[devstack] {exc}", file=sys.stderr, flush=True)
             for child in children:
                 assert child.process is not None
                 code = child.process.poll()

@@ -47,16 +47,62 @@ def redis_binary() -> str:
     return str(binary)
 
 
-class ManagedServer:
-    """A child server process on 127.0.0.1:<port>. ``stop()`` is idempotent."""
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a dead process nobody reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(0) is all we know
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
-    def __init__(self, name: str, argv: list[str], *, port: int, data_dir: Path, log_path: Path) -> None:
+
+class ManagedServer:
+    """A child server process on 127.0.0.1:<port>. ``stop()`` is idempotent.
+
+    A server that writes a pid file (``pid_file``) refuses to start while the pid in it looks
+    alive; :meth:`start` removes the file first when its process is dead (or a zombie), so a
+    server that crashed can be started again.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        data_dir: Path,
+        log_path: Path,
+        pid_file: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
+        self.pid_file = pid_file
         self.process: subprocess.Popen[bytes] | None = None
+
+    def exited(self) -> int | None:
+        """The exit code once the server died (reaping it, so no zombie is left), else None."""
+        if self.process is None:
+            return None
+        return self.process.poll()
+
+    def _remove_stale_pid_file(self) -> None:
+        if self.pid_file is None or not self.pid_file.exists():
+            return
+        try:
+            pid: int | None = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not pid_alive(pid):
+            self.pid_file.unlink(missing_ok=True)
 
     @property
     def url(self) -> str:
@@ -65,7 +111,11 @@ class ManagedServer:
         return f"{scheme}://127.0.0.1:{self.port}{suffix}"
 
     def start(self, *, timeout_s: float = 30.0) -> ManagedServer:
+        """Start (or start again) the server and wait until it answers. Raises ServerError."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.process is not None and self.process.poll() is None:
+            raise ServerError(f"{self.name} is already running")
+        self._remove_stale_pid_file()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, start_new_session=True
@@ -132,4 +182,11 @@ def mongo_server(port: int, data_dir: Path) -> ManagedServer:
         "--log-file", str(data_dir / "nx-27017.log"),
         "--pid-file", str(data_dir / "nx-27017.pid"),
     ]  # fmt: skip
-    return ManagedServer("mongo", argv, port=port, data_dir=data_dir, log_path=data_dir / "server.log")
+    return ManagedServer(
+        "mongo",
+        argv,
+        port=port,
+        data_dir=data_dir,
+        log_path=data_dir / "server.log",
+        pid_file=data_dir / "nx-27017.pid",
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from pymongo import MongoClient
 
 from contract import keys
 from devstack.servers import free_port, redis_binary
@@ -120,3 +121,54 @@ def test_make_run_with_two_gateways_and_two_workers(tmp_path: Path) -> None:
         code = proc.wait(timeout=60)
         log.close()
     assert code == 0, log_path.read_text()
+
+
+def _mongo_pid(pid_file: Path, other_than: int | None, deadline: float, log: Path) -> int:
+    """The pid nx-27017 wrote into its pid file, once it is not ``other_than``."""
+    while True:
+        try:
+            pid = int(pid_file.read_text().strip())
+            if pid != other_than:
+                return pid
+        except (OSError, ValueError):
+            pass
+        assert time.monotonic() < deadline, f"no new pid in {pid_file}; make run said:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_make_run_brings_back_a_killed_embedded_mongodb(tmp_path: Path) -> None:
+    ingest_port, gateway_port, mongo_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL", "JWT_SECRET")}
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        INGEST_PORT=str(ingest_port),
+        GATEWAY_PORT=str(gateway_port),
+        EMBEDDED_REDIS_PORT=str(free_port()),
+        EMBEDDED_MONGO_PORT=str(mongo_port),
+    )
+    log = (tmp_path / "devstack.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    pid_file = tmp_path / "data" / "mongo" / "nx-27017.pid"
+    try:
+        deadline = time.monotonic() + 90
+        _wait_ok(f"http://127.0.0.1:{ingest_port}/healthz", deadline)
+        with MongoClient(f"mongodb://127.0.0.1:{mongo_port}", serverSelectionTimeoutMS=60_000) as client:
+            client["keep"]["docs"].insert_one({"_id": "before-the-crash", "n": 1})
+            first = _mongo_pid(pid_file, None, deadline, tmp_path / "devstack.log")
+            os.kill(first, signal.SIGKILL)
+            # Started again, not refused (a deadline of its own: the machine may be busy).
+            second = _mongo_pid(pid_file, first, time.monotonic() + 90, tmp_path / "devstack.log")
+            assert proc.poll() is None
+            found = client["keep"]["docs"].find_one({"_id": "before-the-crash"})
+        assert found == {"_id": "before-the-crash", "n": 1}
+        assert second != first
+        # The stack works on the restarted server.
+        course = _wait_ok(f"http://127.0.0.1:{ingest_port}/api/v1/courses/demo", deadline)
+        assert course.json()["lectureCount"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "devstack.log").read_text()
+    assert code == 0, output
+    assert "mongo server exited with -9; restarting" in output, output
