@@ -100,7 +100,7 @@ def test_every_manifest_process_starts_with_the_manifests_environment(
     assert not [d for d in docs if d["kind"] == "Secret"], "an example Secret would overwrite the real one"
     private, public = rsa_pair(tmp_path)
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-    ports: dict[str, int] = {}
+    ports: dict[tuple[str, str | int], int] = {}
     try:
         for module, (manifest_env, container) in envs.items():
             env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
@@ -112,12 +112,19 @@ def test_every_manifest_process_starts_with_the_manifests_environment(
                 for name, value in env.items():
                     env[name] = value.replace(mount["mountPath"], str(where))
             env.update(REDIS_URL=settings.redis_url, MONGO_URL=settings.mongo_url, MONGO_DB=settings.mongo_db)
-            if module in LISTENS:
-                # The listener keeps the manifest's host; only the port is moved off containerPort.
-                (declared,) = container["ports"]
-                assert declared["containerPort"] == getattr(Settings(), LISTENS[module].lower())
-                ports[module] = free_port()
-                env[LISTENS[module]] = str(ports[module])
+            # Each listener keeps the manifest's host; only its port moves off containerPort: the
+            # variable that names it (ConfigMap), else the setting whose default it is.
+            for declared in container.get("ports", []):
+                number = str(declared["containerPort"])
+                named = [k for k, v in manifest_env.items() if k.endswith("_PORT") and v == number]
+                if not named:
+                    assert module in LISTENS and number == str(getattr(Settings(), LISTENS[module].lower()))
+                    named = [LISTENS[module]]
+                (variable,) = named
+                moved = free_port()
+                ports[(module, declared.get("name") or number)] = moved
+                ports[(module, declared["containerPort"])] = moved
+                env[variable] = str(moved)
             log = tmp_path / f"{module}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
@@ -126,10 +133,19 @@ def test_every_manifest_process_starts_with_the_manifests_environment(
             procs[module] = (proc, log)
 
         deadline = time.monotonic() + 60
-        api, gateway = (f"http://127.0.0.1:{ports[m]}" for m in ("ingest.api", "gateway"))
-        for url, module in ((f"{api}/healthz", "ingest.api"), (f"{gateway}/healthz", "gateway"),
-                            (f"{gateway}/readyz", "gateway")):  # fmt: skip
-            wait_ok(url, *procs[module], deadline)
+        probed = set()
+        for module, (_, container) in envs.items():  # every probe of every container answers 200
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe in container:
+                    get = container[probe]["httpGet"]
+                    wait_ok(
+                        f"http://127.0.0.1:{ports[(module, get['port'])]}{get['path']}",
+                        *procs[module],
+                        deadline,
+                    )
+                    probed.add((module, get["path"]))
+        assert {("ingest.api", "/healthz"), ("gateway", "/healthz"), ("gateway", "/readyz")} <= probed
+        api = f"http://127.0.0.1:{ports[('ingest.api', 8000)]}"
         wait_for_line("worker ingest-worker-7d9f-x2k4 consuming", *procs["ingest.worker"], deadline)
         wait_for_line("flusher running", *procs["ingest.flusher"], deadline)
 
