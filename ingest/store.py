@@ -20,7 +20,7 @@ note on nx-27017 and dotted upserts).
 - ``completions``  {_id: eventId, userId, courseId, lectureId, tsMs}: each lecture completion once
 - ``quizzes``      {_id: quizId, title, courseId, key, points, maxAttempts} (ingest.api.quiz)
 - ``quiz_attempts`` {_id: "<userId>|<actionId>", userId, quizId, attempt, score, correct, delta,
-                   answers: [[questionId, option], ...], tsMs}: every graded submission
+                   answers: [[questionId, option], ...], tsMs, clientTsMs}: every graded submission
 - ``audit``        {_id, actionId, userId, type, boards, oldScores, newScores, increment, ip,
                    userAgent, tsMs}: every change of a score (ingest.audit)
 - ``flags``        {_id: "<userId>|<rule>|<window>", userId, rule, evidence, tsMs, status,

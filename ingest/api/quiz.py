@@ -267,6 +267,7 @@ async def submit(request: Request) -> Response:
                 "delta": delta,
                 "answers": [[a.question_id, a.selected_option] for a in body.answers],
                 "tsMs": int(time.time() * 1000),
+                "clientTsMs": body.client_ts_ms(),  # the client's own clock (seed 004): audit only
             }
         },
         upsert=True,
