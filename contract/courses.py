@@ -177,7 +177,10 @@ class CourseCatalog:
 
     async def _shared(self, course_id: str) -> CourseMeta | None:
         key = keys.course_meta(course_id)
-        for _ in range(40):  # up to ~2 s behind another process's refill
+        # Wait behind another process's refill as long as its lock may be held: the lock's TTL
+        # bounds a holder that died, and a busy holder must not make every waiter read MongoDB.
+        deadline = time.monotonic() + LOCK_TTL_MS / 1000
+        while time.monotonic() < deadline:
             raw = await self.redis.get(key)
             if raw is not None:
                 return None if raw == MISSING else _decoder.decode(raw)
