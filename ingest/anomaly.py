@@ -13,8 +13,9 @@ Rules (tunables in ``contract.settings``, ``flag_*``):
   ``flag_quiz_min_ms_per_question`` per question (the ingest API measures it on its own clock
   from the fetch's start record; see ``ingest.api.quiz``).
 - ``coverage_too_fast``: a lecture completed sooner after its first watched second than its
-  covered seconds allow at ``flag_coverage_max_rate`` (the completion's ``covered_s`` and
-  ``watch_ms``, from the achievement consumer).
+  covered seconds, less the coverage rules' ``coverage_slack_s``, allow at
+  ``flag_coverage_max_rate`` (the completion's ``covered_s`` and ``watch_ms``, from the
+  achievement consumer).
 
 :class:`Rules` is the I/O-free judgement; :class:`AnomalyDetector` keeps the norms and windows
 in Redis (per-user keys share the user's hash tag) and writes a hit to MongoDB's ``flags`` as
@@ -101,7 +102,8 @@ class Rules:
     def coverage_too_fast(self, covered_s: float | None, watch_ms: int | None) -> Evidence | None:
         if covered_s is None or watch_ms is None:
             return None
-        minimum = int(covered_s * 1000 / self.s.flag_coverage_max_rate)
+        # The coverage rules grant coverage_slack_s beyond the rate (ping jitter): so does this.
+        minimum = int(max(0.0, covered_s - self.s.coverage_slack_s) * 1000 / self.s.flag_coverage_max_rate)
         if watch_ms >= minimum:
             return None
         return {"coveredS": covered_s, "watchMs": watch_ms, "minimumMs": minimum}

@@ -66,9 +66,10 @@ def test_quiz_too_fast_judges_only_a_timed_quiz() -> None:
 
 
 def test_coverage_too_fast_judges_a_completion_by_its_covered_seconds() -> None:
-    rules = Rules(SETTINGS.replace(flag_coverage_max_rate=2.0))
-    assert rules.coverage_too_fast(95.0, 47_499) == {"coveredS": 95.0, "watchMs": 47_499, "minimumMs": 47_500}
-    assert rules.coverage_too_fast(95.0, 47_500) is None
+    rules = Rules(SETTINGS.replace(flag_coverage_max_rate=2.0, coverage_slack_s=2.0))
+    assert rules.coverage_too_fast(95.0, 46_499) == {"coveredS": 95.0, "watchMs": 46_499, "minimumMs": 46_500}
+    assert rules.coverage_too_fast(95.0, 46_500) is None
+    assert rules.coverage_too_fast(1.5, 0) is None  # within the slack: nothing to judge
     assert rules.coverage_too_fast(None, 1) is None and rules.coverage_too_fast(95.0, None) is None
     done = action("eve", 10, 1, source="completion", covered_s=95.0, watch_ms=1_000)
     assert [h.rule for h in rules.evaluate([done], {}, [], {})] == [COVERAGE_TOO_FAST]
