@@ -18,6 +18,11 @@ let timer = null;
 // video reports that seek done: such a seek is not the learner's, so it is not pinged. Pinging it
 // would tell the other device its own move back, and two paused players would echo each other.
 let ownSeekTo = null;
+// Where the page last put the playhead (kept until the learner plays), and the last ping sent:
+// a follower moved to the very end of a lecture gets an `ended` event it must not report either.
+let placedAt = null;
+let lastPinged = null;
+const near = (a, b) => a !== null && b !== null && Math.abs(a - b) < 0.01;
 
 const clock = (s) => `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
 
@@ -31,6 +36,7 @@ function nextSeq() {
 function sendPing() {
   if (!socket || !current || !Number.isFinite(video.currentTime)) return;
   const ping = { courseId, lectureId: current, position: video.currentTime, seq: nextSeq() };
+  lastPinged = { lectureId: current, position: ping.position };
   if (Number.isFinite(video.duration) && video.duration > 0) ping.duration = video.duration;
   socket.progress(ping);
 }
@@ -65,6 +71,7 @@ async function refresh() {
 function seekWhenReady(position) {
   const seek = () => {
     ownSeekTo = Math.min(position, video.duration || position);
+    placedAt = ownSeekTo;
     video.currentTime = ownSeekTo;
     video.dataset.resumedAt = String(position);
   };
@@ -103,6 +110,7 @@ function connectSocket() {
 // The server counts as watched only the advance between two consecutive pings of this
 // connection that real time allows: ping where playback starts, so its first seconds count.
 video.addEventListener("play", () => {
+  placedAt = null;
   clearInterval(timer);
   sendPing();
   timer = setInterval(sendPing, PING_EVERY_MS);
@@ -120,7 +128,10 @@ video.addEventListener("seeked", () => {
 });
 video.addEventListener("ended", async () => {
   clearInterval(timer);
-  sendPing();
+  // Playing to the end already pinged on `pause`, a seek to the end on `seeked`; a move the page
+  // made (another device's) is not the learner's at all.
+  const repeat = lastPinged !== null && lastPinged.lectureId === current && near(lastPinged.position, video.currentTime);
+  if (!repeat && !near(placedAt, video.currentTime)) sendPing();
   setTimeout(() => refresh().catch(() => {}), 500);
 });
 addEventListener("pagehide", sendPing);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
@@ -160,6 +161,22 @@ async def test_a_device_that_follows_another_never_pings_the_move_back(
             assert await page.get_attribute("#status", "data-state") == "open"
         assert await laptop.text_content("#other-device") == "continued on another device at 0:20"
         assert await pings_stored(stack) == stored + 2
+
+        # The learner plays the laptop to the very end: the phone follows every move, the last
+        # ones to the end, and pings nothing (its `ended` used to ping, and the laptop then read
+        # that the other device "continued" at its own end).
+        await laptop.evaluate(
+            "() => { const v = document.getElementById('video'); v.playbackRate = 2; return v.play(); }"
+        )
+        await laptop.wait_for_function("document.getElementById('video').ended")
+        await seeked_to(phone, 30)
+        sent = await eventually(lambda: pings_sent(laptop), until=lambda p: p[-1:] == [30])
+        await asyncio.sleep(1.5)  # room for a stray ping from the phone to arrive: none may
+        assert (await pings_sent(phone))[before_phone:] == [20]
+        # Stored: every ping the laptop sent in this test, and the phone's one seek.
+        expected = stored + len(sent[before_laptop:]) + 1
+        assert await eventually(lambda: pings_stored(stack), until=lambda n: n >= expected) == expected
+        assert await laptop.text_content("#other-device") == "continued on another device at 0:20"
         await laptop.context.close()
         await phone.context.close()
 
