@@ -531,6 +531,11 @@ class Subscriber:
             start = time.monotonic()
             self.ctx.recorder.http("sse", response.status_code, start)
             if response.status_code != 200:
+                if response.status_code != 503:
+                    await response.aread()
+                    self.ctx.recorder.violation(
+                        f"{self.describe()}: answered {response.status_code} {response.text[:200]}"
+                    )
                 await asyncio.sleep(0.5)
                 return
             event: dict[str, str] = {}

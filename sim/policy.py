@@ -27,7 +27,7 @@ class Tri(enum.Enum):
 class Policy:
     # Direct score writes. "own_token": a learner's own token raises its own score (the API before
     # issue #10). "scorer": a token with role scorer names the user in the body (issue #10).
-    score_writes: Literal["own_token", "scorer"] = "own_token"
+    score_writes: Literal["own_token", "scorer"] = "scorer"
     # Repeated submissions of one quiz by one user: "every" counts each graded submission with a
     # fresh actionId; "best" counts the best attempt only (issue #10: only the improvement).
     quiz_counts: Literal["every", "best"] = "every"
@@ -44,7 +44,10 @@ class Policy:
     # between two pings times this rate, plus the slack. Only used to tell a forward seek, which
     # must NOT count, from playback; honest playback never advances faster than real time.
     max_playback_rate: float = 2.0
-    coverage_slack_s: float = 1.0
+    coverage_slack_s: float = 2.0
+    # The system stores watched intervals rounded (to 0.1 s): coverage this close to the threshold
+    # may land on either side of it.
+    coverage_rounding_s: float = 0.25
     # Stream entries left after every consumer group processed everything (issue #8 defect 3:
     # processed entries are trimmed). None: not checked.
     stream_len_bound: int | None = 500
@@ -113,9 +116,10 @@ def watched(policy: Policy, duration: float, max_position: float, spans: Sequenc
         return Tri.YES if max_position >= need else Tri.NO
     sure = _covered([s for s in spans if s.counts is Tri.YES and _usable(policy, s, strict=True)])
     possible = _covered([s for s in spans if s.counts is not Tri.NO and _usable(policy, s, strict=False)])
-    if sure >= need + 1e-6:
+    margin = policy.coverage_rounding_s
+    if sure >= need + margin:
         return Tri.YES
-    if possible < need - 1e-6:
+    if possible < need - margin:
         return Tri.NO
     return Tri.MAYBE
 

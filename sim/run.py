@@ -27,9 +27,10 @@ from sim.oracle import Course, Learner, Oracle, Quiz
 from sim.policy import CURRENT, Policy
 from sim.wire import Api, Identity, Profile, Recorder
 
-REGIONS = ("EU", "US", "IN", None)
+# Region codes the deployment lists in BOARD_REGIONS (only those boards can be followed).
+REGIONS = ("EU", "NA", "APAC", None)
 ZONES = ("UTC", "UTC", "Europe/Berlin", "Asia/Kolkata", "America/New_York")
-BOARDS = ("global", "weekly", "monthly", "region:EU", "region:US", "course:sim-c1", "course:sim-c2")
+BOARDS = ("global", "weekly", "monthly", "region:EU", "region:NA", "course:sim-c1", "course:sim-c2")
 FINISH_TIMEOUT_S = 60.0
 
 
