@@ -286,7 +286,8 @@ class LearnerActor:
         pending = [lec for lec in course.order if lec not in done]
         roll = self.rng.random()
         device = self.rng.choice(self.devices)
-        if not pending:
+        if not pending:  # the course is done: watch a lecture again (a long run keeps pinging)
+            await self.watch(device, self.rng.choice(course.order), forward_seeks=roll > 0.7)
             self.course_id = self.rng.choice(self.course_ids)
             return
         if roll < 0.1 and done:
