@@ -568,6 +568,9 @@ class Subscriber:
                     elif message.get("type") == "error":
                         code = str(message.get("code"))
                         self.ctx.recorder.ws_error(code, started, self.describe())
+                        if code == "unavailable":  # the subscribe did not take: ask again
+                            await asyncio.sleep(0.5)
+                            await ws.send(json.dumps({"type": "subscribe", "board": self.board}))
                     elif message.get("type") == "reconnect":
                         return
                     if self.done.is_set():
