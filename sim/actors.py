@@ -259,7 +259,7 @@ class LearnerActor:
         try:
             while not self.ctx.stop.is_set():
                 roll = self.rng.random()
-                if roll < 0.55:
+                if roll < 0.50:
                     await self.watch_next()
                 elif roll < 0.70:
                     await self.submit_quiz()
@@ -355,10 +355,14 @@ class LearnerActor:
     # ------------------------------------------------------------ quizzes and marks
     async def submit_quiz(self) -> None:
         oracle = self.ctx.oracle
-        if self.submissions and self.rng.random() < 0.15:
+        roll = self.rng.random()
+        if self.submissions and roll < 0.15:
             quiz_id, body = self.rng.choice(self.submissions)  # a deliberate retry: counted once
         else:
-            quiz_id = self.rng.choice(self.quiz_ids)
+            if self.submissions and roll < 0.5:  # a retake, to improve (or not) on an attempt
+                quiz_id = self.rng.choice(self.submissions)[0]
+            else:
+                quiz_id = self.rng.choice(self.quiz_ids)
             quiz = oracle.quizzes[quiz_id]
             answers = {q: (key if self.rng.random() < 0.6 else "wrong") for q, key in quiz.key.items()}
             body = {

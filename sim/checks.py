@@ -155,7 +155,7 @@ class Checker:
             self.violation(f"{who}: resume point {got}, but the newest acked ping is {options[0]}")
         for lecture, seconds in (view.get("watchTimes") or {}).items():
             limit = oracle.max_position(user_id, course_id, lecture)
-            if not 0 <= float(seconds) <= limit + 1e-6:
+            if not 0 <= float(seconds) <= limit + self.oracle.policy.coverage_rounding_s:
                 self.violation(f"{who}: watchTimes[{lecture}] = {seconds}, but no ping went past {limit}")
 
     # ------------------------------------------------------------ board totals
@@ -293,7 +293,7 @@ class Checker:
         for field, value in doc.items():
             if field.startswith("w_"):
                 limit = self.oracle.max_position(user_id, course_id, field[2:])
-                if not 0 <= float(value) <= limit + 1e-6:
+                if not 0 <= float(value) <= limit + self.oracle.policy.coverage_rounding_s:
                     self.violation(
                         f"progress {owner}: {field} = {value}, but the owner never went past {limit}"
                     )

@@ -30,13 +30,13 @@ class Policy:
     score_writes: Literal["own_token", "scorer"] = "scorer"
     # Repeated submissions of one quiz by one user: "every" counts each graded submission with a
     # fresh actionId; "best" counts the best attempt only (issue #10: only the improvement).
-    quiz_counts: Literal["every", "best"] = "every"
+    quiz_counts: Literal["every", "best"] = "best"
     # When watching completes a lecture: "playhead" when the newest watched position reached the
     # threshold; "coverage" when consecutive pings of one device covered the threshold's share of
     # the lecture at a plausible pace (issue #10).
-    completion_by: Literal["playhead", "coverage"] = "playhead"
+    completion_by: Literal["playhead", "coverage"] = "coverage"
     # Whether a lecture whose predecessor is not completed can complete (issue #10: no).
-    locked_can_complete: bool = True
+    locked_can_complete: bool = False
     complete_threshold: float = 0.95
     # A completion is worth max(lecture marks, this) on every board of the learner.
     completion_score: int = 10

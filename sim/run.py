@@ -63,6 +63,7 @@ class Report:
     ws_errors: dict[str, int]
     elapsed_s: float
     workdir: str
+    oracle: Oracle = dataclasses.field(repr=False, default_factory=lambda: Oracle(CURRENT))
 
     @property
     def ok(self) -> bool:
@@ -271,6 +272,7 @@ async def simulate(config: Config, *, workdir: Path | None = None) -> Report:
         ws_errors=dict(recorder.ws_errors),
         elapsed_s=time.monotonic() - started,
         workdir=str(workdir),
+        oracle=oracle,
     )
     if report.ok:
         shutil.rmtree(workdir, ignore_errors=True)
