@@ -162,9 +162,6 @@ def test_make_run_brings_back_a_killed_embedded_mongodb(tmp_path: Path) -> None:
             found = client["keep"]["docs"].find_one({"_id": "before-the-crash"})
         assert found == {"_id": "before-the-crash", "n": 1}
         assert second != first
-        # The stack works on the restarted server.
-        course = _wait_ok(f"http://127.0.0.1:{ingest_port}/api/v1/courses/demo", deadline)
-        assert course.json()["lectureCount"] == 3
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
