@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
@@ -101,7 +102,10 @@ return rows
 )
 
 # KEYS: zset, version, members, staging zset, staging members, empty, guard1, guard2, ...
-# ARGV: version, force (0/1), guard ttl (s), total1, total2, ... (one per guard; '' = unknown).
+# ARGV: version, force (0/1), guard ttl (s), rows staged, total1, total2, ... (one per guard;
+# '' = unknown). Returns -1, changing nothing, when rows were staged but the staging keys are
+# gone (Redis flushed or restarted empty between staging and commit): committing would publish
+# an empty board and mark its counted actions applied, losing their points.
 # Returns the committed version, or 0 when the board came back meanwhile (without force). The
 # guards mark actions the staged totals already count, with the total each reached (see _APPLY).
 # Staging keys carry a TTL (a rebuilder that dies leaves nothing behind); RENAME moves the TTL
@@ -113,6 +117,10 @@ _COMMIT_REBUILD = (
 if ARGV[2] == '0' and board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[6]) then
   redis.call('DEL', KEYS[4], KEYS[5])
   return 0
+end
+if tonumber(ARGV[4]) > 0 and redis.call('EXISTS', KEYS[4], KEYS[5]) < 2 then
+  redis.call('DEL', KEYS[4], KEYS[5])
+  return -1
 end
 local version = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -132,7 +140,7 @@ if redis.call('EXISTS', KEYS[1], KEYS[3]) < 2 then
 end
 redis.call('SET', KEYS[2], version)
 for i = 7, #KEYS do
-  local reached = ARGV[i - 3]
+  local reached = ARGV[i - 2]
   local value = version
   if reached and reached ~= '' then value = version .. ':' .. reached end
   redis.call('SET', KEYS[i], value, 'EX', tonumber(ARGV[3]))
@@ -296,13 +304,16 @@ class BoardStore:
         ``counted`` are (actionId, the total it reached or None) the rows already include: the
         commit sets their guards, so a later apply of one of them is a no-op. Without ``force``
         the commit is a no-op when the board came back meanwhile. Returns the committed version,
-        or 0 when nothing changed.
+        or 0 when nothing changed. Raises Unavailable when Redis lost the staged rows before the
+        commit (nothing is committed; the caller retries).
         """
         keys: BoardKeys = board_keys(board)
         # Concurrent rebuilds of one board (the read API and a worker, say) stage apart.
         staging = keys.staging(secrets.token_hex(8))
         chunk: list[tuple[str, int, int]] = []
+        staged = 0
         for row in rows:
+            staged += 1
             chunk.append(row)
             if len(chunk) >= 1000:
                 await self._stage(staging, chunk)
@@ -312,7 +323,12 @@ class BoardStore:
         keyset = [keys.zset, keys.version, keys.members, *staging, keys.empty]
         keyset += [keys.guard(action_id) for action_id, _ in counted]
         reached = ["" if total is None else total for _, total in counted]
-        return int(await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s, *reached]))
+        committed = int(
+            await self._commit(keys=keyset, args=[version, int(force), self._guard_ttl_s, staged, *reached])
+        )
+        if committed < 0:
+            raise Unavailable(f"Redis lost the staged rebuild of {board}; retry")
+        return committed
 
     async def _stage(self, staging: tuple[str, str], chunk: list[tuple[str, int, int]]) -> None:
         zset, members_key = staging

@@ -12,6 +12,7 @@ import pytest
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.boardstore import APPLIED, MISSING, BoardStore
+from contract.errors import Unavailable
 from devstack.processes import Stack
 from ingest.rebuild import rebuild_board
 from tests.eventually import eventually
@@ -104,3 +105,27 @@ async def test_an_empty_board_asks_for_no_rebuild(
         assert (reader.events[0]["data"]["version"], reader.events[0]["data"]["leaderboard"]) == (version, [])
         # The gateway reads the board before it sends the snapshot, and asks before it reads on.
         assert await redis.xlen(keys.SCORE_STREAM) == 0
+
+
+class FlushedWhileStaging(BoardStore):
+    """A BoardStore whose staged rows vanish before the commit, as after a FLUSHALL or a Redis
+    restart without persistence between the two steps of a rebuild."""
+
+    async def _stage(self, staging: tuple[str, str], chunk: list[tuple[str, int, int]]) -> None:
+        await super()._stage(staging, chunk)
+        await self.redis.delete(*staging)
+
+
+async def test_a_rebuild_whose_staged_rows_were_lost_commits_nothing(redis: Any) -> None:
+    """It committed an empty board and set the guards of the actions it counted, so those
+    actions' points were lost for good (found by the audit log of a flaky worker test)."""
+    boards = FlushedWhileStaging(redis)
+    with pytest.raises(Unavailable):
+        await boards.stage_and_commit(
+            "global", [("ada", 10, 1)], version=5, force=False, counted=[("ada|a1", 10)]
+        )
+    assert not await boards.exists("global")
+    assert await redis.exists(keys.board_keys("global").guard("ada|a1")) == 0
+    # With nothing to stage, an empty board is still committed (it exists, empty).
+    assert await boards.stage_and_commit("global", [], version=6, force=False) == 6
+    assert await boards.exists("global")
