@@ -125,6 +125,23 @@ async def test_an_unknown_user_is_404_and_nothing_is_queued(
     assert await redis.xlen(keys.SCORE_STREAM) == 0
 
 
+async def test_a_learner_with_a_token_from_the_identity_provider_is_known_from_her_first_request(
+    ingest: httpx.AsyncClient, issuer: TokenIssuer, redis: Any, mongo: Any, token: str
+) -> None:
+    """No development login in production: the learner's first authenticated request registers
+    her profile from her token, so a scoring service can score her on HER region's board."""
+    grace = issuer.access_token(user_id="grace", name="Grace Hopper", region="na")
+    assert (await score(ingest, token, "grace", 5)).status_code == 404  # never seen yet
+    assert (await ingest.get("/api/v1/stats/student", headers=bearer(grace))).status_code == 200
+    r = await score(ingest, token, "grace", 5)
+    assert r.status_code == 202, r.text
+    (entry,) = await queued(redis)
+    assert (entry["userId"], entry["name"], entry["region"]) == ("grace", "Grace Hopper", "NA")
+    assert (await mongo["users"].find_one({"_id": "grace"}))["region"] == "NA"
+    # A service's own token is not a learner: it never becomes a user to place on a board.
+    assert await mongo["users"].find_one({"_id": "points-service"}) is None
+
+
 async def test_only_an_existing_course_gets_a_board(
     ingest: httpx.AsyncClient, redis: Any, issuer: TokenIssuer, token: str, ada: str
 ) -> None:

@@ -64,7 +64,7 @@ def parse_since(raw: str) -> int:
 
 async def audit_log(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role="admin")
+    await authenticate(request, role="admin")
     since = request.query_params.get("since")
     items, next_cursor = await audit.page(
         st.mongo,
@@ -90,7 +90,7 @@ def flag_item(doc: dict[str, Any]) -> FlagItem:
 
 async def flags(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role="admin")
+    await authenticate(request, role="admin")
     status = request.query_params.get("status", anomaly.OPEN)
     if status not in (anomaly.OPEN, anomaly.CLEARED):
         raise BadRequest("status must be open or cleared", code="bad_query")
@@ -104,7 +104,7 @@ async def flags(request: Request) -> Response:
 
 async def clear(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request, role="admin")
+    claims = await authenticate(request, role="admin")
     user_id: str = path_param(request, "user_id", Id)
     cleared = await anomaly.clear(st.redis, st.mongo, user_id, by=claims.sub)
     return JSONResponse({"userId": user_id, "cleared": cleared})

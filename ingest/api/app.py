@@ -28,6 +28,7 @@ from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, st
 from ingest.api.client import parse_networks
 from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
 from ingest.api.state import IngestState, state
+from ingest.api.users import KnownUsers
 
 
 async def healthz(request: Request) -> Response:
@@ -63,11 +64,12 @@ def create_app(settings: Settings) -> Starlette:
         )
         db = mongo_client[settings.mongo_db]
         await store.ensure_indexes(db)
+        boards = BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s)
         app.state.ingest = IngestState(
             settings=settings,
             redis=redis,
             mongo=db,
-            boards=BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s),
+            boards=boards,
             issuer=TokenIssuer.optional(settings),
             verifier=TokenVerifier(settings),
             progress=ProgressStore.of(redis, settings, db=db),
@@ -80,6 +82,7 @@ def create_app(settings: Settings) -> Starlette:
             ),
             backlog=BacklogGauge(redis, max_age_s=settings.queue_backlog_max_age_s),
             trusted_proxies=trusted_proxies,
+            users=KnownUsers(boards, db, ttl_s=settings.user_cache_ttl_s),
         )
         try:
             yield

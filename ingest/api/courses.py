@@ -46,7 +46,7 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def put_course(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role="admin")
+    await authenticate(request, role="admin")
     course_id = course_id_param(request)
     body = await decode_body(request, CourseIn, max_bytes=st.settings.max_body_bytes * 16)
     lectures = [lecture.lecture_id for section in body.sections for lecture in section.lectures]

@@ -24,7 +24,7 @@ from ingest.store import ACTIVITY
 
 async def mark(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     day = local_day(int(time.time() * 1000), claims.tz)
     await record_activity(st.mongo, claims.sub, day, uuid.uuid4().hex)
     await record_streak(st.mongo, claims.sub, day, claims.tz)
@@ -33,7 +33,7 @@ async def mark(request: Request) -> Response:
 
 async def data(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     days = int_param(request, "days", 365, 1, 366)
     today = dt.datetime.now(zone(request.query_params.get("tz", claims.tz))).date()
     first = (today - dt.timedelta(days=days - 1)).isoformat()

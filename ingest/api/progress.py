@@ -70,7 +70,7 @@ async def view(st: IngestState, user_id: str, meta: CourseMeta) -> ProgressView:
 
 async def save(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     body = await decode_body(request, ProgressSaveRequest, max_bytes=st.settings.max_body_bytes)
     meta = await course_meta(st, body.course_id)
     duration = lecture_of(meta, body.lecture_id)
@@ -95,7 +95,7 @@ async def save(request: Request) -> Response:
 
 async def complete(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     body = await decode_body(request, ProgressCompleteRequest, max_bytes=st.settings.max_body_bytes)
     meta = await course_meta(st, body.course_id)
     duration = lecture_of(meta, body.lecture_id)
@@ -129,7 +129,7 @@ async def complete(request: Request) -> Response:
 
 async def read(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     meta = await course_meta(st, course_id_param(request))
     return JSONResponse(await view(st, claims.sub, meta))
 

@@ -120,7 +120,7 @@ def tally_of_attempts(attempts: list[dict[str, Any]], *, best: bool) -> Tally:
 
 async def put_quiz(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role="admin")
+    await authenticate(request, role="admin")
     quiz_id: str = path_param(request, "quiz_id", Id)
     body = await decode_body(request, QuizIn, max_bytes=st.settings.max_body_bytes)
     if body.course_id is not None:
@@ -141,7 +141,7 @@ async def put_quiz(request: Request) -> Response:
 
 async def get_quiz(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     quiz_id: str = path_param(request, "quiz_id", Id)
     quiz = await st.mongo[QUIZZES].find_one({"_id": quiz_id})
     if quiz is None:
@@ -231,7 +231,7 @@ async def count_attempt(
 
 async def submit(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     body = await decode_body(request, QuizSubmitRequest, max_bytes=st.settings.max_body_bytes)
     await check_block(st, claims.sub)  # before grading: a blocked user's attempt is not even stored
     quiz = await st.mongo[QUIZZES].find_one({"_id": body.quiz_id})

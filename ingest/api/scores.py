@@ -198,7 +198,10 @@ async def scored_profile(st: IngestState, user_id: str) -> Profile:
         return cached
     doc = await st.mongo[store.USERS].find_one({"_id": user_id})
     if doc is None:
-        raise NotFound(f"no user {user_id!r}: a user is known from their first login", code="unknown_user")
+        raise NotFound(
+            f"no user {user_id!r}: a user is known from their first authenticated request",
+            code="unknown_user",
+        )
     profile = Profile(
         name=doc.get("name") or user_id, avatar_url=doc.get("avatarUrl"), region=doc.get("region")
     )
@@ -208,7 +211,7 @@ async def scored_profile(st: IngestState, user_id: str) -> Profile:
 
 async def update(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role=SCORING_ROLES)
+    await authenticate(request, role=SCORING_ROLES)
     body = await decode_body(request, ScoreUpdateRequest, max_bytes=st.settings.max_body_bytes)
     if body.score_increment > st.settings.max_score_increment:
         raise BadRequest(
@@ -340,7 +343,7 @@ async def around_me(request: Request) -> Response:
 
 async def rebuild(request: Request) -> Response:
     st = state(request)
-    authenticate(request, role="admin")
+    await authenticate(request, role="admin")
     board = resolve(request.path_params["board"])
     entry = RebuildRequest(board=board, force=True)
     await st.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(entry)})

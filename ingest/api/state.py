@@ -16,6 +16,7 @@ from contract.progress import ProgressStore
 from contract.settings import Settings
 from contract.streams import BacklogGauge
 from ingest.api.client import Network
+from ingest.api.users import KnownUsers
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -29,6 +30,7 @@ class IngestState:
     progress: ProgressStore
     catalog: CourseCatalog
     backlog: BacklogGauge
+    users: KnownUsers
     trusted_proxies: tuple[Network, ...] = ()
 
 
@@ -37,9 +39,10 @@ def state(request: Request) -> IngestState:
     return found
 
 
-def authenticate(request: Request, *, role: str | tuple[str, ...] | None = None) -> Claims:
+async def authenticate(request: Request, *, role: str | tuple[str, ...] | None = None) -> Claims:
     """The verified claims of the request's token, which must hold ``role`` (one of them, for a
-    tuple) when given. Raises AuthError (401) or Forbidden (403, ``forbidden``)."""
+    tuple) when given; a learner seen for the first time is registered (``ingest.api.users``).
+    Raises AuthError (401) or Forbidden (403, ``forbidden``)."""
     token = token_from_request(request.headers, request.query_params, request.cookies)
     if not token:
         raise AuthError("a bearer token is required", code="unauthorized")
@@ -47,4 +50,5 @@ def authenticate(request: Request, *, role: str | tuple[str, ...] | None = None)
     wanted = (role,) if isinstance(role, str) else role
     if wanted is not None and not any(claims.has_role(r) for r in wanted):
         raise Forbidden(f"role {' or '.join(map(repr, wanted))} required")
+    await state(request).users.note(claims)
     return claims

@@ -23,7 +23,7 @@ from ingest.store import PROGRESS, STATS
 
 async def student(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     doc = await st.mongo[STATS].find_one({"_id": claims.sub}, {"tz": 1, "totalCompleted": 1}) or {}
     today = dt.datetime.now(zone(doc.get("tz") or claims.tz)).date()
     current, longest, last = await streak_summary(st.mongo, claims.sub, today)
@@ -39,7 +39,7 @@ async def student(request: Request) -> Response:
 
 async def course_progress(request: Request) -> Response:
     st = state(request)
-    claims = authenticate(request)
+    claims = await authenticate(request)
     docs = [
         d
         async for d in st.mongo[PROGRESS].find(
