@@ -118,23 +118,14 @@ class Achievements:
         )
 
     def consumer(self, name: str) -> StreamConsumer:
-        s = self.settings
-        return StreamConsumer(
+        return StreamConsumer.configured(
             self.redis,
+            self.settings,
             stream=keys.COMPLETION_STREAM,
             group=keys.ACHIEVEMENT_GROUP,
             consumer=name,
             dead_letter=keys.COMPLETION_DEAD_LETTER,
             handler=self.handle,
-            batch_size=s.stream_batch_size,
-            block_ms=s.stream_block_ms,
-            claim_idle_ms=s.claim_idle_ms,
-            max_deliveries=s.max_deliveries,
-            trim_interval_s=s.stream_trim_interval_s,
-            dead_letter_max_length=s.dead_letter_max_length,
-            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
-            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
-            probe_interval_s=s.outage_probe_interval_s,
             services=[outage.mongo_service(self.db.client)],
         )
 

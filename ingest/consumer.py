@@ -36,6 +36,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from contract import keys, outage
+from contract.settings import Settings
 from contract.streams import trim_done
 from ingest.ops import ConsumerMetrics
 
@@ -116,6 +117,41 @@ class StreamConsumer:
         self._rescue_at = 0.0  # loop time of the next look for dead consumers
         self._own_leftovers = True  # entries a dead process of the same name left pending
         self.metrics: ConsumerMetrics | None = None  # set by a process that exports them
+
+    @classmethod
+    def configured(
+        cls,
+        redis: Any,
+        settings: Settings,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        dead_letter: str,
+        handler: Handler,
+        services: Sequence[outage.Service] = (),
+    ) -> StreamConsumer:
+        """A consumer of ``stream`` tuned by ``settings`` (batching, claiming, dead letters,
+        trimming, heartbeats, outage probing), as every Scorecast stream is consumed."""
+        s = settings
+        return cls(
+            redis,
+            stream=stream,
+            group=group,
+            consumer=consumer,
+            dead_letter=dead_letter,
+            handler=handler,
+            batch_size=s.stream_batch_size,
+            block_ms=s.stream_block_ms,
+            claim_idle_ms=s.claim_idle_ms,
+            max_deliveries=s.max_deliveries,
+            trim_interval_s=s.stream_trim_interval_s,
+            dead_letter_max_length=s.dead_letter_max_length,
+            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
+            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
+            probe_interval_s=s.outage_probe_interval_s,
+            services=services,
+        )
 
     async def ensure_group(self) -> None:
         try:

@@ -68,45 +68,27 @@ class ScoreWorker:
         self.anomaly = AnomalyDetector(redis=redis, db=db, settings=settings)
 
     def consumer(self, name: str) -> StreamConsumer:
-        s = self.settings
-        return StreamConsumer(
+        return StreamConsumer.configured(
             self.redis,
+            self.settings,
             stream=keys.SCORE_STREAM,
             group=keys.WORKER_GROUP,
             consumer=name,
             dead_letter=keys.SCORE_DEAD_LETTER,
             handler=self.handle,
-            batch_size=s.stream_batch_size,
-            block_ms=s.stream_block_ms,
-            claim_idle_ms=s.claim_idle_ms,
-            max_deliveries=s.max_deliveries,
-            trim_interval_s=s.stream_trim_interval_s,
-            dead_letter_max_length=s.dead_letter_max_length,
-            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
-            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
-            probe_interval_s=s.outage_probe_interval_s,
             services=[outage.mongo_service(self.db.client)],
         )
 
     def rebuild_consumer(self, name: str) -> StreamConsumer:
         """The consumer of the gateways' rebuild requests (``keys.REBUILD_STREAM``)."""
-        s = self.settings
-        return StreamConsumer(
+        return StreamConsumer.configured(
             self.redis,
+            self.settings,
             stream=keys.REBUILD_STREAM,
             group=keys.WORKER_GROUP,
             consumer=name,
             dead_letter=keys.REBUILD_DEAD_LETTER,
             handler=self.handle_rebuilds,
-            batch_size=s.stream_batch_size,
-            block_ms=s.stream_block_ms,
-            claim_idle_ms=s.claim_idle_ms,
-            max_deliveries=s.max_deliveries,
-            trim_interval_s=s.stream_trim_interval_s,
-            dead_letter_max_length=s.dead_letter_max_length,
-            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
-            heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
-            probe_interval_s=s.outage_probe_interval_s,
             services=[outage.mongo_service(self.db.client)],
         )
 
