@@ -15,12 +15,10 @@ from starlette.routing import BaseRoute, Route
 
 from contract import keys
 from contract.auth import Claims, TokenIssuer
-from contract.boardstore import Profile
 from contract.errors import AuthError, NotFound
 from contract.http import JSONResponse, decode_body
 from contract.messages import LoginRequest, RefreshRequest, TokenPair
 from contract.streaks import zone
-from ingest import store
 from ingest.api.state import IngestState, state
 
 
@@ -69,13 +67,7 @@ async def login(request: Request) -> Response:
         avatar_url=body.avatar_url,
         tz=body.time_zone,
     )
-    profile = Profile(name=body.name, avatar_url=body.avatar_url, region=region)
-    await st.boards.cache_profiles({body.user_id: profile}, ttl_s=st.settings.user_cache_ttl_s)
-    await st.mongo[store.USERS].update_one(
-        {"_id": body.user_id},
-        {"$set": {**store.user_doc(body.name, body.avatar_url, region), "tz": body.time_zone}},
-        upsert=True,
-    )
+    await st.users.register(claims)
     return JSONResponse(await issue_pair(st, claims))
 
 

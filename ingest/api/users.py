@@ -30,18 +30,26 @@ class KnownUsers:
         self._registered: dict[str, None] = {}  # insertion-ordered: the oldest is forgotten first
 
     async def note(self, claims: Claims) -> None:
-        """Register the learner of ``claims`` unless this process already did.
+        """Register the learner of ``claims`` unless this process already did (services never).
 
         Raises what Redis or MongoDB raise (the request then answers 503: nothing was accepted).
         """
         if claims.sub in self._registered or any(claims.has_role(r) for r in SERVICE_ROLES):
             return
+        await self.register(claims)
+
+    async def register(self, claims: Claims) -> None:
+        """Write the profile of ``claims`` (the Redis cache and MongoDB ``users``), always: the
+        development login calls this for every login, whose name or region may have changed.
+
+        Raises what Redis or MongoDB raise.
+        """
         region = claims.region.upper() if claims.region else None
         profile = Profile(name=claims.name, avatar_url=claims.avatar_url, region=region)
         await self.boards.cache_profiles({claims.sub: profile}, ttl_s=self.ttl_s)
         await self.mongo[store.USERS].update_one(
             {"_id": claims.sub},
-            {"$set": store.user_doc(claims.name, claims.avatar_url, region)},
+            {"$set": {**store.user_doc(claims.name, claims.avatar_url, region), "tz": claims.tz}},
             upsert=True,
         )
         self._registered[claims.sub] = None
