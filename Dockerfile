@@ -3,6 +3,7 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml ./
 COPY contract contract
+COPY store store
 COPY gateway gateway
 COPY ingest ingest
 COPY devstack devstack

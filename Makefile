@@ -27,7 +27,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check contract gateway ingest devstack sim
+	$(BIN)/ruff format --check contract store gateway ingest devstack sim
 	$(BIN)/mypy
 
 test: $(STAMP) browser lint

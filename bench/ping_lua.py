@@ -16,9 +16,10 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from contract.clients import redis_client
-from contract.progress import Ping, ProgressStore
+from contract.progress import Ping
 from devstack.servers import free_port, redis_server
+from store.clients import redis_client
+from store.progress import ProgressStore
 
 T0_MS = 1_700_000_000_000
 

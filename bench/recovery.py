@@ -37,11 +37,12 @@ from pymongo import AsyncMongoClient
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.progress import Ping, ProgressStore, ResumePoint
+from contract.progress import Ping, ResumePoint
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import ManagedServer, free_port, mongo_server, redis_server
 from ingest.store import PROGRESS, SCORE_EVENTS
+from store.progress import ProgressStore
 
 
 async def until(

@@ -35,7 +35,7 @@ class BoardKeys:
     zset: str
     version: str
     members: str
-    empty: str  # set while the board exists with no member (see contract.boardstore)
+    empty: str  # set while the board exists with no member (see store.boards)
     guard_prefix: str
     staging_prefix: str
 

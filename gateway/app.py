@@ -20,10 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from contract.auth import TokenVerifier
-from contract.clients import redis_client
-from contract.courses import CourseCatalog
 from contract.http import JSONResponse, install_error_handlers
-from contract.progress import ProgressStore
 from contract.settings import Settings
 from gateway import sse, ws
 from gateway.hub import Hub
@@ -32,6 +29,9 @@ from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
 from gateway.progress import ProgressWriter
 from gateway.state import GatewayState, gateway_state
+from store.clients import redis_client
+from store.courses import CourseCatalog
+from store.progress import ProgressStore
 
 
 async def healthz(request: Request) -> Response:

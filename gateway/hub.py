@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 from contract import keys
-from contract.boardstore import BoardStore
 from contract.errors import Unavailable
 from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
 from contract.settings import Settings
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
+from store.boards import BoardStore
 
 log = logging.getLogger("scorecast.gateway")
 

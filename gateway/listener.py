@@ -17,9 +17,10 @@ from typing import Any
 import msgspec
 from redis.asyncio.client import PubSub
 
-from contract import keys, outage
+from contract import keys
 from contract.messages import board_event_decoder, progress_event_decoder
 from gateway.hub import Hub
+from store import outage
 
 log = logging.getLogger("scorecast.gateway.listener")
 

@@ -13,11 +13,11 @@ import asyncio
 import logging
 
 from contract.boards import course_of, followable, regions_of
-from contract.courses import CourseCatalog
 from contract.errors import Unavailable, UnknownBoard
 from contract.settings import Settings
 from gateway.hub import Connection, Hub
 from gateway.protocol import BoardFrames
+from store.courses import CourseCatalog
 
 log = logging.getLogger("scorecast.gateway.policy")
 

@@ -22,9 +22,11 @@ import time
 from prometheus_client import Counter
 
 from contract.auth import Claims
-from contract.courses import CourseCatalog, CourseMeta
+from contract.courses import CourseMeta
 from contract.messages import ProgressPing
-from contract.progress import Ping, PingResult, ProgressStore, completion_event, emit_completions, who
+from contract.progress import Ping, PingResult, completion_event, who
+from store.courses import CourseCatalog
+from store.progress import ProgressStore, emit_completions
 
 log = logging.getLogger("scorecast.gateway.progress")
 

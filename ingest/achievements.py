@@ -24,14 +24,15 @@ from typing import Any
 
 import msgspec
 
-from contract import keys, outage
-from contract.courses import CourseCatalog
+from contract import keys
 from contract.errors import BadRequest
 from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
 from contract.settings import Settings
 from contract.streaks import current_streak, length, local_day, run_of, zone
 from ingest.consumer import Entry, StreamConsumer
 from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id, progress_on_insert
+from store import outage
+from store.courses import CourseCatalog
 
 log = logging.getLogger("scorecast.achievements")
 

@@ -7,7 +7,7 @@ handler raised is retried in-process. An entry claimed after more than ``max_del
 deliveries (it keeps killing consumers), or reported as poison by the handler (undecodable), is
 copied to the dead-letter stream (capped at ``dead_letter_max_length``, the oldest go first) and
 acked. Every ``trim_interval_s`` the loop trims the entries every group of the stream has finished
-(``contract.streams.trim_done``). The handler must be idempotent: an entry is handed over again
+(``store.streams.trim_done``). The handler must be idempotent: an entry is handed over again
 after a crash before its XACK.
 
 Heartbeats: every consumer announces itself in a sorted set per stream and group (member: its
@@ -35,10 +35,11 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from contract import keys, outage
+from contract import keys
 from contract.settings import Settings
-from contract.streams import trim_done
 from ingest.ops import ConsumerMetrics
+from store import outage
+from store.streams import trim_done
 
 log = logging.getLogger(__name__)
 

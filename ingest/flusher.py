@@ -11,7 +11,7 @@ and first thing at start. A failed write puts its batch back into the dirty set;
 never expires.
 
 Outages: a failed cycle is retried no later than one interval on, and at once when Redis and
-MongoDB answer their probes again (``contract.outage``).
+MongoDB answer their probes again (``store.outage``).
 
 A key becomes ONE upsert whose filter is the ``_id`` alone: watch times (``w_<lectureId>``) and
 the resume point (``contract.progress.ResumePoint``, one string sorting by seq) are each a
@@ -39,15 +39,17 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, UpdateOne
 
-from contract import keys, outage
-from contract.clients import redis_client
-from contract.courses import CourseCatalog
+from contract import keys
 from contract.logs import install_redaction, setup_logging
-from contract.progress import RESUME_FIELD, ProgressStore, ResumePoint, emit_completions, pending_completions
+from contract.progress import RESUME_FIELD, ResumePoint, pending_completions
 from contract.settings import Settings
 from ingest.ops import FlusherMetrics
 from ingest.ops import serve as serve_ops
 from ingest.store import PROGRESS, progress_id, progress_on_insert
+from store import outage
+from store.clients import redis_client
+from store.courses import CourseCatalog
+from store.progress import ProgressStore, emit_completions
 
 log = logging.getLogger("scorecast.flusher")
 

@@ -9,7 +9,7 @@ the connection (HTTP/1.0 style; Prometheus and kubelet probes need nothing more)
   consumer lag, dirty keys) are refreshed first, within ``READ_TIMEOUT_S`` (on failure the last
   values are served and ``scorecast_ops_refresh_failures_total`` counts it).
 - ``/healthz``: 200 while the event loop answers.
-- ``/readyz``: 200 while Redis and MongoDB answer their probes (``contract.outage``, bounded),
+- ``/readyz``: 200 while Redis and MongoDB answer their probes (``store.outage``, bounded),
   else 503 naming the first unreachable one.
 
 Metrics (see the README's Operations section): :class:`ConsumerMetrics` for the stream consumers
@@ -28,8 +28,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from contract import keys, outage
-from contract.streams import backlog
+from contract import keys
+from store import outage
+from store.streams import backlog
 
 log = logging.getLogger(__name__)
 

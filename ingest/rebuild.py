@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from contract.boardstore import BoardStore
 from contract.keys import board_keys, decode_member
 from ingest import audit, store
+from store.boards import BoardStore
 
 
 async def rebuild_board(boards: BoardStore, db: Any, board: str, *, force: bool) -> int:

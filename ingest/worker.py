@@ -34,10 +34,8 @@ from typing import Any
 import msgspec
 from pymongo import AsyncMongoClient, UpdateOne
 
-from contract import keys, outage
+from contract import keys
 from contract.boards import segments_for
-from contract.boardstore import APPLIED, MISSING, ApplyResult, BoardStore, Profile
-from contract.clients import redis_client
 from contract.logs import install_redaction, setup_logging
 from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
 from contract.settings import Settings
@@ -48,6 +46,9 @@ from ingest.consumer import Entry, StreamConsumer
 from ingest.ops import ConsumerMetrics
 from ingest.ops import serve as serve_ops
 from ingest.rebuild import rebuild_board
+from store import outage
+from store.boards import APPLIED, MISSING, ApplyResult, BoardStore, Profile
+from store.clients import redis_client
 
 log = logging.getLogger("scorecast.worker")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from contract.boardstore import ALREADY_APPLIED, APPLIED, ApplyResult
 from contract.errors import BadRequest
 from contract.messages import ScoreAction
 from contract.settings import Settings
 from ingest import audit
 from ingest.anomaly import BURST, COVERAGE_TOO_FAST, JUMP, QUIZ_TOO_FAST, Rules
 from ingest.api.client import client_ip, parse_networks
+from store.boards import ALREADY_APPLIED, APPLIED, ApplyResult
 
 SETTINGS = Settings(
     flag_jump_factor=10.0,

@@ -11,12 +11,12 @@ import httpx
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.boardstore import BoardStore
 from contract.messages import ScoreAction
 from contract.settings import Settings
 from devstack.processes import Stack
 from ingest import store
 from ingest.worker import ScoreWorker, boards_of
+from store.boards import BoardStore
 from tests.eventually import eventually
 from tests.helpers import bearer, login, scorer_token
 

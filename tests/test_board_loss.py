@@ -11,10 +11,10 @@ import pytest
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.boardstore import APPLIED, MISSING, BoardStore
 from contract.errors import Unavailable
 from devstack.processes import Stack
 from ingest.rebuild import rebuild_board
+from store.boards import APPLIED, MISSING, BoardStore
 from tests.eventually import eventually
 from tests.helpers import login, scorer_token
 from tests.sse_client import SseReader, sse

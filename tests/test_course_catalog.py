@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 from contract import keys
-from contract.courses import COURSES, CourseCatalog, meta_from_doc
+from contract.courses import COURSES, meta_from_doc
+from store.courses import CourseCatalog
 from tests.eventually import eventually
 
 DOC = {

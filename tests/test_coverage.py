@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from contract import keys
-from contract.clients import redis_client
-from contract.progress import CompleteStatus, Ping, PingResult, ProgressStore
+from contract.progress import Ping, PingResult
 from contract.settings import Settings
 from ingest.flusher import Flusher
+from store.clients import redis_client
+from store.progress import CompleteStatus, ProgressStore
 
 T0 = 1_700_000_000_000  # ms; every ping below says how long after it arrived
 

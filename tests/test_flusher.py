@@ -15,13 +15,14 @@ from contract import keys
 from contract.auth import Claims, TokenIssuer
 from contract.courses import CourseMeta
 from contract.messages import completion_event_decoder, json_encoder
-from contract.progress import Ping, ProgressStore, ResumePoint, completion_event
+from contract.progress import Ping, ResumePoint, completion_event
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port, mongo_server
 from ingest.achievements import Achievements
 from ingest.flusher import Flusher, operations
 from ingest.store import PROGRESS
+from store.progress import ProgressStore
 from tests.eventually import eventually
 from tests.helpers import bearer
 from tests.test_progress import COURSE, progress

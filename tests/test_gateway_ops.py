@@ -15,13 +15,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from contract.auth import TokenIssuer
-from contract.boardstore import BoardStore
 from contract.settings import Settings
 from devstack.processes import Stack
 from gateway.app import create_app
 from gateway.hub import Connection
 from gateway.protocol import State
 from gateway.state import GatewayState
+from store.boards import BoardStore
 from tests.browser import open_connections
 from tests.eventually import eventually
 from tests.helpers import asgi_client

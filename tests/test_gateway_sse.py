@@ -11,10 +11,10 @@ import pytest
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.boardstore import BoardStore
 from contract.messages import BoardEvent, RebuildRequest, json_encoder, stream_entry_decoder
 from contract.settings import Settings
 from devstack.processes import Stack
+from store.boards import BoardStore
 from tests.eventually import eventually
 from tests.sse_client import SseReader, sse
 

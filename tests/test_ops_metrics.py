@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.messages import ScoreAction, json_encoder
-from contract.progress import Ping, ProgressStore
+from contract.progress import Ping
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port
+from store.progress import ProgressStore
 from tests.eventually import eventually
 from tests.helpers import login, score, scorer_token
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from contract import outage
 from devstack.servers import free_port
+from store import outage
 
 
 def flaky(failures: int) -> tuple[outage.Service, list[int]]:

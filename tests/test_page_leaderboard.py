@@ -9,8 +9,8 @@ import httpx
 from playwright.async_api import Page
 
 from contract.auth import TokenIssuer
-from contract.boardstore import BoardStore
 from devstack.processes import Stack
+from store.boards import BoardStore
 from tests.browser import chromium, open_connections
 from tests.eventually import eventually
 from tests.helpers import login, score, scorer_token

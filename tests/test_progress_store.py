@@ -10,9 +10,10 @@ import redis
 from redis.exceptions import ResponseError
 
 from contract import keys
-from contract.clients import redis_client
-from contract.progress import Ping, ProgressStore
+from contract.progress import Ping
 from contract.settings import Settings
+from store.clients import redis_client
+from store.progress import ProgressStore
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import httpx
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.settings import Settings
-from contract.streams import BacklogGauge, backlog, trim_done
 from devstack.processes import Stack
 from ingest.api.app import create_app
 from ingest.consumer import StreamConsumer
+from store.streams import BacklogGauge, backlog, trim_done
 from tests.eventually import eventually
 from tests.helpers import asgi_client, login, score, scorer_token
 

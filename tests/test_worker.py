@@ -17,7 +17,6 @@ from redis.exceptions import ResponseError
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.boards import monthly_name, weekly_name
-from contract.boardstore import ALREADY_APPLIED, APPLIED, BoardStore
 from contract.messages import ScoreAction
 from contract.settings import Settings
 from devstack.processes import Stack
@@ -25,6 +24,7 @@ from ingest import store
 from ingest.consumer import StreamConsumer
 from ingest.rebuild import rebuild_board
 from ingest.worker import ScoreWorker
+from store.boards import ALREADY_APPLIED, APPLIED, BoardStore
 from tests.eventually import eventually
 from tests.helpers import bearer, login, score, scorer_token
 

@@ -16,19 +16,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contract.auth import TokenIssuer, TokenVerifier
-from contract.boardstore import BoardStore
-from contract.clients import redis_client
-from contract.courses import CourseCatalog
 from contract.http import JSONResponse, install_error_handlers
-from contract.progress import ProgressStore
 from contract.settings import Settings
-from contract.streams import BacklogGauge
 from ingest import store
 from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
 from ingest.api.client import parse_networks
 from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
 from ingest.api.state import IngestState, state
 from ingest.api.users import KnownUsers
+from store.boards import BoardStore
+from store.clients import redis_client
+from store.courses import CourseCatalog
+from store.progress import ProgressStore
+from store.streams import BacklogGauge
 
 
 async def healthz(request: Request) -> Response:

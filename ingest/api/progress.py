@@ -25,18 +25,11 @@ from contract.courses import CourseMeta
 from contract.errors import BadRequest, Conflict, Forbidden
 from contract.http import JSONResponse, decode_body
 from contract.messages import ProgressCompleteRequest, ProgressSaveRequest
-from contract.progress import (
-    CompleteStatus,
-    Ping,
-    ProgressView,
-    completion_event,
-    emit_completions,
-    merge,
-    who,
-)
+from contract.progress import Ping, ProgressView, completion_event, merge, who
 from ingest.api.courses import course_id_param, course_meta
 from ingest.api.state import IngestState, authenticate, state
 from ingest.store import PROGRESS, progress_id
+from store.progress import CompleteStatus, emit_completions
 
 log = logging.getLogger("scorecast.ingest.progress")
 

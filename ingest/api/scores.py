@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute, Route
 from contract import keys
 from contract.auth import Claims
 from contract.boards import resolve
-from contract.boardstore import Profile, Row, Top
 from contract.errors import BadRequest, NotFound, TemporarilyBlocked, TooManyRequests, Unavailable
 from contract.http import JSONResponse, decode_body
 from contract.messages import (
@@ -41,6 +40,7 @@ from ingest.api.courses import course_meta
 from ingest.api.metrics import counted
 from ingest.api.state import IngestState, authenticate, state
 from ingest.rebuild import rebuild_board
+from store.boards import Profile, Row, Top
 
 log = logging.getLogger("scorecast.scores")
 

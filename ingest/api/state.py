@@ -9,14 +9,14 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from contract.auth import Claims, TokenIssuer, TokenVerifier, token_from_request
-from contract.boardstore import BoardStore
-from contract.courses import CourseCatalog
 from contract.errors import AuthError, Forbidden
-from contract.progress import ProgressStore
 from contract.settings import Settings
-from contract.streams import BacklogGauge
 from ingest.api.client import Network
 from ingest.api.users import KnownUsers
+from store.boards import BoardStore
+from store.courses import CourseCatalog
+from store.progress import ProgressStore
+from store.streams import BacklogGauge
 
 
 @dataclasses.dataclass(kw_only=True)

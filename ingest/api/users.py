@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from contract.auth import Claims
-from contract.boardstore import BoardStore, Profile
 from ingest import store
+from store.boards import BoardStore, Profile
 
 # Service identities are not learners: they are never placed on a board.
 SERVICE_ROLES = ("scorer", "admin")

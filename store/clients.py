@@ -32,7 +32,7 @@ def redis_client(url: str) -> aioredis.Redis:
 
     None of this holds a recovery up: the retries wait at most 0.1 + 0.2 s between attempts, and
     the health check is one PING before reusing a connection idle for 30 s. Loops that outlive an
-    outage do not lean on the retries; they probe (``contract.outage``).
+    outage do not lean on the retries; they probe (``store.outage``).
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
