@@ -47,6 +47,20 @@ def redis_binary() -> str:
     return str(binary)
 
 
+def redis_cli() -> str:
+    """The command-line client that goes with :func:`redis_binary` (it forms clusters)."""
+    server = Path(redis_binary())
+    for name in ("valkey-cli", "redis-cli"):
+        sibling = server.with_name(name)
+        if sibling.exists():
+            return str(sibling)
+    for name in ("valkey-cli", "redis-cli"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ServerError(f"no valkey-cli/redis-cli next to {server} or on PATH")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (a dead process nobody reaped yet)."""
     try:
@@ -158,7 +172,8 @@ class ManagedServer:
             self.kill()
 
 
-def redis_server(port: int, data_dir: Path) -> ManagedServer:
+def redis_server(port: int, data_dir: Path, *, cluster: bool = False) -> ManagedServer:
+    """A Redis-protocol server; ``cluster``: a cluster node (see :mod:`devstack.cluster`)."""
     argv = [
         redis_binary(),
         "--port", str(port),
@@ -170,6 +185,14 @@ def redis_server(port: int, data_dir: Path) -> ManagedServer:
         "--protected-mode", "no",
         "--maxclients", "10000",
     ]  # fmt: skip
+    if cluster:
+        # No replicas: a master that is down takes only its own slots away, the others go on.
+        argv += [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000",
+            "--cluster-require-full-coverage", "no",
+        ]  # fmt: skip
     return ManagedServer("redis", argv, port=port, data_dir=data_dir, log_path=data_dir / "server.log")
 
 

@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 
 from contract.auth import TokenIssuer
 from contract.settings import Settings
+from devstack.cluster import RedisCluster
 from devstack.servers import ManagedServer, free_port, mongo_server, redis_server
 from tests.helpers import asgi_client
 from tests.stack import Stack
@@ -26,6 +27,14 @@ def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServe
     server = redis_server(free_port(), tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster of the embedded server (started by the first test asking)."""
+    cluster = RedisCluster([free_port() for _ in range(3)], tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
