@@ -8,6 +8,7 @@ directories finds it formed.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -16,7 +17,28 @@ from pathlib import Path
 from devstack.servers import ManagedServer, ServerError, redis_cli, redis_server
 
 MASTERS = 3
-SLOTS = 16384
+BUS_OFFSET = 10000  # a node's cluster bus listens on its port + 10000
+PORT_RANGE = (20000, 55535)
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int = MASTERS) -> list[int]:
+    """``count`` ports that are free with their cluster bus ports (port + 10000) free too."""
+    found: list[int] = []
+    for port in random.sample(range(*PORT_RANGE), 2000):
+        if _free(port) and _free(port + BUS_OFFSET):
+            found.append(port)
+            if len(found) == count:
+                return found
+    raise ServerError("no free ports for a cluster")
 
 
 def _command(port: int, *args: str, timeout_s: float = 1.0) -> str:

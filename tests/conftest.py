@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 
 from contract.auth import TokenIssuer
 from contract.settings import Settings
-from devstack.cluster import RedisCluster
+from devstack.cluster import RedisCluster, cluster_ports
 from devstack.servers import ManagedServer, free_port, mongo_server, redis_server
 from tests.helpers import asgi_client
 from tests.stack import Stack
@@ -32,7 +32,7 @@ def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServe
 @pytest.fixture(scope="session")
 def redis_cluster_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A real 3-master Redis Cluster of the embedded server (started by the first test asking)."""
-    cluster = RedisCluster([free_port() for _ in range(3)], tmp_path_factory.mktemp("cluster")).start()
+    cluster = RedisCluster(cluster_ports(), tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
 
