@@ -262,10 +262,29 @@ class CompletionEvent(msgspec.Struct, rename="camel", forbid_unknown_fields=True
 
 
 class BoardEvent(msgspec.Struct, rename="camel"):
-    """Published on a board's channel after its version moved."""
+    """Published on a board's channel after its version moved.
+
+    ``users``: whose score changed since the previous event (the worker's batch), so gateways
+    look up those viewers' own ranks first; empty when unknown (a rebuild).
+    """
 
     board: str
     version: int
+    users: list[str] = []
+
+
+class RankUpdate(Output):
+    """The data of an SSE ``rank`` event: the viewer's own place on a board it follows.
+
+    ``rank`` and ``score`` are null while the viewer is not ranked; ``gapToNext`` (points to the
+    next rank up) is null then and at #1. No field has a default: nulls are always sent.
+    """
+
+    board: str
+    version: int
+    rank: int | None
+    score: int | None
+    gap_to_next: int | None
 
 
 class ProgressEvent(msgspec.Struct, rename="camel"):
@@ -393,6 +412,16 @@ class LeaderboardMessage(WsOutput, tag="leaderboard"):
     leaderboard: list[FrameEntry]
 
 
+class RankMessage(WsOutput, tag="rank"):
+    """The WebSocket form of :class:`RankUpdate`."""
+
+    board: str
+    version: int
+    rank: int | None
+    score: int | None
+    gap_to_next: int | None
+
+
 class ProgressMessage(WsOutput, tag="progress"):
     course_id: str
     lecture_id: str
@@ -423,7 +452,14 @@ class ReconnectMessage(WsOutput, tag="reconnect"):
 
 
 ServerMessage = (
-    LeaderboardMessage | ProgressMessage | Ack | Pong | ErrorMessage | Unsubscribed | ReconnectMessage
+    LeaderboardMessage
+    | RankMessage
+    | ProgressMessage
+    | Ack
+    | Pong
+    | ErrorMessage
+    | Unsubscribed
+    | ReconnectMessage
 )
 
 # Built once, reused everywhere.

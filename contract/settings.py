@@ -134,6 +134,14 @@ class Settings:
     # every gateway (on the rebuild stream, apart from the score stream's queue_full budget).
     rebuild_request_interval_s: float = 5.0
     rebuild_stream_max_length: int = 10_000
+    # Rank events (each viewer's own place on the boards it follows). Redis lookups of one
+    # gateway are bounded by rank_lookups_per_s (one lookup = one viewer on one board; 0 turns
+    # rank events off). Viewers whose own score changed go first; every other viewer is looked
+    # up again within rank_refresh_s while the budget covers (viewers / rank_refresh_s) per second.
+    # The lookups of one tick (rank_tick_s) go to Redis in one script call per board.
+    rank_lookups_per_s: float = 5000.0
+    rank_refresh_s: float = 5.0
+    rank_tick_s: float = 0.25
     # In-process course metadata cache: known courses, and (fewer) ids found not to exist.
     course_cache_max_entries: int = 10_000
     course_cache_max_unknown: int = 1_000

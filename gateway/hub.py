@@ -25,6 +25,7 @@ from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, Rebuil
 from contract.settings import Settings
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
+from gateway.rank_push import RankPusher
 from store.boards import BoardStore
 
 log = logging.getLogger("scorecast.gateway")
@@ -86,6 +87,15 @@ class Connection:
         replaced = self.outbox.put_board(frames.board, frames)
         self.wake()
         return replaced
+
+    def push_latest(self, key: str, frame: bytes | str) -> None:
+        """Queue a frame of this connection alone (``bytes``: an SSE event, ``str``: a WebSocket
+        text) that replaces an unsent older one under ``key``, like a board frame."""
+        if isinstance(frame, bytes) and self._direct():
+            self.sink.write(http_chunk(frame))
+            return
+        self.outbox.put_board(key, frame)
+        self.wake()
 
     def push(self, message: object) -> bool:
         if isinstance(message, bytes) and self._direct():
@@ -151,6 +161,7 @@ class Hub:
         self.settings = settings
         self.metrics = metrics
         self.store = BoardStore(redis)
+        self.ranks = RankPusher(self.store, settings, metrics)
         self.boards: dict[str, Board] = {}
         self.users: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
@@ -169,8 +180,10 @@ class Hub:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
+        self.ranks.start()
 
     async def close(self) -> None:
+        await self.ranks.close()
         tasks = self._tasks + [b.task for b in self.boards.values() if b.task]
         for task in tasks:
             task.cancel()
@@ -235,11 +248,13 @@ class Hub:
             self.unsubscribe(conn, name)  # a board no one waits for is dropped with its loop
             raise
         assert board.frames is not None
+        self.ranks.planner.follow(conn, name, conn.user_id)
         return board.frames
 
     def unsubscribe(self, conn: Connection, name: str) -> None:
         conn.boards.discard(name)
         conn.versions.pop(name, None)
+        self.ranks.planner.unfollow(conn, name, conn.user_id)
         board = self.boards.get(name)
         if board is None:
             return
@@ -251,7 +266,10 @@ class Hub:
                 board.task.cancel()
 
     # ------------------------------------------------------------ events from the listener
-    def board_event(self, name: str, version: int) -> None:
+    def board_event(self, name: str, version: int, users: list[str] | None = None) -> None:
+        """Board ``name`` is at ``version`` now; ``users`` changed their scores on it."""
+        if users:
+            self.ranks.planner.changed(name, users)
         board = self.boards.get(name)
         if board is not None and (board.frames is None or board.frames.version != version):
             board.changed.set()

@@ -141,7 +141,7 @@ class Listener:
         try:
             if channel.startswith(keys.BOARD_CHANNEL_PREFIX):
                 event = board_event_decoder.decode(data)
-                self.hub.board_event(event.board, event.version)
+                self.hub.board_event(event.board, event.version, event.users)
             elif channel.startswith(keys.USER_CHANNEL_PREFIX):
                 user_id = channel[len(keys.USER_CHANNEL_PREFIX) :]
                 self.hub.progress_event(user_id, progress_event_decoder.decode(data))

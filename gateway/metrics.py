@@ -50,6 +50,19 @@ class Metrics:
             "Pings that advanced faster than real time (seeks, or cheating): not counted as watched",
             registry=self.registry,
         )
+        self.rank_lookups = Counter(
+            "scorecast_gateway_rank_lookups",
+            "Viewers' own places read from Redis (one viewer on one board each)",
+            registry=self.registry,
+        )
+        self.rank_frames = Counter(
+            "scorecast_gateway_rank_frames", "Rank events handed to connections", registry=self.registry
+        )
+        self.rank_backlog = Gauge(
+            "scorecast_gateway_rank_backlog",
+            "Viewers whose own score changed, waiting for rank lookup budget",
+            registry=self.registry,
+        )
         for transport in ("sse", "ws"):
             self.connections.labels(transport)
             self.messages.labels(transport)

@@ -11,7 +11,8 @@ Per batch, in this order (each step is idempotent, so a crash anywhere is repair
    batch's among them; see ``ingest.rebuild``) and the step re-applied;
 4. ``board_totals`` and ``users`` bulk upserts, the audit log (``ingest.audit``), the anomaly
    rules (``ingest.anomaly``), then the events are marked applied;
-5. one ``BoardEvent`` per changed board is published with its newest version;
+5. one ``BoardEvent`` per changed board is published with its newest version and the users whose
+   scores it moved (gateways look up those viewers' own ranks first);
 6. the consumer XACKs (only after MongoDB acknowledged).
 
 Run as ``python -m ingest.worker``: it also runs the achievement consumer of the completion
@@ -168,10 +169,15 @@ class ScoreWorker:
         await self._audit(todo, steps, results)
         await self.anomaly.observe(todo)
         await events.update_many({"_id": {"$in": [eid for _, eid in pending]}}, {"$set": {"applied": True}})
-        for r in results:
+        # Whose scores moved, per board: gateways look up those viewers' own ranks first. On a
+        # rebuilt board the rebuild counted this batch's actions (their steps say so).
+        moved: dict[str, set[str]] = {}
+        for (board, _, user_id, _), r in zip(steps, results, strict=True):
             if r.status == APPLIED:
-                newest[r.board] = max(newest.get(r.board, 0), r.seq)
-        await self._publish(newest)
+                newest[board] = max(newest.get(board, 0), r.seq)
+            if r.status == APPLIED or board in missing:
+                moved.setdefault(board, set()).add(user_id)
+        await self._publish(newest, moved)
 
     async def _event_ids(self, actions: list[ScoreAction]) -> list[str]:
         """The ``score_events`` id of each action: ``<userId>|<actionId>``, or its bare actionId
@@ -237,13 +243,15 @@ class ScoreWorker:
             docs.append(audit.action_doc(a, applied))
         await audit.write(self.db, [d for d in docs if d is not None])
 
-    async def _publish(self, versions: dict[str, int]) -> None:
+    async def _publish(self, versions: dict[str, int], moved: dict[str, set[str]] | None = None) -> None:
         if not versions:
             return
         pipe = self.redis.pipeline(transaction=False)
         for board, version in versions.items():
+            users = sorted(moved.get(board, ())) if moved else []
             pipe.publish(
-                keys.board_channel(board), json_encoder.encode(BoardEvent(board=board, version=version))
+                keys.board_channel(board),
+                json_encoder.encode(BoardEvent(board=board, version=version, users=users)),
             )
         await pipe.execute()
 

@@ -101,6 +101,34 @@ return rows
 """
 )
 
+# KEYS: zset, version, members, empty. ARGV: userId1, userId2, ...
+# Returns {version, rank0, score, scoreAbove, ...} with three values per user (rank0 -1 and ''
+# scores when unranked; scoreAbove '' at #1), or {-1} when the board is missing. Per user: HGET
+# (its member), ZREVRANK, ZSCORE and the one-row ZREVRANGE of the member one rank up.
+_RANKS = (
+    _EXISTS_FN
+    + """
+if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
+local out = {tonumber(redis.call('GET', KEYS[2]))}
+for i = 1, #ARGV do
+  local member = redis.call('HGET', KEYS[3], ARGV[i])
+  local rank = member and redis.call('ZREVRANK', KEYS[1], member)
+  if rank then
+    local above = ''
+    if rank > 0 then above = redis.call('ZREVRANGE', KEYS[1], rank - 1, rank - 1, 'WITHSCORES')[2] end
+    out[#out + 1] = rank
+    out[#out + 1] = redis.call('ZSCORE', KEYS[1], member)
+    out[#out + 1] = above
+  else
+    out[#out + 1] = -1
+    out[#out + 1] = ''
+    out[#out + 1] = ''
+  end
+end
+return out
+"""
+)
+
 # KEYS: zset, version, members, staging zset, staging members, empty, guard1, guard2, ...
 # ARGV: version, force (0/1), guard ttl (s), rows staged, total1, total2, ... (one per guard;
 # '' = unknown). Returns -1, changing nothing, when rows were staged but the staging keys are
@@ -189,6 +217,26 @@ class Around:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """A user's place on a board: 1-based rank, score, and the score of the member one rank up
+    (None at #1). All None while the user is not ranked."""
+
+    rank: int | None
+    score: int | None
+    above: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Standings:
+    """The places of several users on one board, read atomically at ``version``."""
+
+    board: str
+    version: int
+    exists: bool
+    places: dict[str, Standing]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Profile:
     """A member's display details, and the region whose board their scores go to."""
 
@@ -215,6 +263,22 @@ def _rows(flat: Sequence[Any], first_rank: int) -> list[Row]:
     return rows
 
 
+def _standings(board: str, users: Sequence[str], reply: Sequence[Any]) -> Standings:
+    version = int(reply[0])
+    if version < 0:
+        return Standings(board=board, version=0, exists=False, places={})
+    places = {}
+    for i, user_id in enumerate(users):
+        rank0, score, above = reply[1 + 3 * i : 4 + 3 * i]
+        if int(rank0) < 0:
+            places[user_id] = Standing(rank=None, score=None, above=None)
+        else:
+            places[user_id] = Standing(
+                rank=int(rank0) + 1, score=int(float(score)), above=int(float(above)) if above != "" else None
+            )
+    return Standings(board=board, version=version, exists=True, places=places)
+
+
 class BoardStore:
     """Board operations on one Redis client (``decode_responses=True``)."""
 
@@ -226,6 +290,7 @@ class BoardStore:
         self._around = redis.register_script(_AROUND)
         self._commit = redis.register_script(_COMMIT_REBUILD)
         self._exists = redis.register_script(_EXISTS)
+        self._ranks = redis.register_script(_RANKS)
 
     async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
         """Apply (board, eventId, userId, increment) steps in one pipelined round trip.
@@ -280,6 +345,26 @@ class BoardStore:
             above=rows[:mine],
             below=rows[mine + 1 :],
         )
+
+    async def standings(self, lookups: Mapping[str, Sequence[str]]) -> list[Standings]:
+        """The places of users on boards ({board: [userId, ...]}), in one pipelined round trip:
+        one script call per board, so on a Redis Cluster each call stays in its board's slot.
+
+        A missing board (see the module docstring) answers ``exists=False`` and no places.
+        """
+        boards = [(board, users) for board, users in lookups.items() if users]
+        if not boards:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for board, users in boards:
+            keys = board_keys(board)
+            await self._ranks(
+                keys=[keys.zset, keys.version, keys.members, keys.empty], args=list(users), client=pipe
+            )
+        replies = await pipe.execute()
+        return [
+            _standings(board, users, reply) for (board, users), reply in zip(boards, replies, strict=True)
+        ]
 
     async def exists(self, board: str) -> bool:
         """Whether the board is in Redis (see the module docstring: a lost ranking is missing)."""

@@ -18,6 +18,7 @@ class SseReader:
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.ranks: list[dict[str, Any]] = []  # the viewer's own ``rank`` events
         self.retry: int | None = None
         self.pings = 0
         self.ended = False
@@ -28,7 +29,8 @@ class SseReader:
             if not line:
                 if "data" in event:
                     event["data"] = json.loads(event["data"])
-                    self.events.append(event)
+                    # Rank events apart: they interleave with the rest by timing alone.
+                    (self.ranks if event.get("event") == "rank" else self.events).append(event)
                 event = {}
             elif line.startswith("retry:"):
                 self.retry = int(line[6:])

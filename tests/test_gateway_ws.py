@@ -26,8 +26,12 @@ def ws_url(stack: Stack, token: str | None) -> str:
 
 
 async def recv(ws: ClientConnection) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await ws.recv(decode=True))
-    return message
+    """The next message other than a ``rank`` event (those have their own tests:
+    test_rank_events.py; here they would only interleave by timing)."""
+    while True:
+        message: dict[str, Any] = json.loads(await ws.recv(decode=True))
+        if message["type"] != "rank":
+            return message
 
 
 async def recv_type(ws: ClientConnection, kind: str) -> dict[str, Any]:

@@ -1,0 +1,241 @@
+"""Who gets a ``rank`` event, when, and what it says — without sockets, Redis or an event loop.
+
+A viewer (a user on a board, however many of their connections follow it) is one *pair*. The
+:class:`RankPlanner` decides, tick by tick, which pairs the gateway looks up in Redis, within a
+budget of ``lookups_per_s`` (a token bucket holding at most one second of lookups):
+
+1. pairs whose own score changed (the board event names them), in the order they changed;
+2. pairs a connection just started to follow;
+3. then every other pair in turn (round-robin): each is due ``refresh_s`` after its last lookup
+   (whatever caused it) — what catches viewers that other users passed. The turns are paced at
+   (pairs / ``refresh_s``) per second, taken early from the front of the queue when none is due,
+   so a crowd that arrived at once spreads out instead of coming due in one tick.
+
+A pair is looked up once whatever the number of its connections. Each connection is sent a
+place only when it differs from the last place that connection was sent on that board (the
+board version alone changing is not news), and a connection that starts following a pair
+whose place is known gets it without a lookup. :func:`rank_frames` encodes one place once for
+both transports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+from contract.messages import RankMessage, RankUpdate, json_encoder
+
+C = TypeVar("C", bound=Hashable)
+Pair = tuple[str, str]  # (board, userId)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Place:
+    """What a ``rank`` event says besides board and version (all None: not ranked)."""
+
+    rank: int | None
+    score: int | None
+    gap_to_next: int | None
+
+    @classmethod
+    def of(cls, rank: int | None, score: int | None, above: int | None) -> Place:
+        """The place of a member at ``rank`` with ``score``, ``above`` the score one rank up."""
+        if rank is None or score is None:
+            return UNRANKED
+        return cls(rank=rank, score=score, gap_to_next=None if rank == 1 or above is None else above - score)
+
+
+UNRANKED = Place(rank=None, score=None, gap_to_next=None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RankFrames:
+    """One place encoded once: the SSE event (a ``bytes`` chunk body) and the WebSocket text."""
+
+    board: str
+    version: int
+    place: Place
+    sse: bytes
+    ws_text: str
+
+
+def rank_frames(board: str, version: int, place: Place) -> RankFrames:
+    fields = {"board": board, "version": version, **dataclasses.asdict(place)}
+    # No ``id:`` line: the SSE id is the board version of the shared frames (Last-Event-ID).
+    sse = b"event: rank\ndata: " + json_encoder.encode(RankUpdate(**fields)) + b"\n\n"
+    ws_text = json_encoder.encode(RankMessage(**fields)).decode()
+    return RankFrames(board=board, version=version, place=place, sse=sse, ws_text=ws_text)
+
+
+class _Viewer(Generic[C]):
+    __slots__ = ("conns", "due", "looked_up", "place", "version")
+
+    def __init__(self) -> None:
+        # Each connection with the last place it was sent (None: nothing yet).
+        self.conns: dict[C, Place | None] = {}
+        self.place: Place | None = None  # the last place looked up
+        self.version = 0
+        self.looked_up = -math.inf
+        self.due = math.inf  # when its round-robin turn comes (set by its first lookup)
+
+
+class RankPlanner(Generic[C]):
+    """The rank bookkeeping of one gateway. ``now`` arguments are monotonic seconds."""
+
+    def __init__(self, *, lookups_per_s: float, refresh_s: float, now: float = 0.0) -> None:
+        self.lookups_per_s = lookups_per_s
+        self.refresh_s = refresh_s
+        self.viewers: dict[Pair, _Viewer[C]] = {}
+        # Ordered sets: first asked, first looked up.
+        self._own: dict[Pair, None] = {}  # own score changed
+        self._new: dict[Pair, None] = {}  # just followed, place unknown
+        self._replay: dict[Pair, None] = {}  # pairs with a connection waiting for a known place
+        # (due, pair), stale entries included (skipped and dropped as they surface).
+        self._turns: list[tuple[float, Pair]] = []
+        self._turn_credit = 0.0
+        self._tokens = lookups_per_s
+        self._last = now
+
+    @property
+    def enabled(self) -> bool:
+        return self.lookups_per_s > 0
+
+    @property
+    def backlog(self) -> int:
+        """Pairs whose own change (or first place) waits for budget."""
+        return len(self._own) + len(self._new)
+
+    # ------------------------------------------------------------ who follows what
+    def follow(self, conn: C, board: str, user_id: str) -> None:
+        """``conn`` (of ``user_id``; "" = anonymous, never ranked) now follows ``board``."""
+        if not self.enabled or not user_id:
+            return
+        pair = (board, user_id)
+        viewer = self.viewers.get(pair)
+        if viewer is None:
+            viewer = self.viewers[pair] = _Viewer()
+            self._new[pair] = None
+        viewer.conns[conn] = None
+        if viewer.place is not None:
+            self._replay[pair] = None
+
+    def unfollow(self, conn: C, board: str, user_id: str) -> None:
+        pair = (board, user_id)
+        viewer = self.viewers.get(pair)
+        if viewer is None or viewer.conns.pop(conn, 0) == 0:
+            return
+        if not viewer.conns:
+            del self.viewers[pair]
+            self._own.pop(pair, None)
+            self._new.pop(pair, None)
+            self._replay.pop(pair, None)
+            # Its round-robin entry is dropped when it surfaces.
+
+    def changed(self, board: str, user_ids: Iterable[str]) -> None:
+        """These users' scores on ``board`` changed: look them up first."""
+        for user_id in user_ids:
+            pair = (board, user_id)
+            if pair in self.viewers:
+                self._own[pair] = None
+
+    # ------------------------------------------------------------ one tick
+    def plan(self, now: float) -> dict[str, list[str]]:
+        """The lookups of this tick, {board: [userId, ...]}, within the budget; each planned
+        pair counts as looked up at ``now`` (its result is expected through :meth:`looked_up`)."""
+        elapsed = max(0.0, now - self._last)
+        self._last = now
+        self._tokens = min(self.lookups_per_s, self._tokens + elapsed * self.lookups_per_s)
+        budget = int(self._tokens)
+        lookups: dict[str, list[str]] = {}
+        chosen = 0
+        for urgent in (self._own, self._new):
+            while urgent and chosen < budget:
+                pair = next(iter(urgent))
+                del urgent[pair]
+                self._new.pop(pair, None)
+                chosen += self._take(pair, now, lookups)
+        # Round-robin: every due pair, and early ones while the pace allows. Each turn costs a
+        # credit (due ones even without: the credit goes negative and early turns wait), so
+        # over time the turns average (pairs / refresh_s) per second.
+        self._turn_credit = min(
+            float(len(self.viewers)), self._turn_credit + len(self.viewers) * elapsed / self.refresh_s
+        )
+        turns = self._turns
+        while turns and chosen < budget:
+            due, pair = turns[0]
+            viewer = self.viewers.get(pair)
+            if viewer is None or viewer.due != due:
+                heapq.heappop(turns)  # unfollowed, or looked up since: a stale entry
+                continue
+            if viewer.looked_up == now or (due > now and self._turn_credit < 1):
+                break  # the rest was looked up in this tick, or is not due yet
+            heapq.heappop(turns)
+            self._turn_credit -= 1
+            chosen += self._take(pair, now, lookups)
+        if len(turns) > 2 * len(self.viewers) + 64:
+            self._turns = [(v.due, pair) for pair, v in self.viewers.items() if v.due != math.inf]
+            heapq.heapify(self._turns)
+        self._tokens -= chosen
+        return lookups
+
+    def _take(self, pair: Pair, now: float, lookups: dict[str, list[str]]) -> int:
+        viewer = self.viewers.get(pair)
+        if viewer is None or viewer.looked_up == now:
+            return 0
+        viewer.looked_up = now
+        viewer.due = now + self.refresh_s
+        heapq.heappush(self._turns, (viewer.due, pair))
+        lookups.setdefault(pair[0], []).append(pair[1])
+        return 1
+
+    def retry(self, lookups: dict[str, list[str]]) -> None:
+        """Planned lookups that failed: asked again first (the budget still paces them)."""
+        for board, user_ids in lookups.items():
+            for user_id in user_ids:
+                pair = (board, user_id)
+                viewer = self.viewers.get(pair)
+                if viewer is not None:
+                    viewer.looked_up = -math.inf  # its stale turn stays due: harmless
+                    self._own[pair] = None
+
+    def looked_up(
+        self, board: str, version: int, places: dict[str, Place]
+    ) -> list[tuple[RankFrames, list[C]]]:
+        """Lookup results: the frames to send and the connections each goes to (those whose
+        last sent place differs). Marks them sent."""
+        out = []
+        for user_id, place in places.items():
+            viewer = self.viewers.get((board, user_id))
+            if viewer is None or version < viewer.version:
+                continue  # unfollowed meanwhile, or an older read than one already applied
+            viewer.place, viewer.version = place, version
+            self._replay.pop((board, user_id), None)
+            frames = self._deliver(board, viewer)
+            if frames is not None:
+                out.append(frames)
+        return out
+
+    def replays(self) -> list[tuple[RankFrames, list[C]]]:
+        """Known places for connections that just started following (no lookup needed)."""
+        out = []
+        for board, user_id in self._replay:
+            viewer = self.viewers[(board, user_id)]
+            frames = self._deliver(board, viewer)
+            if frames is not None:
+                out.append(frames)
+        self._replay.clear()
+        return out
+
+    @staticmethod
+    def _deliver(board: str, viewer: _Viewer[C]) -> tuple[RankFrames, list[C]] | None:
+        place = viewer.place
+        assert place is not None
+        targets = [conn for conn, sent in viewer.conns.items() if sent != place]
+        if not targets:
+            return None
+        for conn in targets:
+            viewer.conns[conn] = place
+        return rank_frames(board, viewer.version, place), targets

@@ -1,0 +1,166 @@
+"""The rank planner and rank frames (gateway/ranks.py): I/O-free, without an event loop."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.ranks import UNRANKED, Place, RankPlanner, rank_frames
+
+
+def planner(lookups_per_s: float = 1000.0, refresh_s: float = 5.0) -> RankPlanner[str]:
+    return RankPlanner(lookups_per_s=lookups_per_s, refresh_s=refresh_s, now=0.0)
+
+
+def test_place_gap_to_next_rank() -> None:
+    assert Place.of(1234, 100, 156) == Place(rank=1234, score=100, gap_to_next=56)
+    assert Place.of(1, 500, None) == Place(rank=1, score=500, gap_to_next=None)
+    assert Place.of(2, 40, 40) == Place(rank=2, score=40, gap_to_next=0)  # a tie, reached later
+    assert Place.of(None, None, None) is UNRANKED
+
+
+def test_rank_frames_for_both_transports() -> None:
+    frames = rank_frames("region:EU", 9, Place(rank=3, score=70, gap_to_next=5))
+    head, data = frames.sse.decode().rstrip("\n").split("\n")
+    assert head == "event: rank"  # and no id: line (the id is the shared frame's version)
+    assert frames.sse.endswith(b"\n\n")
+    want = {"board": "region:EU", "version": 9, "rank": 3, "score": 70, "gapToNext": 5}
+    assert json.loads(data.removeprefix("data: ")) == want
+    assert json.loads(frames.ws_text) == {"type": "rank", **want}
+    unranked = json.loads(rank_frames("global", 1, UNRANKED).ws_text)
+    assert unranked == {
+        "type": "rank",
+        "board": "global",
+        "version": 1,
+        "rank": None,
+        "score": None,
+        "gapToNext": None,
+    }
+
+
+def test_a_new_viewer_is_looked_up_at_once_and_sent_its_place() -> None:
+    p = planner()
+    p.follow("c1", "global", "ada")
+    assert p.plan(0.25) == {"global": ["ada"]}
+    out = p.looked_up("global", 7, {"ada": Place(rank=2, score=10, gap_to_next=3)})
+    assert [(f.place.rank, f.version, conns) for f, conns in out] == [(2, 7, ["c1"])]
+
+
+def test_not_sent_again_when_unchanged_but_sent_when_it_moved() -> None:
+    p = planner()
+    p.follow("c1", "global", "ada")
+    p.plan(0.25)
+    p.looked_up("global", 7, {"ada": Place(rank=2, score=10, gap_to_next=3)})
+    # A newer board version, the same place: nothing to send.
+    assert p.looked_up("global", 8, {"ada": Place(rank=2, score=10, gap_to_next=3)}) == []
+    # Someone above moved: the gap changed.
+    out = p.looked_up("global", 9, {"ada": Place(rank=2, score=10, gap_to_next=8)})
+    assert [(f.place.gap_to_next, conns) for f, conns in out] == [(8, ["c1"])]
+    # An older read arriving late is ignored.
+    assert p.looked_up("global", 8, {"ada": Place(rank=5, score=1, gap_to_next=1)}) == []
+
+
+def test_many_devices_of_one_user_share_one_lookup() -> None:
+    p = planner()
+    for conn in ("phone", "laptop", "tablet"):
+        p.follow(conn, "global", "ada")
+    assert p.plan(0.25) == {"global": ["ada"]}
+    [(frames, conns)] = p.looked_up("global", 3, {"ada": Place(rank=1, score=9, gap_to_next=None)})
+    assert sorted(conns) == ["laptop", "phone", "tablet"]
+    # A fourth device gets the known place without a lookup, the others nothing again.
+    p.follow("watch", "global", "ada")
+    assert p.plan(0.5) == {}
+    [(again, conns)] = p.replays()
+    assert conns == ["watch"] and again.place == frames.place and again.version == 3
+    assert p.replays() == []
+
+
+def test_anonymous_and_disabled_never_ranked() -> None:
+    p = planner()
+    p.follow("anon", "global", "")
+    assert p.plan(1.0) == {} and p.viewers == {}
+    off = planner(lookups_per_s=0)
+    off.follow("c1", "global", "ada")
+    assert off.plan(1.0) == {} and not off.enabled
+
+
+def test_own_changes_go_first_and_budget_is_respected() -> None:
+    # 300 viewers to refresh every second need 300 lookups/s: more than the budget of 100/s
+    # (a burst of at most 100).
+    p = planner(lookups_per_s=100.0, refresh_s=1.0)
+    for i in range(300):
+        p.follow(f"c{i}", "global", f"u{i:03d}")
+    first = p.plan(0.0)  # the new viewers: 100 of them now (the budget), in follow order
+    assert first == {"global": [f"u{i:03d}" for i in range(100)]}
+    p.changed("global", ["u299", "u250", "not-here"])
+    # 0.1 s later: 10 lookups' worth of budget; the two own changes jump the queue.
+    second = p.plan(0.1)["global"]
+    assert second[:2] == ["u299", "u250"]
+    assert len(second) == 10
+    # Over a long run, never more lookups than the budget allows.
+    total = len(first["global"]) + len(second)
+    now = 0.1
+    for _ in range(200):
+        now += 0.25
+        total += sum(len(users) for users in p.plan(now).values())
+    assert total <= 100 + now * 100
+    assert total >= now * 100 - 100  # and all of it is used while work waits
+
+
+def test_round_robin_refreshes_every_viewer_within_refresh_s() -> None:
+    p = planner(lookups_per_s=1000.0, refresh_s=5.0)
+    users = [f"u{i}" for i in range(40)]
+    for user in users:
+        p.follow(user, "global", user)
+    p.plan(0.0)  # the first lookups of all 40
+    seen: dict[str, list[float]] = {u: [] for u in users}
+    now = 0.0
+    per_tick = []
+    while now < 20.0:
+        now += 0.25
+        planned = p.plan(now).get("global", [])
+        per_tick.append(len(planned))
+        for user in planned:
+            seen[user].append(now)
+    for user, times in seen.items():
+        gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)] + [now - times[-1]]
+        assert max(gaps) <= 5.0 + 0.25, (user, times)
+    # Spread evenly (40 viewers / 5 s = 2 per 0.25 s tick), not all at once.
+    assert max(per_tick) <= 3
+
+
+def test_an_own_lookup_postpones_its_round_robin_turn() -> None:
+    p = planner(lookups_per_s=1000.0, refresh_s=1.0)
+    p.follow("a", "global", "a")
+    p.follow("b", "global", "b")
+    p.plan(0.0)
+    p.changed("global", ["a"])
+    looked = [u for t in (0.1, 0.2, 0.3, 0.4, 0.5) for u in p.plan(t).get("global", [])]
+    assert looked.count("a") == 1  # its own change; its turn is due a refresh after that
+    assert "b" in looked
+
+
+def test_unfollow_forgets_and_failed_lookups_are_retried() -> None:
+    p = planner()
+    p.follow("c1", "global", "ada")
+    p.follow("c2", "global", "ada")
+    p.unfollow("c1", "global", "ada")
+    planned = p.plan(0.25)
+    assert planned == {"global": ["ada"]}
+    p.retry(planned)  # Redis failed
+    assert p.plan(0.5) == {"global": ["ada"]}
+    [(_, conns)] = p.looked_up("global", 1, {"ada": UNRANKED})
+    assert conns == ["c2"]
+    p.unfollow("c2", "global", "ada")
+    p.unfollow("c2", "global", "ada")  # twice: harmless
+    assert p.viewers == {}
+    assert p.looked_up("global", 2, {"ada": Place(rank=1, score=1, gap_to_next=None)}) == []
+    assert p.plan(10.0) == {}
+
+
+def test_per_board_pairs() -> None:
+    p = planner()
+    p.follow("c1", "global", "ada")
+    p.follow("c1", "region:EU", "ada")
+    assert p.plan(0.25) == {"global": ["ada"], "region:EU": ["ada"]}
+    p.changed("region:EU", ["ada"])
+    assert p.plan(0.5) == {"region:EU": ["ada"]}
