@@ -36,6 +36,7 @@ class BoardKeys:
     version: str
     members: str
     empty: str  # set while the board exists with no member (see store.boards)
+    closed: str  # set when a period board closed: applies refuse it (see ingest.seasons)
     guard_prefix: str
     staging_prefix: str
 
@@ -56,6 +57,7 @@ def board_keys(name: str) -> BoardKeys:
         version=f"{tag}:v",
         members=f"{tag}:m",
         empty=f"{tag}:e",
+        closed=f"{tag}:closed",
         guard_prefix=f"{tag}:a:",
         staging_prefix=f"{tag}:staging:",
     )
@@ -75,6 +77,18 @@ REBUILD_DEAD_LETTER = "stream:rebuilds:dead"
 def rebuild_asked(board: str) -> str:
     """Set (NX EX) by the gateway that asks for ``board``'s rebuild; the others hold back."""
     return f"{{board:{board}}}:rebuildAsked"
+
+
+# Seasons (ingest.seasons): the period boards that got a score (a registry the worker's rollover
+# reads), and one ``board_closed`` event per board and period for rewards.
+SEASON_BOARDS = "seasons:boards"
+BOARD_CLOSED_STREAM = "stream:board_closed"
+
+
+def board_closed_sent(board: str) -> str:
+    """Set with the ``board_closed`` event of ``board`` in one step (the stream's slot): racing
+    workers and retries add it once."""
+    return same_slot(BOARD_CLOSED_STREAM, f":sent:{board}")
 
 
 # Lecture completions, consumed by the achievement consumer (activity, streaks, course board).

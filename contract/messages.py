@@ -138,6 +138,10 @@ class LeaderboardPage(Output):
     version: int
     updated_at: str
     entries: list[LeaderboardEntry]
+    # A closed period answered from its archive: when it closed, and how many users it ranked
+    # (the archive keeps the top ``season_archive_size``).
+    closed_at: str | None = None
+    ranked_users: int | None = None
 
 
 class RankAnswer(Output):
@@ -285,6 +289,19 @@ class RankUpdate(Output):
     rank: int | None
     score: int | None
     gap_to_next: int | None
+
+
+class BoardClosed(msgspec.Struct, rename="camel"):
+    """On ``stream:board_closed`` (field ``d``) once per period board, after its archive was
+    written: ``top`` is the podium and more (the archive's first entries), ``rankedUsers`` how many
+    the board ranked. Consumed by nothing yet (rewards)."""
+
+    board: str
+    period_end: str  # ISO 8601 UTC: the end of the period
+    version: int  # the board's final version
+    ranked_users: int
+    top: list[LeaderboardEntry]
+    closed_at_ms: int  # when the worker rolled it over (epoch ms)
 
 
 class ProgressEvent(msgspec.Struct, rename="camel"):

@@ -110,6 +110,16 @@ class Settings:
     board_weeks_back: int = 12
     board_months_back: int = 12
     user_cache_ttl_s: int = 24 * 3600
+    # Seasons (ingest.seasons): a weekly/monthly board is rolled over season_grace_s after its
+    # period ended (actions queued before the end are applied first): its final top
+    # season_archive_size go to MongoDB once, a board_closed event goes on its stream, and its
+    # Redis keys expire season_retention_s later (reads answer from the archive then). The worker
+    # looks for closed periods every season_check_interval_s.
+    season_grace_s: float = 60.0
+    season_retention_s: int = 7 * 24 * 3600
+    season_check_interval_s: float = 30.0
+    season_archive_size: int = 100
+    board_closed_stream_max_length: int = 100_000
 
     # Gateway
     broadcast_interval_s: float = 1.0

@@ -12,6 +12,9 @@ Redis lost the stream entry) may or may not be counted there, so that user's tot
 worker finishes them later finds them applied. So a rebuild racing a batch neither loses nor
 doubles an action.
 
+A closed period board that was archived (``ingest.seasons``) is never rebuilt: its archive is
+its final truth, and a rebuild would bring back keys meant to expire.
+
 A rebuild that changes a user's total is audited (type ``rebuild``, ``ingest.audit``): against
 the Redis board it replaces when there was one (a forced rebuild), else against
 ``board_totals`` (the in-flight actions it counted).
@@ -24,6 +27,7 @@ from typing import Any
 
 from contract.keys import board_keys, decode_member
 from ingest import audit, store
+from store import archive
 from store.boards import BoardStore
 
 
@@ -31,9 +35,12 @@ async def rebuild_board(boards: BoardStore, db: Any, board: str, *, force: bool)
     """Load ``board`` from MongoDB into Redis. Returns the committed version, 0 if none.
 
     The new version is at least the epoch in milliseconds, so versions never go backwards across
-    a Redis flush and gateways holding an older version re-read the board.
+    a Redis flush and gateways holding an older version re-read the board. An archived board
+    is not rebuilt (0).
     """
     if not force and await boards.exists(board):
+        return 0
+    if await archive.find(db, board) is not None:
         return 0
     events = db[store.SCORE_EVENTS]
     # In-flight actions are read before the totals: an action marked applied in between is

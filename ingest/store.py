@@ -25,6 +25,9 @@ note on nx-27017 and dotted upserts).
                    userAgent, tsMs}: every change of a score (ingest.audit)
 - ``flags``        {_id: "<userId>|<rule>|<window>", userId, rule, evidence, tsMs, status,
                    blockedUntilMs}: anomaly rule hits (ingest.anomaly)
+- ``board_archive`` {_id: board, board, periodEnd, version, rankedUsers, closedAtMs, entries:
+                   [{rank, userId, name, avatarUrl, score}]}: the final standings of a closed
+                   weekly/monthly board, written once (store.archive, ingest.seasons)
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ stream, ``keys.REBUILD_STREAM``). SIGTERM finishes the batch in hand and exits 0
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -39,6 +40,7 @@ from contract import keys
 from contract.boards import segments_for
 from contract.logs import install_redaction, setup_logging
 from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
+from contract.seasons import period_end
 from contract.settings import Settings
 from ingest import audit, store
 from ingest.achievements import Achievements
@@ -47,8 +49,9 @@ from ingest.consumer import Entry, StreamConsumer
 from ingest.ops import ConsumerMetrics
 from ingest.ops import serve as serve_ops
 from ingest.rebuild import rebuild_board
-from store import outage
-from store.boards import APPLIED, MISSING, ApplyResult, BoardStore, Profile
+from ingest.seasons import Seasons
+from store import archive, outage
+from store.boards import APPLIED, CLOSED, MISSING, ApplyResult, BoardStore, Profile
 from store.clients import redis_client
 
 log = logging.getLogger("scorecast.worker")
@@ -165,6 +168,13 @@ class ScoreWorker:
                 newest[board] = rebuilt or await self.boards.version(board)
             retried = iter(await self.boards.apply_many(s for s in steps if s[0] in missing))
             results = [next(retried) if r.status == MISSING else r for r in results]
+            # A late action on a period board whose keys expired after its archive: closed.
+            gone = {r.board for r in results if r.status == MISSING}
+            archived = {b for b in gone if await archive.find(self.db, b) is not None}
+            results = [
+                dataclasses.replace(r, status=CLOSED) if r.status == MISSING and r.board in archived else r
+                for r in results
+            ]
         await self._persist(todo, steps, results)
         await self._audit(todo, steps, results)
         await self.anomaly.observe(todo)
@@ -202,6 +212,8 @@ class ScoreWorker:
         for (board, _, user_id, _), r in zip(steps, results, strict=True):
             if r.status == MISSING:
                 raise RuntimeError(f"board {board} still missing after rebuild")
+            if r.status == CLOSED:
+                continue  # its final standings are archived: the action changes nothing there
             known = totals.get((board, user_id))
             if known is None or r.total > known.total:
                 totals[(board, user_id)] = r
@@ -244,6 +256,8 @@ class ScoreWorker:
         await audit.write(self.db, [d for d in docs if d is not None])
 
     async def _publish(self, versions: dict[str, int], moved: dict[str, set[str]] | None = None) -> None:
+        """Publish each board's new version; a period board joins the rollover's registry."""
+        versions = {board: version for board, version in versions.items() if version}
         if not versions:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -253,6 +267,8 @@ class ScoreWorker:
                 keys.board_channel(board),
                 json_encoder.encode(BoardEvent(board=board, version=version, users=users)),
             )
+            if period_end(board) is not None:
+                pipe.sadd(keys.SEASON_BOARDS, board)
         await pipe.execute()
 
 
@@ -295,8 +311,9 @@ async def main(settings: Settings) -> None:
             refresh=metrics.refresh, refresh_failures=metrics.refresh_failures,
             services=[outage.redis_service(redis), outage.mongo_service(client)],
         )  # fmt: skip
+        seasons = Seasons(redis=redis, db=db, settings=settings, boards=worker.boards)
         try:
-            await asyncio.gather(*(c.run(stop) for c in consumers))
+            await asyncio.gather(*(c.run(stop) for c in consumers), seasons.run(stop))
         finally:
             if ops:
                 await ops.close()

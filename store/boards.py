@@ -23,6 +23,8 @@ from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
+# A period board that closed (see ingest.seasons): its standings are final, the step changes nothing.
+CLOSED = -2
 STAGING_TTL_S = 3600
 
 # The one test of "the board exists", shared by every script below.
@@ -37,7 +39,7 @@ end
 # KEYS: zset, version, members, empty. Returns 1 when the board exists.
 _EXISTS = _EXISTS_FN + "return board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) and 1 or 0"
 
-# KEYS: zset, version, members, guard, empty. ARGV: userId, increment, guard ttl (s).
+# KEYS: zset, version, members, guard, empty, closed. ARGV: userId, increment, guard ttl (s).
 # Returns {status, total, seq[, guard]}: seq is the board version at which the user reached total.
 # The guard holds "<version>:<total>" (the total this action reached): a retried batch learns
 # from it what an action it applied before a crash did (the audit log). A rebuild's guard
@@ -45,6 +47,7 @@ _EXISTS = _EXISTS_FN + "return board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) 
 _APPLY = (
     _EXISTS_FN
     + f"""
+if redis.call('EXISTS', KEYS[6]) == 1 then return {{{CLOSED}, 0, 0}} end
 if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[5]) then return {{{MISSING}, 0, 0}} end
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 local total = 0
@@ -177,6 +180,21 @@ return version
 """
 )
 
+# KEYS: zset, version, members, empty, closed. ARGV: limit. Closes a period board: sets the closed
+# marker (every later apply answers CLOSED) and returns the final {version, ranked users, member1,
+# score1, ...} in the same step, so no apply lands between the two; {-1} when the board is missing.
+_FREEZE = (
+    _EXISTS_FN
+    + """
+if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
+redis.call('SET', KEYS[5], '1')
+local rows = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+table.insert(rows, 1, redis.call('ZCARD', KEYS[1]))
+table.insert(rows, 1, tonumber(redis.call('GET', KEYS[2])))
+return rows
+"""
+)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApplyResult:
@@ -204,6 +222,16 @@ class Top:
     version: int
     rows: list[Row]
     exists: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Final:
+    """A closed board's standings: its top rows and how many users it ranked."""
+
+    board: str
+    version: int
+    ranked: int
+    rows: list[Row]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -291,6 +319,7 @@ class BoardStore:
         self._commit = redis.register_script(_COMMIT_REBUILD)
         self._exists = redis.register_script(_EXISTS)
         self._ranks = redis.register_script(_RANKS)
+        self._freeze = redis.register_script(_FREEZE)
 
     async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
         """Apply (board, eventId, userId, increment) steps in one pipelined round trip.
@@ -298,7 +327,8 @@ class BoardStore:
         ``eventId`` names the action on the board's applied-action guard: the action's
         ``score_events`` id (``keys.user_action(userId, actionId)``; a bare actionId for events
         stored before actionIds were per user). Each step is atomic and idempotent per
-        (board, eventId). A step on a missing board answers status MISSING and changes nothing.
+        (board, eventId). A step on a missing board answers status MISSING, a step on a closed
+        period board CLOSED, and neither changes anything.
         """
         steps = list(items)
         if not steps:
@@ -307,7 +337,7 @@ class BoardStore:
         for board, event_id, user_id, increment in steps:
             keys = board_keys(board)
             await self._apply(
-                keys=[keys.zset, keys.version, keys.members, keys.guard(event_id), keys.empty],
+                keys=[keys.zset, keys.version, keys.members, keys.guard(event_id), keys.empty, keys.closed],
                 args=[user_id, increment, self._guard_ttl_s],
                 client=pipe,
             )
@@ -374,6 +404,27 @@ class BoardStore:
     async def version(self, board: str) -> int:
         """The board's version, 0 when the board is missing."""
         return int(await self.redis.get(board_keys(board).version) or 0)
+
+    async def freeze(self, board: str, limit: int) -> Final | None:
+        """Close ``board`` for good (every later apply answers CLOSED) and return its final top
+        ``limit``; idempotent. None, changing nothing, when the board is missing in Redis."""
+        keys = board_keys(board)
+        reply = await self._freeze(
+            keys=[keys.zset, keys.version, keys.members, keys.empty, keys.closed], args=[limit]
+        )
+        if int(reply[0]) < 0:
+            return None
+        return Final(board=board, version=int(reply[0]), ranked=int(reply[1]), rows=_rows(reply[2:], 1))
+
+    async def expire(self, board: str, ttl_s: int) -> None:
+        """Let the keys of a closed board go in ``ttl_s`` (a key that expires already keeps its
+        time: a second rollover pass does not put the end off). Its action guards are not
+        touched: each carries its own TTL (``action_guard_ttl_s``)."""
+        keys = board_keys(board)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (keys.zset, keys.version, keys.members, keys.empty, keys.closed):
+            pipe.expire(key, ttl_s, nx=True)
+        await pipe.execute()
 
     async def stage_and_commit(
         self,

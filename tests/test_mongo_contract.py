@@ -342,3 +342,16 @@ async def test_set_on_insert_keeps_an_array_of_pairs_and_two_field_equality_find
     assert all(set(d) == {"_id", "attempt"} for d in found)
     doc = await mongo["qa"].find_one({"_id": "ada|a0"})
     assert doc is not None and doc["answers"] == [["x.1", "a"], ["y", "b"]]
+
+
+async def test_insert_one_keeps_a_list_of_subdocuments_and_refuses_its_id_twice(mongo: Any) -> None:
+    # store.archive.insert: a closed board's archive, written once by racing workers (the second
+    # insert_one of the _id raises DuplicateKeyError and the first document stands).
+    entries = [
+        {"rank": i, "userId": f"u{i}", "name": "Ädä", "avatarUrl": None, "score": 10 - i} for i in (1, 2)
+    ]
+    await mongo.c.insert_one({"_id": "weekly:2026-W47", "rankedUsers": 2, "entries": entries})
+    with pytest.raises(DuplicateKeyError):
+        await mongo.c.insert_one({"_id": "weekly:2026-W47", "rankedUsers": 9, "entries": []})
+    doc = await mongo.c.find_one({"_id": "weekly:2026-W47"})
+    assert doc == {"_id": "weekly:2026-W47", "rankedUsers": 2, "entries": entries}

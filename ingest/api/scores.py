@@ -2,7 +2,8 @@
 
 A write is accepted (202) once its entry is on the score stream, which Redis persists (AOF);
 the worker applies it. Reads answer from the Redis board; a board whose keys are gone is
-rebuilt from MongoDB before answering.
+rebuilt from MongoDB before answering, except a closed period whose keys expired after the
+rollover archived it (``ingest.seasons``): that one answers from its archive (:func:`archived`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from contract.messages import (
     ScoreUpdateRequest,
     json_encoder,
 )
+from contract.seasons import period_end
 from ingest import audit, store
 from ingest.anomaly import blocked_until
 from ingest.api.client import client_of
@@ -40,6 +42,8 @@ from ingest.api.courses import course_meta
 from ingest.api.metrics import counted
 from ingest.api.state import IngestState, authenticate, state
 from ingest.rebuild import rebuild_board
+from store import archive
+from store.archive import Archived
 from store.boards import Profile, Row, Top
 
 log = logging.getLogger("scorecast.scores")
@@ -303,8 +307,12 @@ async def leaderboard(request: Request) -> Response:
     board = board_param(request)
     limit = int_param(request, "limit", 10, 1, 100)
     top = await st.boards.top(board, limit)
-    if not top.exists and await ensure_board(st, board):
-        top = await st.boards.top(board, limit)
+    if not top.exists:
+        final = await archive.find(st.mongo, board)
+        if final is not None:
+            return JSONResponse(final.page(limit))
+        if await ensure_board(st, board):
+            top = await st.boards.top(board, limit)
     return JSONResponse(page_of(top, await hydrate(st, top.rows)))
 
 
@@ -313,10 +321,45 @@ def page_of(top: Top, entries: list[LeaderboardEntry]) -> LeaderboardPage:
     return LeaderboardPage(board=top.board, version=top.version, updated_at=now, entries=entries)
 
 
+async def archived(st: IngestState, board: str) -> Archived | None:
+    """The archive of ``board`` when Redis no longer has the board (a closed period whose keys
+    expired); None for every other board, which is read from Redis."""
+    if period_end(board) is None or await st.boards.exists(board):
+        return None
+    return await archive.find(st.mongo, board)
+
+
+async def beyond_archive(st: IngestState, final: Archived, user_id: str) -> NotFound:
+    """The answer for a user not in ``final``'s archived entries: ``beyond_archive`` when the
+    board ranked them below those, else ``not_ranked``."""
+    total = await st.mongo[store.BOARD_TOTALS].find_one({"_id": store.total_id(final.board, user_id)})
+    if total is None:
+        return NotFound(f"{user_id} is not ranked on {final.board}", code="not_ranked")
+    return NotFound(
+        f"{final.board} is closed and its archive keeps its top {len(final.entries)} of "
+        f"{final.ranked_users} ranked users; {user_id} (final score {int(total['score'])}) is below them",
+        code="beyond_archive",
+    )
+
+
+async def archived_around(st: IngestState, final: Archived, user_id: str, window: int) -> AroundAnswer:
+    """``user_id``'s archived entry with ``window`` entries either side.
+
+    Raises NotFound: ``beyond_archive`` (ranked below the archived entries) or ``not_ranked``.
+    """
+    if final.position(user_id) is None:
+        raise await beyond_archive(st, final, user_id)
+    return final.around(user_id, window)
+
+
 async def rank(request: Request) -> Response:
     st = state(request)
     board = board_param(request)
     user_id = request.path_params["user_id"]
+    final = await archived(st, board)
+    if final is not None:
+        mine = (await archived_around(st, final, user_id, 0)).self
+        return JSONResponse(RankAnswer(board=board, user_id=user_id, rank=mine.rank, score=mine.score))
     await ensure_board(st, board)
     around = await st.boards.around(board, user_id, above=0, below=0)
     if around.self_row is None:
@@ -330,6 +373,9 @@ async def around_me(request: Request) -> Response:
     board = board_param(request)
     user_id = request.path_params["user_id"]
     window = int_param(request, "range", 5, 1, 50)
+    final = await archived(st, board)
+    if final is not None:
+        return JSONResponse(await archived_around(st, final, user_id, window))
     await ensure_board(st, board)
     around = await st.boards.around(board, user_id, above=window, below=window)
     if around.self_row is None:
