@@ -8,8 +8,9 @@ Redis client close.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -23,7 +24,7 @@ from contract.auth import TokenVerifier
 from contract.http import JSONResponse, install_error_handlers
 from contract.settings import Settings
 from gateway import sse, ws
-from gateway.hub import Hub
+from gateway.hub import Hub, utc_now
 from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
@@ -59,7 +60,10 @@ async def config(request: Request) -> Response:
     return JSONResponse({"ingestUrl": gateway_state(request).settings.public_ingest_url})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) -> Starlette:
+    """The gateway app; ``now`` is its clock for the periods ``weekly``/``monthly`` name (tests
+    move it past a period's end instead of waiting)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(settings.redis_url)
@@ -67,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         # hashes that expired.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
         metrics_ = Metrics()
-        hub = Hub(redis=redis, settings=settings, metrics=metrics_)
+        hub = Hub(redis=redis, settings=settings, metrics=metrics_, now=now)
         listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
         # MongoDB also refills a progress hash that expired (the lock needs its completions).
         store = ProgressStore.of(redis, settings, db=mongo[settings.mongo_db])
@@ -92,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
             hub=hub,
             listener=listener,
             writer=writer,
-            policy=BoardPolicy(settings, catalog),
+            policy=BoardPolicy(settings, catalog, now=now),
         )
         hub.start()
         listener.start()

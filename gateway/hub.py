@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import math
 import random
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from contract import keys
+from contract.boards import resolve
 from contract.errors import Unavailable
 from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
 from contract.settings import Settings
@@ -32,12 +35,22 @@ log = logging.getLogger("scorecast.gateway")
 
 SSE_PING = b": ping\n\n"
 NAME_TTL_S = 60.0
+# How often the hub looks whether a period followed by its alias has ended.
+PERIOD_CHECK_S = 1.0
+# A version no frame reaches: held by a connection being moved to a new period, so the board's
+# first broadcast does not reach it before its snapshot does.
+HOLD = 2**62
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class Connection:
     """One client as the hub sees it. The endpoint owning it moves the outbox to the socket."""
 
     __slots__ = (
+        "aliases",
         "boards",
         "expires_at",
         "id",
@@ -62,6 +75,8 @@ class Connection:
         # connection then (the endpoint tells the client why), so no stream outlives its token.
         self.expires_at = expires_at
         self.boards: set[str] = set()
+        # Boards followed by their alias: canonical name -> ``weekly``/``monthly``.
+        self.aliases: dict[str, str] = {}
         # The newest version handed over per board: never the same version twice, never older.
         self.versions: dict[str, int] = {}
         self.life = Lifecycle()
@@ -156,10 +171,14 @@ class Board:
 
 
 class Hub:
-    def __init__(self, *, redis: Any, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, *, redis: Any, settings: Settings, metrics: Metrics, now: Callable[[], dt.datetime] = utc_now
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.metrics = metrics
+        # The clock that says which period ``weekly``/``monthly`` name (tests move it).
+        self.now = now
         self.store = BoardStore(redis)
         self.ranks = RankPusher(self.store, settings, metrics)
         self.boards: dict[str, Board] = {}
@@ -175,16 +194,21 @@ class Hub:
         self.follow: Any = lambda channel: None
         self.unfollow: Any = lambda channel: None
         self._tasks: list[asyncio.Task[None]] = []
+        self._moves: set[asyncio.Task[None]] = set()  # clients being moved to a new period
         # Replaced by every resync; board loops waiting after a failed read wake up on it.
         self._resynced = asyncio.Event()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._sweep())]
+        self._tasks = [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._sweep()),
+            asyncio.create_task(self._periods()),
+        ]
         self.ranks.start()
 
     async def close(self) -> None:
         await self.ranks.close()
-        tasks = self._tasks + [b.task for b in self.boards.values() if b.task]
+        tasks = self._tasks + list(self._moves) + [b.task for b in self.boards.values() if b.task]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -255,6 +279,7 @@ class Hub:
         conn.boards.discard(name)
         conn.versions.pop(name, None)
         self.ranks.planner.unfollow(conn, name, conn.user_id)
+        conn.aliases.pop(name, None)
         board = self.boards.get(name)
         if board is None:
             return
@@ -391,6 +416,53 @@ class Hub:
         if drops:
             self.metrics.drops.inc(drops)
         self.metrics.frames.inc(handed)
+
+    # ------------------------------------------------------------ periods
+    async def _periods(self) -> None:
+        while True:
+            await asyncio.sleep(PERIOD_CHECK_S)
+            self._roll_over()
+
+    def _roll_over(self) -> None:
+        """Move every client that follows an ended period by its alias to the current one."""
+        now = self.now()
+        current = {alias: resolve(alias, now) for alias in ("weekly", "monthly")}
+        for name, board in list(self.boards.items()):
+            alias = name.partition(":")[0]
+            new = current.get(alias)
+            if new is None or new == name:
+                continue
+            for conn in [c for c in board.subscribers if c.aliases.get(name) == alias]:
+                del conn.aliases[name]  # moving: the next check leaves it alone
+                task = asyncio.create_task(self._move(conn, name, new, alias))
+                self._moves.add(task)
+                task.add_done_callback(self._moves.discard)
+
+    async def _move(self, conn: Connection, old: str, new: str, alias: str) -> None:
+        """Follow ``new``, leave ``old``, then send a snapshot of ``new`` (SSE ``snapshot``,
+        WebSocket ``leaderboard``). When ``new`` cannot be read in time, ``conn`` stays on ``old``
+        and the next check tries again."""
+        if new not in conn.boards:
+            conn.versions[new] = HOLD
+            try:
+                async with asyncio.timeout(self.settings.subscribe_timeout_s):
+                    await self.subscribe(conn, new)
+            except Exception:
+                log.warning("moving %s from %s to %s failed; retrying", conn.id, old, new, exc_info=True)
+                conn.versions.pop(new, None)
+                if old in conn.boards:
+                    conn.aliases[old] = alias
+                return
+        self.unsubscribe(conn, old)
+        board = self.boards.get(new)
+        if board is None or board.frames is None or not conn.life.open or new not in conn.boards:
+            return  # the client left meanwhile
+        conn.aliases[new] = alias
+        frames = board.frames
+        conn.versions[new] = frames.version
+        conn.outbox.boards.pop(new, None)
+        if not conn.push(frames.snapshot if conn.transport == "sse" else frames.ws_text):
+            self.kick(conn)
 
     # ------------------------------------------------------------ housekeeping
     async def _heartbeat(self) -> None:

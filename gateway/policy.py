@@ -10,12 +10,14 @@ subscribe that cannot be served (Redis down) is answered ``unavailable`` after
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+from collections.abc import Callable
 
 from contract.boards import course_of, followable, regions_of
 from contract.errors import Unavailable, UnknownBoard
 from contract.settings import Settings
-from gateway.hub import Connection, Hub
+from gateway.hub import Connection, Hub, utc_now
 from gateway.protocol import BoardFrames
 from store.courses import CourseCatalog
 
@@ -23,10 +25,13 @@ log = logging.getLogger("scorecast.gateway.policy")
 
 
 class BoardPolicy:
-    def __init__(self, settings: Settings, catalog: CourseCatalog) -> None:
+    def __init__(
+        self, settings: Settings, catalog: CourseCatalog, *, now: Callable[[], dt.datetime] = utc_now
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.regions = regions_of(settings.board_regions)
+        self.now = now  # the hub's clock: which period ``weekly``/``monthly`` name
 
     def name(self, raw: str) -> str:
         """The canonical board ``raw`` names, as far as the name alone tells (no I/O).
@@ -36,11 +41,19 @@ class BoardPolicy:
         """
         s = self.settings
         return followable(
-            raw, regions=self.regions, weeks_back=s.board_weeks_back, months_back=s.board_months_back
+            raw,
+            regions=self.regions,
+            weeks_back=s.board_weeks_back,
+            months_back=s.board_months_back,
+            now=self.now(),
         )
 
-    async def follow(self, hub: Hub, conn: Connection, board: str) -> BoardFrames:
-        """Subscribe ``conn`` to the canonical ``board`` and return its current frames.
+    async def follow(
+        self, hub: Hub, conn: Connection, board: str, *, alias: str | None = None
+    ) -> BoardFrames:
+        """Subscribe ``conn`` to the canonical ``board`` and return its current frames. With
+        ``alias`` (``weekly``/``monthly``: the client named the period so), the hub moves ``conn``
+        to the next period when this one ends.
 
         Raises UnknownBoard for a course that does not exist, Unavailable when the catalog or the
         board cannot be read within ``subscribe_timeout_s`` or this gateway follows as many boards
@@ -49,9 +62,12 @@ class BoardPolicy:
         try:
             async with asyncio.timeout(self.settings.subscribe_timeout_s):
                 await self._exists(board)
-                return await hub.subscribe(conn, board)
+                frames = await hub.subscribe(conn, board)
         except TimeoutError:
             raise Unavailable(f"board {board} cannot be read right now; retry later") from None
+        if alias is not None:
+            conn.aliases[board] = alias
+        return frames
 
     async def _exists(self, board: str) -> None:
         course_id = course_of(board)

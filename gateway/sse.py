@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from contract.auth import token_from_request
 from contract.errors import AuthError, Unavailable
 from contract.http import error_for
+from contract.seasons import alias_of
 from gateway.hub import Connection, Hub
 from gateway.policy import BoardPolicy
 from gateway.protocol import BoardFrames, State
@@ -128,11 +129,13 @@ class EventStream(Response):
         board: str,
         last_event_id: str | None,
         retry_ms: int,
+        alias: str | None = None,
     ) -> None:
         self.hub = hub
         self.policy = policy
         self.conn = conn
         self.board = board
+        self.alias = alias
         self.last_event_id = last_event_id
         self.retry_ms = retry_ms
         self.background = None
@@ -144,7 +147,7 @@ class EventStream(Response):
         sent = hub.metrics.messages.labels("sse")
         try:
             try:
-                frames = await self.policy.follow(hub, conn, self.board)
+                frames = await self.policy.follow(hub, conn, self.board, alias=self.alias)
             except Exception as exc:  # before the response started: an error response
                 response = await error_for(Request(scope), exc)
                 await response(scope, receive, send)
@@ -205,7 +208,10 @@ async def stream(request: Request) -> Response:
     if not token:
         raise AuthError("a bearer token is required", code="unauthorized")
     claims = st.verifier.verify(token)
-    board = st.policy.name(request.query_params.get("board", "global"))
+    raw = request.query_params.get("board", "global")
+    board = st.policy.name(raw)
     last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     conn = Connection("sse", claims.sub, expires_at=claims.exp)
-    return EventStream(st.hub, st.policy, conn, board, last_event_id, st.settings.sse_retry_ms)
+    return EventStream(
+        st.hub, st.policy, conn, board, last_event_id, st.settings.sse_retry_ms, alias=alias_of(raw)
+    )

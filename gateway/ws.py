@@ -40,6 +40,7 @@ from contract.messages import (
     ping_seq_decoder,
 )
 from contract.progress import PingResult
+from contract.seasons import alias_of
 from gateway.hub import Connection
 from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
@@ -174,7 +175,7 @@ class Session:
             await self._subscribe(message.board)
         elif isinstance(message, Unsubscribe):
             try:
-                board = resolve(message.board)
+                board = resolve(message.board, self.st.hub.now())
             except BoardNameError as exc:
                 await self.violation(exc.code, exc.message)
                 return
@@ -213,7 +214,7 @@ class Session:
             return
         # Waiting for the board (read from Redis, the course looked up) happens beside the read
         # loop: pings keep their pongs and pings their acks meanwhile.
-        task = asyncio.create_task(self._follow(board))
+        task = asyncio.create_task(self._follow(board, alias_of(name)))
         self.subscribing[board] = task
         task.add_done_callback(functools.partial(self._followed, board))
 
@@ -221,11 +222,11 @@ class Session:
         if self.subscribing.get(board) is task:  # not a newer subscribe to the same board
             del self.subscribing[board]
 
-    async def _follow(self, board: str) -> None:
+    async def _follow(self, board: str, alias: str | None) -> None:
         if board in self.conn.boards:
             self.conn.versions.pop(board, None)  # subscribing again asks for a snapshot again
         try:
-            frames = await self.st.policy.follow(self.st.hub, self.conn, board)
+            frames = await self.st.policy.follow(self.st.hub, self.conn, board, alias=alias)
         except UnknownBoard as exc:
             await self.violation(exc.code, exc.message)
         except ScorecastError as exc:  # unavailable, board_limit: not the client's fault

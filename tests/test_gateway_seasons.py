@@ -1,0 +1,126 @@
+"""A viewer of ``weekly`` is moved to the new week when the gateway's clock passes the end of the
+old one, with a fresh snapshot, over SSE and WebSocket; a viewer of a named week stays on it.
+
+The gateway runs in-process (uvicorn on a free port) so the test can hold its clock; Redis and
+MongoDB are the real servers, the scores come from the real worker code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import types
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import uvicorn
+from websockets.asyncio.client import connect
+
+from contract.auth import TokenIssuer
+from contract.messages import ScoreAction
+from contract.settings import Settings
+from devstack.processes import Stack
+from devstack.servers import free_port
+from gateway.app import create_app
+from ingest import store
+from ingest.worker import ScoreWorker
+from tests.eventually import eventually
+from tests.sse_client import SseReader, sse
+from tests.test_gateway_ws import recv_type, ws_url
+
+OLD, NEW = "weekly:2026-W47", "weekly:2026-W48"
+SUNDAY = dt.datetime(2026, 11, 22, 23, 59, 50, tzinfo=dt.UTC)
+MONDAY = dt.datetime(2026, 11, 23, 0, 0, 5, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[Stack]:
+    """The gateway app served in this event loop; what the SSE/WS helpers need of a Stack."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, now=clock),
+        host="127.0.0.1",
+        port=port,
+        lifespan="on",
+        log_config=None,
+        log_level=None,  # the process-wide logging stays as the other tests expect
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: asyncio.sleep(0, server.started), timeout_s=30)
+        yield cast(Stack, types.SimpleNamespace(gateway_url=f"http://127.0.0.1:{port}"))
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def scored(user: str, points: int, when: dt.datetime) -> ScoreAction:
+    return ScoreAction(
+        action_id=str(uuid.uuid4()), user_id=user, name=user.title(), increment=points,
+        ts_ms=int(when.timestamp() * 1000),
+    )  # fmt: skip
+
+
+def boards_seen(reader: SseReader) -> list[tuple[str, str]]:
+    """The board frames the reader got (its own ``rank`` events left out)."""
+    return [(e["event"], e["data"]["board"]) for e in reader.events if e["event"] in ("snapshot", "update")]
+
+
+async def test_a_viewer_of_weekly_moves_to_the_new_week_with_a_snapshot(
+    settings: Settings, redis: Any, mongo: Any, issuer: TokenIssuer
+) -> None:
+    settings = settings.replace(broadcast_interval_s=0.1)
+    await store.ensure_indexes(mongo)
+    worker = ScoreWorker(redis=redis, db=mongo, settings=settings)
+    await worker.apply([scored("ada", 30, SUNDAY), scored("bob", 20, SUNDAY)])
+    await worker.apply([scored("cyd", 7, MONDAY)])  # the first score of the new week
+    token = issuer.access_token(user_id="viewer", name="Viewer")
+    clock = Clock(SUNDAY)
+    async with (
+        gateway(settings, clock) as gw,
+        sse(gw, token, board="weekly") as alias_sse,
+        sse(gw, token, board=OLD) as named_sse,
+        connect(ws_url(gw, token)) as ws,
+    ):
+        await ws.send(json.dumps({"type": "subscribe", "board": "weekly"}))
+        first = await recv_type(ws, "leaderboard")
+        assert (first["board"], [e["userId"] for e in first["leaderboard"]]) == (OLD, ["ada", "bob"])
+        await eventually(lambda: asyncio.sleep(0, alias_sse.events), until=bool)
+        await eventually(lambda: asyncio.sleep(0, named_sse.events), until=bool)
+        assert boards_seen(alias_sse) == [("snapshot", OLD)]
+
+        clock.now = MONDAY
+        moved = await asyncio.wait_for(recv_type(ws, "leaderboard"), 15)
+        assert (moved["board"], [e["userId"] for e in moved["leaderboard"]]) == (NEW, ["cyd"])
+        await eventually(lambda: asyncio.sleep(0, boards_seen(alias_sse)), until=lambda s: len(s) == 2)
+        assert boards_seen(alias_sse) == [("snapshot", OLD), ("snapshot", NEW)]
+        moved_sse = [e for e in alias_sse.events if e["event"] == "snapshot"][1]
+        assert [e["userId"] for e in moved_sse["data"]["leaderboard"]] == ["cyd"]
+        assert moved_sse["id"] == str(moved_sse["data"]["version"])
+
+        # The moved viewers follow the new week only; the viewer of the named week stays on it.
+        await worker.apply([scored("dan", 50, MONDAY)])
+        await worker.apply([scored("eve", 90, SUNDAY)])  # a late action of the old week
+        update = await asyncio.wait_for(recv_type(ws, "leaderboard"), 15)
+        assert (update["board"], [e["userId"] for e in update["leaderboard"]]) == (NEW, ["dan", "cyd"])
+        await eventually(lambda: asyncio.sleep(0, boards_seen(alias_sse)), until=lambda s: len(s) == 3)
+        assert boards_seen(alias_sse)[2] == ("update", NEW)
+        await eventually(lambda: asyncio.sleep(0, boards_seen(named_sse)), until=lambda s: len(s) == 2)
+        assert boards_seen(named_sse) == [("snapshot", OLD), ("update", OLD)]
+        named_update = next(e for e in named_sse.events if e["event"] == "update")
+        assert [e["userId"] for e in named_update["data"]["leaderboard"]] == ["eve", "ada", "bob"]
+        await ws.send(json.dumps({"type": "unsubscribe", "board": "weekly"}))
+        assert await recv_type(ws, "unsubscribed") == {"type": "unsubscribed", "board": NEW}
+    assert boards_seen(alias_sse) == [("snapshot", OLD), ("snapshot", NEW), ("update", NEW)]
