@@ -136,6 +136,11 @@ class CourseCatalog:
                 return None if raw == MISSING else decode_meta(raw)
             if await self.redis.set(keys.course_meta_lock(course_id), "1", nx=True, px=LOCK_TTL_MS):
                 try:
+                    # The previous holder may have filled the copy and let go between our GET and
+                    # our SET NX: look again before reading MongoDB.
+                    raw = await self.redis.get(key)
+                    if raw is not None:
+                        return None if raw == MISSING else decode_meta(raw)
                     return await self._refill(course_id)
                 finally:
                     await self.redis.delete(keys.course_meta_lock(course_id))

@@ -32,6 +32,35 @@ async def test_concurrent_misses_in_many_processes_refill_once(redis: Any, mongo
     assert not await redis.exists(keys.course_meta_lock("py"))
 
 
+class _LateGet:
+    """The real client, except that the first GET of ``key`` answers what it read only after
+    ``meanwhile`` ran: another process's whole refill between our GET and our SET NX."""
+
+    def __init__(self, redis: Any, key: str, meanwhile: Any) -> None:
+        self._redis, self._key, self._meanwhile, self._done = redis, key, meanwhile, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def get(self, key: str) -> Any:
+        found = await self._redis.get(key)
+        if key == self._key and not self._done:
+            self._done = True
+            await self._meanwhile()
+        return found
+
+
+async def test_a_refill_finished_between_our_get_and_our_lock_is_not_read_again(
+    redis: Any, mongo: Any
+) -> None:
+    await mongo[COURSES].insert_one(dict(DOC))
+    other = CourseCatalog(redis, mongo, ttl_s=3600)
+    late = _LateGet(redis, keys.course_meta("py"), lambda: other.get("py"))
+    ours = CourseCatalog(late, mongo, ttl_s=3600)
+    assert await ours.get("py") == meta_from_doc(DOC)
+    assert other.mongo_reads + ours.mongo_reads == 1
+
+
 async def test_an_unknown_course_is_remembered_briefly(redis: Any, mongo: Any) -> None:
     catalog = CourseCatalog(redis, mongo, ttl_s=3600)
     assert await catalog.get("nope") is None
