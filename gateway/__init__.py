@@ -2,7 +2,9 @@
 
 protocol.py   I/O-free meaning of boards and connections (throttle, frames, lifecycle, outbox)
 hub.py        the registry of connections and boards; broadcasts each board ≤ once per interval
-listener.py   the one Pub/Sub subscription of the process (board and user channels)
+listener.py   the one Pub/Sub subscription of the process (board and user channels), one Redis
+sharded.py    on a Redis Cluster: one sharded subscription per master, resubscribed on failover
+shards.py     I/O-free: which channel is followed on which master (slot table, placement plan)
 sse.py        GET /api/v1/leaderboard/stream
 ws.py         GET /api/v1/ws (boards, autosave pings, cross-device progress)
 progress.py   the autosave writer (pipelined Redis, Pub/Sub to the user's other devices)

@@ -18,13 +18,23 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
+
+import msgspec
 
 from contract import keys
 from contract.boards import resolve
 from contract.errors import Unavailable
-from contract.messages import FrameEntry, ProgressEvent, ProgressMessage, RebuildRequest, json_encoder
+from contract.messages import (
+    FrameEntry,
+    ProgressEvent,
+    ProgressMessage,
+    RebuildRequest,
+    board_event_decoder,
+    json_encoder,
+    progress_event_decoder,
+)
 from contract.settings import Settings
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
@@ -193,6 +203,10 @@ class Hub:
         # Set by the listener: called with a channel to (un)subscribe.
         self.follow: Any = lambda channel: None
         self.unfollow: Any = lambda channel: None
+        # What each followed channel is about, so an event is routed by the channel it came on
+        # whatever the channel's spelling (a hash tag on a Redis Cluster).
+        self.channel_boards: dict[str, str] = {}
+        self.channel_users: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._moves: set[asyncio.Task[None]] = set()  # clients being moved to a new period
         # Replaced by every resync; board loops waiting after a failed read wake up on it.
@@ -227,7 +241,9 @@ class Hub:
         if conn.transport == "ws":
             users = self.users.setdefault(conn.user_id, set())
             if not users:
-                self.follow(keys.user_channel(conn.user_id))
+                channel = keys.user_channel(conn.user_id)
+                self.channel_users[channel] = conn.user_id
+                self.follow(channel)
             users.add(conn)
 
     def unregister(self, conn: Connection) -> None:
@@ -245,7 +261,9 @@ class Hub:
             users.discard(conn)
             if not users:
                 del self.users[conn.user_id]
-                self.unfollow(keys.user_channel(conn.user_id))
+                channel = keys.user_channel(conn.user_id)
+                self.channel_users.pop(channel, None)
+                self.unfollow(channel)
 
     async def subscribe(self, conn: Connection, name: str) -> BoardFrames:
         """Follow ``name``; returns its current frames (read from Redis for the first follower).
@@ -263,7 +281,9 @@ class Hub:
             board = self.boards[name] = Board(name, self.settings.broadcast_interval_s)
             board.changed.set()
             board.task = asyncio.create_task(self._board_loop(board))
-            self.follow(keys.board_channel(name))
+            channel = keys.board_channel(name)
+            self.channel_boards[channel] = name
+            self.follow(channel)
         board.subscribers.add(conn)
         conn.boards.add(name)
         try:
@@ -286,11 +306,24 @@ class Hub:
         board.subscribers.discard(conn)
         if not board.subscribers:
             del self.boards[name]
-            self.unfollow(keys.board_channel(name))
+            channel = keys.board_channel(name)
+            self.channel_boards.pop(channel, None)
+            self.unfollow(channel)
             if board.task:
                 board.task.cancel()
 
     # ------------------------------------------------------------ events from the listener
+    def channel_message(self, channel: str, data: str) -> None:
+        """An event as it came on ``channel``; a channel no longer followed is ignored."""
+        try:
+            if (board := self.channel_boards.get(channel)) is not None:
+                event = board_event_decoder.decode(data)
+                self.board_event(board, event.version, event.users)
+            elif (user_id := self.channel_users.get(channel)) is not None:
+                self.progress_event(user_id, progress_event_decoder.decode(data))
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed event on %s: %r", channel, data[:200])
+
     def board_event(self, name: str, version: int, users: list[str] | None = None) -> None:
         """Board ``name`` is at ``version`` now; ``users`` changed their scores on it."""
         if users:
@@ -312,10 +345,13 @@ class Hub:
             if conn.id != event.origin and conn.life.open and not conn.push(message):
                 self.kick(conn)
 
-    def resync(self) -> None:
-        """After a Pub/Sub (re)connect: events may have been missed, so re-read every board."""
+    def resync(self, channels: Collection[str] | None = None) -> None:
+        """After a Pub/Sub (re)connect: events may have been missed, so re-read every board (or
+        those whose channel is in ``channels``: the ones a sharded subscription carries)."""
         for board in self.boards.values():
-            board.changed.set()
+            if channels is None or keys.board_channel(board.name) in channels:
+                board.changed.set()
+        self.metrics.resyncs.inc()
         self._resynced.set()
         self._resynced = asyncio.Event()
 

@@ -14,11 +14,8 @@ import contextlib
 import logging
 from typing import Any
 
-import msgspec
 from redis.asyncio.client import PubSub
 
-from contract import keys
-from contract.messages import board_event_decoder, progress_event_decoder
 from gateway.hub import Hub
 from store import outage
 
@@ -96,7 +93,7 @@ class Listener:
                 while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
-                        self._dispatch(message["channel"], message["data"])
+                        self.hub.channel_message(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -136,14 +133,3 @@ class Listener:
                     await pubsub.unsubscribe(channel)
             except Exception:
                 log.warning("%s %s failed; the reconnect will restore it", command, channel, exc_info=True)
-
-    def _dispatch(self, channel: str, data: str) -> None:
-        try:
-            if channel.startswith(keys.BOARD_CHANNEL_PREFIX):
-                event = board_event_decoder.decode(data)
-                self.hub.board_event(event.board, event.version, event.users)
-            elif channel.startswith(keys.USER_CHANNEL_PREFIX):
-                user_id = channel[len(keys.USER_CHANNEL_PREFIX) :]
-                self.hub.progress_event(user_id, progress_event_decoder.decode(data))
-        except msgspec.DecodeError:
-            log.warning("ignoring a malformed event on %s: %r", channel, data[:200])

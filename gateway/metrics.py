@@ -63,6 +63,16 @@ class Metrics:
             "Viewers whose own score changed, waiting for rank lookup budget",
             registry=self.registry,
         )
+        self.resyncs = Counter(
+            "scorecast_gateway_pubsub_resyncs",
+            "Pub/Sub subscriptions (re)established, after which their boards were read again",
+            registry=self.registry,
+        )
+        self.shards_subscribed = Gauge(
+            "scorecast_gateway_pubsub_shards",
+            "Redis Cluster masters this gateway holds a sharded Pub/Sub subscription on (0: classic)",
+            registry=self.registry,
+        )
         for transport in ("sse", "ws"):
             self.connections.labels(transport)
             self.messages.labels(transport)
