@@ -34,7 +34,7 @@ test: $(STAMP) browser lint
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.sse_fanout --clients 1000
+	$(BIN)/python -m bench.fanout --clients 1000 --updates 5
 
 # A long simulation with faults (see sim/): SOAK_MINUTES of school, SEED to replay a schedule.
 SOAK_MINUTES ?= 10

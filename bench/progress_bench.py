@@ -19,11 +19,7 @@ import asyncio
 import json
 import os
 import random
-import statistics
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,11 +28,9 @@ import uvloop
 from pymongo import AsyncMongoClient
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.sse_fanout import SOURCE_ADDRESSES, cpu_seconds
+from bench.common import SOURCE_ADDRESSES, bench_stack, cpu_seconds, pct
 from contract.auth import TokenIssuer
-from contract.settings import Settings
 from devstack.processes import Stack
-from devstack.servers import free_port, mongo_server, redis_server
 from ingest.flusher import Flusher
 
 COURSE = {
@@ -129,28 +123,16 @@ def get_request(path: str, token: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\n\r\n".encode()
 
 
-def pct(values: list[float], p: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
-
-
 async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="scorecast-bench-"))
-    redis_srv = redis_server(free_port(), work / "redis").start()
-    mongo_srv = mongo_server(free_port(), work / "mongo").start()
-    settings = Settings(
-        redis_url=redis_srv.url,
-        mongo_url=mongo_srv.url,
-        mongo_db="bench",
-        jwt_secret=uuid.uuid4().hex * 2,
-        ws_rate_limit_per_s=1e9,
-        ws_rate_limit_burst=1_000_000,
-    )
-    stack = Stack(settings, work)
+    async with bench_stack(["ingest.api", "gateway"]) as bench:
+        await measure(bench.stack, bench.redis.process.pid if bench.redis.process else 0, args)
+
+
+async def measure(stack: Stack, redis_pid: int, args: argparse.Namespace) -> None:
+    settings = stack.settings
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
     try:
-        stack.start("ingest.api")
-        stack.start("gateway")
         gateway = stack.procs[-1].process
         assert gateway is not None
         issuer = TokenIssuer(stack.settings)
@@ -165,8 +147,7 @@ async def run(args: argparse.Namespace) -> None:
 
             # 1. Throughput.
             counts = [0]
-            assert redis_srv.process is not None
-            others = (redis_srv.process.pid, os.getpid())
+            others = (redis_pid, os.getpid())
             cpu0, t0 = cpu_seconds(gateway.pid), time.perf_counter()
             others0 = [cpu_seconds(pid) for pid in others]
             deadline = t0 + args.seconds
@@ -250,9 +231,6 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         await redis.aclose()
         await mongo.close()
-        stack.close()
-        mongo_srv.stop()
-        redis_srv.stop()
 
 
 def main() -> None:

@@ -17,41 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import statistics
 import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import httpx
 import uvloop
 
-from contract.auth import TokenIssuer
-from contract.settings import Settings
-from devstack.processes import Stack
-from devstack.servers import free_port, mongo_server, redis_server
-
-SOURCE_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+from bench.common import SOURCE_ADDRESSES, Scorer, bench_stack, cpu_split, pct, rss_bytes
 
 
 class SseClient(asyncio.Protocol):
@@ -135,48 +107,14 @@ async def connect_all(fanout: Fanout, n: int, port: int, token: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="scorecast-bench-"))
-    redis = redis_server(free_port(), work / "redis").start()
-    mongo = mongo_server(free_port(), work / "mongo").start()
-    settings = Settings(
-        redis_url=redis.url,
-        mongo_url=mongo.url,
-        mongo_db="bench",
-        jwt_secret=uuid.uuid4().hex * 2,
-        rate_limit_per_s=10_000.0,
-        rate_limit_burst=10_000,
-        stream_block_ms=50,
-        slow_client_timeout_s=30.0,
-        dev_login_enabled=True,  # the bench's users log in once, so a scorer can score them
-    )
-    stack = Stack(settings, work)
-    try:
-        for module in ("ingest.api", "ingest.worker", "gateway"):
-            stack.start(module)
+    async with bench_stack(["ingest.api", "ingest.worker", "gateway"]) as bench:
+        stack = bench.stack
         gateway = stack.procs[-1].process
         assert gateway is not None
-        issuer = TokenIssuer(stack.settings)
-        token = issuer.access_token(user_id="viewer", name="Viewer", region="EU")
-        scorer = issuer.access_token(user_id="points-service", name="Points service", roles=["scorer"])
+        token = bench.issuer.access_token(user_id="viewer", name="Viewer", region="EU")
         async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=10) as http:
-            # Score writes name a user Scorecast knows: each logs in once (development login).
-            for user_id, name in [("climber", "Climber")] + [(f"seed{i}", f"Seed {i}") for i in range(10)]:
-                r = await http.post(
-                    "/api/v1/auth/login", json={"userId": user_id, "name": name, "region": "EU"}
-                )
-                r.raise_for_status()
-            for i in range(10):
-                r = await http.post(
-                    "/api/v1/scores/update",
-                    json={"userId": f"seed{i}", "scoreIncrement": 100 + i, "actionId": str(uuid.uuid4())},
-                    headers={"authorization": f"Bearer {scorer}"},
-                )
-                r.raise_for_status()
-            for _ in range(100):
-                r = await http.get("/api/v1/scores/leaderboard")
-                if r.status_code == 200 and len(r.json()["entries"]) == 10:
-                    break
-                await asyncio.sleep(0.1)
+            scorer = Scorer(http, bench.issuer)
+            await scorer.seed_global()
             await asyncio.sleep(1.0)
             rss_before = rss_bytes(gateway.pid)
 
@@ -196,13 +134,8 @@ async def run(args: argparse.Namespace) -> None:
             user_start, system_start = cpu_split(gateway.pid)
             for _ in range(args.updates):
                 before = max(c.version for c in fanout.clients)
-                r = await http.post(
-                    "/api/v1/scores/update",
-                    json={"userId": "climber", "scoreIncrement": 7, "actionId": str(uuid.uuid4())},
-                    headers={"authorization": f"Bearer {scorer}"},
-                )
+                await scorer.score("climber", 7)
                 accepted = time.perf_counter()
-                r.raise_for_status()
                 if not await fanout.all_at_least(before + 1, timeout_s=30):
                     raise SystemExit("an update did not reach every client within 30 s")
                 arrivals = sorted(
@@ -227,16 +160,6 @@ async def run(args: argparse.Namespace) -> None:
             f"({cpu_used:.2f} s over {args.updates} updates in ~{idle_s:.0f} s, incl. idle ticks; "
             f"user {user_s / args.updates * 1000:.1f} ms, system {system_s / args.updates * 1000:.1f} ms)"
         )
-    finally:
-        stack.close()
-        mongo.stop()
-        redis.stop()
-
-
-def pct(values: list[float], p: int) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def main() -> None:
