@@ -42,7 +42,9 @@ class Worker:
         self.clients: list[Client] = []
         self.target = 0  # the board version ``wait`` waits for
         self.remaining = 0  # clients still to reach the target / to get in
+        self.enough = 0  # ``done`` is set when no more than this many remain
         self.done = asyncio.Event()
+        self.retries = 0  # subscribes sent again after an ``unavailable`` answer
         self.latencies: list[float] = []
         self.errors = 0
         self.error_sample: list[str] = []
@@ -50,8 +52,16 @@ class Worker:
 
     def count_down(self) -> None:
         self.remaining -= 1
-        if self.remaining <= 0:
+        if self.remaining <= self.enough:
             self.done.set()
+
+    async def until(self, remaining: int, deadline: float) -> None:
+        """Until no more than ``remaining`` clients are still counted (or ``deadline``)."""
+        self.enough = remaining
+        if self.remaining > remaining:
+            self.done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), max(0.0, deadline - time.monotonic()))
 
 
 class Client(asyncio.Protocol):
@@ -183,9 +193,18 @@ class WsClient(Client):
             self.on_version(int(text[at : text.index(b",", at)]), now)
         elif text.startswith(b'{"type":"error"'):
             self.on_error(text)
+            if self.subscribe and not self.ended and b'"code":"unavailable"' in text:
+                # As a page does: the board could not be read in time, ask again in a second.
+                self.worker.retries += 1
+                asyncio.get_running_loop().call_later(1.0, self.resubscribe)
             at = text.find(b'"seq":')
             if at >= 0:  # a refused ping: answered all the same
                 self.on_ack(int(text[at + 6 : text.index(b"}", at)]), now)
+
+    def resubscribe(self) -> None:
+        if not self.closed:
+            self.protocol.send_text(SUBSCRIBE)
+            self.flush()
 
     def send_ping(self, since: float) -> None:
         if self.closed:
@@ -220,7 +239,6 @@ async def connect(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
         client.index = cmd["index0"] + i * cmd["stride"]
     worker.clients.extend(new)
     worker.target = -(2**62)  # no ``wait`` in progress
-    worker.done.clear()
     worker.remaining = len(new)
     failures = 0
 
@@ -234,14 +252,12 @@ async def connect(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
             client.on_error(repr(exc).encode())
             client.connection_lost(exc)
 
+    # ``batch`` at a time, each batch in (or failed) before the next; 0: all at once.
     batch = cmd.get("batch") or len(new)
+    deadline = started + cmd["timeout_s"]
     for start in range(0, len(new), batch):
         await asyncio.gather(*(open_one(c) for c in new[start : start + batch]))
-    if new:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                worker.done.wait(), max(0.0, started + cmd["timeout_s"] - time.monotonic())
-            )
+        await worker.until(max(0, len(new) - start - batch), deadline)
     got_in = [c.in_at for c in new if c.in_at]
     return {
         "started": started,
@@ -252,6 +268,7 @@ async def connect(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
         "version": max((c.version for c in new), default=-1),
         "errors": worker.errors,
         "error_sample": worker.error_sample,
+        "retries": worker.retries,
     }
 
 
@@ -259,11 +276,8 @@ async def wait(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
     """Until every open client has a board version >= ``version``: each one's first arrival."""
     target = worker.target = cmd["version"]
     live = [c for c in worker.clients if not c.closed]
-    worker.done.clear()
     worker.remaining = sum(1 for c in live if c.version < target)
-    if worker.remaining:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.done.wait(), cmd["timeout_s"])
+    await worker.until(0, time.monotonic() + cmd["timeout_s"])
     arrivals = [min(t for v, t in c.seen.items() if v >= target) for c in live if c.version >= target]
     return {"arrivals": arrivals, "missing": len(live) - len(arrivals)}
 
@@ -276,7 +290,7 @@ async def pings_open(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
     worker.window = 0
     worker.latencies = []
     period, start, seconds = cmd["period_s"], cmd["start"], cmd["seconds"]
-    clients = [c for c in worker.clients if not c.closed]
+    clients = [c for c in worker.clients if c.in_at and not c.closed]
     schedule = sorted((start + c.index / cmd["total"] * period, i) for i, c in enumerate(clients))
     sent = skipped = 0
     end = start + seconds
@@ -325,7 +339,7 @@ async def pings_window(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
     """Closed loop: every client keeps ``window`` pings in flight for ``seconds``."""
     worker.latencies = []
     worker.window = cmd["window"]
-    clients = [c for c in worker.clients if not c.closed]
+    clients = [c for c in worker.clients if c.in_at and not c.closed]
     now = time.monotonic()
     for client in clients:
         for _ in range(worker.window):
@@ -341,7 +355,7 @@ async def close(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
         client.close()
     n = len(worker.clients)
     worker.clients = []
-    worker.errors = 0
+    worker.errors = worker.retries = 0
     worker.error_sample = []
     await asyncio.sleep(0.5)
     return {"closed": n}

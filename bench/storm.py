@@ -7,8 +7,9 @@ for each transport in turn, a fresh gateway process and N clients (distinct user
 token, spread over 127.0.0.x source addresses) that all connect at the same moment — what a
 drained neighbour's clients ask of the gateways that remain. A WebSocket client is in when it
 got the ``leaderboard`` snapshot answering its ``subscribe`` (handshake and token check on the
-way); an SSE client when it got the ``snapshot`` event. Reports the time from the start until
-half and until all of them were in, and how many never got in within ``--timeout`` seconds.
+way; answered ``unavailable``, it asks again a second later, as the page does); an SSE client
+when it got the ``snapshot`` event. Reports the time from the start until half and until all
+of them were in, and how many never got in within ``--timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ async def storm(transport: str, bench: BenchStack, gen: LoadGen, args: argparse.
         "in": len(times),
         "never": sum(a["never"] for a in answers),
         "connect_failures": sum(a["connect_failures"] for a in answers),
+        "retries": sum(a["retries"] for a in answers),
         "half_s": pct(times, 50),
         "all_s": times[-1] if len(times) == args.clients else float("inf"),
         "last_s": times[-1] if times else float("nan"),
@@ -68,7 +70,8 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(
                     f"{transport:4} {r['clients']:,} at once: half in {r['half_s']:.2f} s, "
                     f"all in {r['all_s']:.2f} s (last {r['last_s']:.2f} s); never in {r['never']} "
-                    f"(within {args.timeout:g} s; {r['connect_failures']} connects failed) "
+                    f"(within {args.timeout:g} s; {r['connect_failures']} connects failed, "
+                    f"{r['retries']} subscribes sent again after `unavailable`) "
                     f"gateway CPU {r['gateway_cpu_s']:.1f} s {r['error_sample']}",
                     flush=True,
                 )
