@@ -84,7 +84,8 @@ class Connection:
         # Epoch seconds: the ``exp`` of the token that opened it. The hub's sweep ends the
         # connection then (the endpoint tells the client why), so no stream outlives its token.
         self.expires_at = expires_at
-        self.boards: set[str] = set()
+        # A tuple, not a set: an SSE stream follows one board for hours, a set costs 216 bytes.
+        self.boards: tuple[str, ...] = ()
         # Boards followed by their alias: canonical name -> ``weekly``/``monthly``.
         self.aliases: dict[str, str] = {}
         # The newest version handed over per board: never the same version twice, never older.
@@ -141,14 +142,18 @@ class Connection:
             and self.sink.writable()
         )
 
+    def waiting(self) -> asyncio.Future[None] | None:
+        """A future to await until frames are pending or the connection leaves OPEN; None when
+        either is so already. A plain function: a stream waiting on it keeps no frame of it."""
+        if self.outbox or self.life.state is not State.OPEN:
+            return None
+        self.waiter = asyncio.get_running_loop().create_future()
+        return self.waiter
+
     async def next_frames(self) -> list[object]:
         """Wait until frames are pending or the connection leaves OPEN; [] means stop writing."""
-        while not self.outbox and self.life.state is State.OPEN:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+        while (waiter := self.waiting()) is not None:
+            await waiter
         return self.outbox.take() if self.life.state is State.OPEN else []
 
     def expired(self, now: float | None = None) -> bool:
@@ -285,7 +290,8 @@ class Hub:
             self.channel_boards[channel] = name
             self.follow(channel)
         board.subscribers.add(conn)
-        conn.boards.add(name)
+        if name not in conn.boards:
+            conn.boards += (board.name,)
         try:
             await asyncio.shield(board.ready)
         except BaseException:
@@ -296,7 +302,7 @@ class Hub:
         return board.frames
 
     def unsubscribe(self, conn: Connection, name: str) -> None:
-        conn.boards.discard(name)
+        conn.boards = tuple(b for b in conn.boards if b != name)
         conn.versions.pop(name, None)
         self.ranks.planner.unfollow(conn, name, conn.user_id)
         conn.aliases.pop(name, None)
@@ -496,7 +502,7 @@ class Hub:
         conn.aliases[new] = alias
         frames = board.frames
         conn.versions[new] = frames.version
-        conn.outbox.boards.pop(new, None)
+        conn.outbox.drop_board(new)
         if not conn.push(frames.snapshot if conn.transport == "sse" else frames.ws_text):
             self.kick(conn)
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import Request, cookie_parser
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -55,22 +57,27 @@ def serve(app: Starlette) -> ASGIApp:
     that time, about 6 KiB per connection. ``app`` keeps the route for callers that go through it.
     """
 
-    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    def asgi(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the awaitable that serves the request, not a coroutine
+        # awaiting it: a stream's task holds one frame less for hours (uvicorn is told the app
+        # is ASGI 3, as it cannot tell from a plain function).
         if scope["type"] in ("http", "websocket"):
             scope[RAW_SEND] = send
             if scope["type"] == "http" and scope["path"] in STREAM_PATHS and scope["method"] == "GET":
                 scope["app"] = app
                 request = Request(scope, receive, send)
                 try:
-                    response = await stream(request)
+                    response = open_stream(request)
                 except Exception as exc:
-                    response = await error_for(request, exc)
-                del request
-                await response(scope, receive, send)
-                return
-        await app(scope, receive, send)
+                    return respond(error_for(request, exc), scope, receive, send)
+                return response(scope, receive, send)
+        return app(scope, receive, send)
 
     return asgi
+
+
+async def respond(response: Awaitable[Response], scope: Scope, receive: Receive, send: Send) -> None:
+    await (await response)(scope, receive, send)
 
 
 def send_owner(send: object, *needed: str) -> Any:
@@ -153,19 +160,21 @@ class EventStream(Response):
                 await response(scope, receive, send)
                 return
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            first = b"retry: %d\n\n" % self.retry_ms
-            if self.last_event_id != str(frames.version):
-                first += frames.snapshot
-            conn.outbox.boards.pop(self.board, None)  # the snapshot is at least as new
+            conn.outbox.drop_board(self.board)  # the snapshot is at least as new
+            self.board = frames.board  # one string for every stream of the board, not one each
             conn.versions[self.board] = frames.version
-            await self._write(send, first)
+            # Not kept in a local: this frame lives as long as the stream.
+            await self._write(send, self._opening(frames))
             conn.sink = DirectSink.of(scope.get(RAW_SEND))
             if conn.sink is None:  # no socket to look at: learn of a disconnect through ASGI
                 watcher = asyncio.create_task(self._watch_disconnect(receive))
             while True:
-                pending = await conn.next_frames()
-                if not pending:
+                # Not ``await conn.next_frames()``: one coroutine frame less per idle stream.
+                while (waiter := conn.waiting()) is not None:
+                    await waiter
+                if conn.life.state is not State.OPEN:
                     break
+                pending = conn.outbox.take()
                 chunk = b"".join(f.update if isinstance(f, BoardFrames) else f for f in pending)  # type: ignore[misc]
                 await self._write(send, chunk)
                 sent.inc(len(pending))
@@ -186,6 +195,11 @@ class EventStream(Response):
                 watcher.cancel()
             hub.unregister(conn)
 
+    def _opening(self, frames: BoardFrames) -> bytes:
+        """``retry:``, then the snapshot unless ``Last-Event-ID`` names its version."""
+        retry = b"retry: %d\n\n" % self.retry_ms
+        return retry if self.last_event_id == str(frames.version) else retry + frames.snapshot
+
     async def _write(self, send: Send, body: bytes) -> None:
         # uvicorn's send() only suspends while the socket is write-paused; the hub's sweep
         # disconnects a client that stays paused longer than slow_client_timeout_s.
@@ -201,16 +215,25 @@ class EventStream(Response):
 
 
 async def stream(request: Request) -> Response:
+    return open_stream(request)
+
+
+def open_stream(request: Request) -> EventStream:
+    """The stream ``request`` asks for; raises what its error response is made of."""
     st = gateway_state(request)
     if st.hub.draining:
         raise Unavailable("this gateway is draining; reconnect", code="draining")
-    token = token_from_request(request.headers, request.query_params, request.cookies)
+    # Not ``request.headers`` / ``.cookies``: Starlette would store a copy of the header list in
+    # the scope, which lives as long as the stream.
+    headers = Headers(raw=request.scope["headers"])
+    query = request.query_params
+    token = token_from_request(headers, query, cookie_parser(headers.get("cookie", "")))
     if not token:
         raise AuthError("a bearer token is required", code="unauthorized")
     claims = st.verifier.verify(token)
-    raw = request.query_params.get("board", "global")
+    raw = query.get("board", "global")
     board = st.policy.name(raw)
-    last_event_id = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    last_event_id = headers.get("last-event-id") or query.get("lastEventId")
     conn = Connection("sse", claims.sub, expires_at=claims.exp)
     return EventStream(
         st.hub, st.policy, conn, board, last_event_id, st.settings.sse_retry_ms, alias=alias_of(raw)

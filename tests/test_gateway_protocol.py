@@ -81,6 +81,22 @@ def test_outbox_keeps_only_the_newest_frame_per_board() -> None:
     assert outbox.take() == []
 
 
+def test_outbox_is_used_again_after_take_and_drops_a_board() -> None:
+    outbox = Outbox(limit=2)
+    outbox.put_board("global", "v1")
+    outbox.drop_board("global")  # a snapshot went out another way
+    outbox.drop_board("weekly")  # never queued: nothing to drop
+    assert not outbox
+    assert outbox.take() == []
+    for round_ in range(2):  # the bound holds after a take as before it
+        assert outbox.put(f"a{round_}") and outbox.put(f"b{round_}")
+        assert outbox.put(f"c{round_}") is False
+        outbox.put_board("global", f"v{round_}")
+        assert outbox.take() == [f"a{round_}", f"b{round_}", f"v{round_}"]
+    # An idle outbox keeps no containers: most connections are idle (bench/RESULTS.md, memory).
+    assert (outbox.queue, outbox.boards) == (None, None)
+
+
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     bucket = TokenBucket(rate_per_s=2.0, burst=3, now=0.0)
     assert [bucket.allow(0.0) for _ in range(4)] == [True, True, True, False]
