@@ -55,6 +55,16 @@ def pct(values: Sequence[float], p: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
+async def settle(pid: int, *, busy_below: float = 0.1, timeout_s: float = 60.0) -> None:
+    """Until process ``pid`` used less than ``busy_below`` of a core over half a second (at most
+    ``timeout_s``): the work of an earlier phase (closing clients, a backlog) is not measured."""
+    for _ in range(int(timeout_s * 2)):
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - before < busy_below * 0.5:
+            return
+
+
 def raise_nofile_limit() -> int:
     """Raise this process's open-files soft limit to the hard one (one descriptor per client)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -25,7 +25,16 @@ import time
 import httpx
 import uvloop
 
-from bench.common import BenchStack, Scorer, bench_stack, cpu_split, pct, raise_nofile_limit, rss_bytes
+from bench.common import (
+    BenchStack,
+    Scorer,
+    bench_stack,
+    cpu_split,
+    pct,
+    raise_nofile_limit,
+    rss_bytes,
+    settle,
+)
 from bench.loadgen import LoadGen
 
 
@@ -51,7 +60,8 @@ async def one_transport(
                 f"{transport}: {never}/{n} clients got no snapshot: {answers[0]['error_sample']}"
             )
         connect_s = time.monotonic() - t0
-        await asyncio.sleep(3.0)
+        await settle(pid)
+        await asyncio.sleep(1.0)
         rss_after = rss_bytes(pid)
         version = max(a["version"] for a in answers)
 

@@ -15,14 +15,13 @@ of them were in, and how many never got in within ``--timeout`` seconds.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from typing import Any
 
 import httpx
 import uvloop
 
-from bench.common import BenchStack, Scorer, bench_stack, cpu_seconds, pct, raise_nofile_limit
+from bench.common import BenchStack, Scorer, bench_stack, cpu_seconds, pct, raise_nofile_limit, settle
 from bench.loadgen import LoadGen
 
 
@@ -32,7 +31,7 @@ async def storm(transport: str, bench: BenchStack, gen: LoadGen, args: argparse.
     gateway = bench.stack.start_gateway()
     assert gateway.process is not None and gateway.port is not None
     try:
-        await asyncio.sleep(1.0)
+        await settle(gateway.process.pid)
         cpu0 = cpu_seconds(gateway.process.pid)
         answers = await gen.connect(transport, gateway.port, tokens, batch=0, timeout_s=args.timeout)
         cpu = cpu_seconds(gateway.process.pid) - cpu0
