@@ -43,11 +43,12 @@ _EXISTS = _EXISTS_FN + "return board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) 
 # Returns {status, total, seq[, guard]}: seq is the board version at which the user reached total.
 # The guard holds "<version>:<total>" (the total this action reached): a retried batch learns
 # from it what an action it applied before a crash did (the audit log). A rebuild's guard
-# holds the version alone (the rebuild counted that action).
+# holds the version alone (the rebuild counted that action). A closed board (ingest.seasons)
+# answers CLOSED to a new action, but ALREADY_APPLIED to one applied before the close: a batch
+# retried after a crash between its apply and its save still saves that board's final total.
 _APPLY = (
     _EXISTS_FN
     + f"""
-if redis.call('EXISTS', KEYS[6]) == 1 then return {{{CLOSED}, 0, 0}} end
 if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[5]) then return {{{MISSING}, 0, 0}} end
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 local total = 0
@@ -58,6 +59,7 @@ if old then
 end
 local guard = redis.call('GET', KEYS[4])
 if guard then return {{{ALREADY_APPLIED}, total, seq, guard}} end
+if redis.call('EXISTS', KEYS[6]) == 1 then return {{{CLOSED}, 0, 0}} end
 local version = redis.call('INCR', KEYS[2])
 total = total + tonumber(ARGV[2])
 if old then redis.call('ZREM', KEYS[1], old) end

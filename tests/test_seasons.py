@@ -197,3 +197,39 @@ async def test_a_late_action_changes_nothing_on_a_closed_board(
     assert await mongo[store.BOARD_TOTALS].find_one({"_id": store.total_id(WEEK, "u007")}) is None
     assert 3500 < await redis.ttl(keys.board_keys(WEEK).zset) <= 3600
     assert WEEK not in await redis.smembers(keys.SEASON_BOARDS)
+
+
+class CrashBeforeSave(ScoreWorker):
+    """A worker that dies after applying its batch to the boards and before saving the totals."""
+
+    async def _persist(self, *args: Any) -> None:
+        raise ConnectionError("killed between the apply and the save")
+
+
+async def test_a_batch_retried_after_its_board_closed_still_saves_that_boards_total(
+    settings: Settings, redis: Any, mongo: Any, ingest: httpx.AsyncClient
+) -> None:
+    """A worker crashed after applying an action and before saving it; the week closed before
+    the retry. The retry saves the week's total (the close counted the action) and the reads
+    that need it after the expiry (beyond_archive's final score) have it."""
+    settings = settings.replace(season_archive_size=1)
+    await store.ensure_indexes(mongo)
+    worker = ScoreWorker(redis=redis, db=mongo, settings=settings)
+    await worker.apply([action(0, 500, IN_WEEK), action(1, 20, IN_WEEK)])
+    late = action(1, 30, IN_WEEK)
+    with pytest.raises(ConnectionError):
+        await CrashBeforeSave(redis=redis, db=mongo, settings=settings).apply([late])
+    seasons = Seasons(redis=redis, db=mongo, settings=settings, now=lambda: WEEK_END + dt.timedelta(hours=1))
+    assert await seasons.roll() == [WEEK]
+    assert (await mongo[BOARD_ARCHIVE].find_one({"_id": WEEK}))["rankedUsers"] == 2
+
+    await worker.apply([late])  # the retry
+    totals = mongo[store.BOARD_TOTALS]
+    assert (await totals.find_one({"_id": store.total_id(WEEK, "u001")}))["score"] == 50
+    assert (await totals.find_one({"_id": store.total_id("global", "u001")}))["score"] == 50
+    assert [r.score for r in (await worker.boards.top(WEEK, 2)).rows] == [500, 50]
+
+    await eventually(lambda: redis.exists(keys.board_keys(WEEK).version), until=lambda n: n == 0)
+    r = await ingest.get("/api/v1/scores/rank/u001", params={"board": WEEK})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "beyond_archive")
+    assert "final score 50" in r.json()["error"]["message"]
