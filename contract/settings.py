@@ -120,6 +120,9 @@ class Settings:
     season_check_interval_s: float = 30.0
     season_archive_size: int = 100
     board_closed_stream_max_length: int = 100_000
+    # A gateway reads a closed period's archive once (it never changes); a closed period without
+    # one (not rolled over yet, never scored) is looked up again at most once per this interval.
+    archive_miss_ttl_s: float = 5.0
 
     # Gateway
     broadcast_interval_s: float = 1.0

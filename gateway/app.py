@@ -30,6 +30,7 @@ from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
 from gateway.progress import ProgressWriter
 from gateway.state import GatewayState, gateway_state
+from store.archive import ArchiveCache
 from store.clients import redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore
@@ -71,7 +72,14 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
         # hashes that expired.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
         metrics_ = Metrics()
-        hub = Hub(redis=redis, settings=settings, metrics=metrics_, now=now)
+        # The archives of closed periods (a named week or month whose keys expired): one
+        # MongoDB read per board per process, as many kept as past periods can be followed.
+        archives = ArchiveCache(
+            mongo[settings.mongo_db],
+            size=settings.board_weeks_back + settings.board_months_back,
+            miss_ttl_s=settings.archive_miss_ttl_s,
+        )
+        hub = Hub(redis=redis, settings=settings, metrics=metrics_, now=now, archives=archives)
         listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
         # MongoDB also refills a progress hash that expired (the lock needs its completions).
         store = ProgressStore.of(redis, settings, db=mongo[settings.mongo_db])

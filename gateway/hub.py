@@ -5,7 +5,8 @@ different from the cached one, a resync), waits out the throttle, re-reads the b
 from Redis, encodes the frames once and hands the same objects to every subscriber
 (``websockets.broadcast`` style: skip connections that are not open, never let one client slow
 the others). Connections drain their outbox on their own; a client stuck in a write for longer
-than ``slow_client_timeout_s`` is disconnected.
+than ``slow_client_timeout_s`` is disconnected. A closed period whose keys expired is read from
+its archive instead (``store.archive.ArchiveCache``): its final frames, and nothing after them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from contract.settings import Settings
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
 from gateway.rank_push import RankPusher
+from store.archive import ArchiveCache, Archived, iso_ms
 from store.boards import BoardStore
 
 log = logging.getLogger("scorecast.gateway")
@@ -187,11 +189,19 @@ class Board:
 
 class Hub:
     def __init__(
-        self, *, redis: Any, settings: Settings, metrics: Metrics, now: Callable[[], dt.datetime] = utc_now
+        self,
+        *,
+        redis: Any,
+        settings: Settings,
+        metrics: Metrics,
+        now: Callable[[], dt.datetime] = utc_now,
+        archives: ArchiveCache | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.metrics = metrics
+        # A closed period whose keys expired is served from its archive (None: never).
+        self.archives = archives
         # The clock that says which period ``weekly``/``monthly`` name (tests move it).
         self.now = now
         self.store = BoardStore(redis)
@@ -398,6 +408,9 @@ class Hub:
     async def _refresh(self, board: Board) -> bool:
         top = await self.store.top(board.name, self.settings.top_k)
         if not top.exists:
+            final = await self.archives.get(board.name, self.now()) if self.archives else None
+            if final is not None:
+                return self._final(board, final)
             await self._ask_rebuild(board)
             if board.frames is not None:
                 return False  # the last standings stay until the rebuilt board's event
@@ -408,6 +421,19 @@ class Hub:
             FrameEntry(rank=r.rank, user_id=r.user_id, name=names[r.user_id], score=r.score) for r in top.rows
         ]
         board.frames = BoardFrames(board.name, top.version, entries, utc_timestamp())
+        return True
+
+    def _final(self, board: Board, final: Archived) -> bool:
+        """A closed period whose keys expired: its archived top K, at the version it closed
+        with (a follower of the frozen board already has it). Nothing changes it any more: no
+        rebuild is asked (the worker would refuse it), no board event comes."""
+        if board.frames is not None and board.frames.version == final.version:
+            return False
+        entries = [
+            FrameEntry(rank=e.rank, user_id=e.user_id, name=e.name, score=e.score)
+            for e in final.entries[: self.settings.top_k]
+        ]
+        board.frames = BoardFrames(board.name, final.version, entries, iso_ms(final.closed_at_ms))
         return True
 
     async def _ask_rebuild(self, board: Board) -> None:

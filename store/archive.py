@@ -10,13 +10,16 @@ DuplicateKeyError and takes it for "already archived". Flat but for the entry li
 Entries keep names and avatars as they were at the close. Once a closed board's Redis keys
 expired, the leaderboard, rank and around reads answer from here (:class:`Archived`); a user
 ranked below the archived top N is told so (``beyond_archive``) by the caller, which knows
-the board's totals.
+the board's totals. Gateways read archives through :class:`ArchiveCache` (one read per board per
+process: an archive never changes).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -144,3 +147,52 @@ async def insert(db: Any, archived: Archived) -> bool:
     except DuplicateKeyError:
         return False
     return True
+
+
+class ArchiveCache:
+    """The archives of closed periods as a gateway reads them: each read from MongoDB once per
+    process (an archive never changes), the newest ``size`` kept.
+
+    Only a period board whose period ended by ``now`` is looked up: any other name answers None
+    without I/O. A board without an archive yet (not rolled over, or never scored) is looked up
+    again at most once per ``miss_ttl_s``, so a crowd subscribing to it costs MongoDB one read per
+    interval. The caller bounds the names (``contract.boards.followable``: only the
+    ``board_weeks_back``/``board_months_back`` past periods can be followed).
+    """
+
+    def __init__(self, db: Any, *, size: int, miss_ttl_s: float) -> None:
+        self.db = db
+        self.size = max(1, size)
+        self.miss_ttl_s = miss_ttl_s
+        self.reads = 0  # MongoDB reads so far (tests and metrics look)
+        self._found: collections.OrderedDict[str, Archived] = collections.OrderedDict()
+        self._missed: collections.OrderedDict[str, float] = collections.OrderedDict()  # -> until
+
+    async def get(self, board: str, now: dt.datetime) -> Archived | None:
+        """The archive of ``board``, None when it has none (yet). Raises what MongoDB raises."""
+        end = period_end(board)
+        if end is None or end > now:
+            return None
+        hit = self._found.get(board)
+        if hit is not None:
+            self._found.move_to_end(board)
+            return hit
+        clock = time.monotonic()
+        if self._missed.get(board, 0.0) > clock:
+            return None
+        self.reads += 1
+        found = await find(self.db, board)
+        if found is None:
+            self._missed[board] = clock + self.miss_ttl_s
+            self._missed.move_to_end(board)
+            _bound(self._missed, self.size)
+            return None
+        self._missed.pop(board, None)
+        self._found[board] = found
+        _bound(self._found, self.size)
+        return found
+
+
+def _bound(cache: collections.OrderedDict[str, Any], size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)

@@ -1,5 +1,6 @@
 """A viewer of ``weekly`` is moved to the new week when the gateway's clock passes the end of the
-old one, with a fresh snapshot, over SSE and WebSocket; a viewer of a named week stays on it.
+old one, with a fresh snapshot, over SSE and WebSocket; a viewer of a named week stays on it; a
+new viewer of a named closed week whose keys expired gets its archived final top 10.
 
 The gateway runs in-process (uvicorn on a free port) so the test can hold its clock; Redis and
 MongoDB are the real servers, the scores come from the real worker code.
@@ -19,14 +20,17 @@ from typing import Any, cast
 import uvicorn
 from websockets.asyncio.client import connect
 
+from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import ScoreAction
+from contract.messages import BoardEvent, ScoreAction, json_encoder
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port
 from gateway.app import create_app
 from ingest import store
+from ingest.seasons import Seasons
 from ingest.worker import ScoreWorker
+from store.archive import BOARD_ARCHIVE
 from tests.eventually import eventually
 from tests.sse_client import SseReader, sse
 from tests.test_gateway_ws import recv_type, ws_url
@@ -48,8 +52,9 @@ class Clock:
 async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[Stack]:
     """The gateway app served in this event loop; what the SSE/WS helpers need of a Stack."""
     port = free_port()
+    app = create_app(settings, now=clock)
     config = uvicorn.Config(
-        create_app(settings, now=clock),
+        app,
         host="127.0.0.1",
         port=port,
         lifespan="on",
@@ -60,7 +65,7 @@ async def gateway(settings: Settings, clock: Clock) -> AsyncIterator[Stack]:
     task = asyncio.create_task(server.serve())
     try:
         await eventually(lambda: asyncio.sleep(0, server.started), timeout_s=30)
-        yield cast(Stack, types.SimpleNamespace(gateway_url=f"http://127.0.0.1:{port}"))
+        yield cast(Stack, types.SimpleNamespace(gateway_url=f"http://127.0.0.1:{port}", app=app))
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)
@@ -124,3 +129,76 @@ async def test_a_viewer_of_weekly_moves_to_the_new_week_with_a_snapshot(
         await ws.send(json.dumps({"type": "unsubscribe", "board": "weekly"}))
         assert await recv_type(ws, "unsubscribed") == {"type": "unsubscribed", "board": NEW}
     assert boards_seen(alias_sse) == [("snapshot", OLD), ("snapshot", NEW), ("update", NEW)]
+
+
+def rows(entries: list[dict[str, Any]]) -> list[tuple[int, str, str, int]]:
+    return [(e["rank"], e["userId"], e["name"], e["score"]) for e in entries]
+
+
+async def test_a_new_viewer_of_a_closed_week_whose_keys_expired_gets_its_archived_top_10(
+    settings: Settings, redis: Any, mongo: Any, issuer: TokenIssuer
+) -> None:
+    settings = settings.replace(broadcast_interval_s=0.1, season_retention_s=3600, archive_miss_ttl_s=3600)
+    await store.ensure_indexes(mongo)
+    worker = ScoreWorker(redis=redis, db=mongo, settings=settings)
+    await worker.apply([scored(f"u{u:02d}", 100 - u, SUNDAY) for u in range(12)])
+    later = MONDAY + dt.timedelta(hours=1)
+    seasons = Seasons(redis=redis, db=mongo, settings=settings, now=lambda: later)
+    assert await seasons.roll() == [OLD]
+    final = await mongo[BOARD_ARCHIVE].find_one({"_id": OLD})
+    top10 = [(u + 1, f"u{u:02d}", f"U{u:02d}", 100 - u) for u in range(10)]
+    token = issuer.access_token(user_id="viewer", name="Viewer")
+    other = issuer.access_token(user_id="u03", name="U03")
+    async with gateway(settings, Clock(later)) as gw:
+        archives = gw.app.state.gateway.hub.archives  # type: ignore[attr-defined]
+        # Frozen, before the expiry: the live board answers, MongoDB is not asked.
+        async with sse(gw, token, board=OLD) as frozen:
+            await eventually(lambda: asyncio.sleep(0, frozen.events), until=bool)
+        assert rows(frozen.events[0]["data"]["leaderboard"]) == top10
+        assert archives.reads == 0
+
+        # The keys expired (season_retention_s): new viewers get the archive, over both transports.
+        await redis.delete(*(await redis.keys(f"{{board:{OLD}}}*")))
+        async with (
+            sse(gw, token, board=OLD) as viewer,
+            connect(ws_url(gw, other)) as ws,
+        ):
+            await ws.send(json.dumps({"type": "subscribe", "board": OLD}))
+            snapshot = await recv_type(ws, "leaderboard")
+            assert (snapshot["board"], snapshot["version"]) == (OLD, final["version"])
+            assert rows(snapshot["leaderboard"]) == top10
+            assert snapshot["timestamp"] == "2026-11-23T01:00:05.000Z"  # when it was rolled over
+            await eventually(lambda: asyncio.sleep(0, viewer.events), until=bool)
+            event = viewer.events[0]
+            assert (event["event"], event["id"]) == ("snapshot", str(final["version"]))
+            assert rows(event["data"]["leaderboard"]) == top10
+            assert event["data"]["version"] == frozen.events[0]["data"]["version"]
+
+            # Closed: no frame of it afterwards, whatever comes (a late action, which counts on
+            # the global board; a stray board event on its channel).
+            await ws.send(json.dumps({"type": "subscribe", "board": "global"}))
+            assert (await recv_type(ws, "leaderboard"))["board"] == "global"
+            stray = json_encoder.encode(BoardEvent(board=OLD, version=1))
+            await redis.publish(keys.board_channel(OLD), stray)
+            await worker.apply([scored("u11", 500, SUNDAY)])
+            update = await asyncio.wait_for(recv_type(ws, "leaderboard"), 15)
+            assert (update["board"], update["leaderboard"][0]["userId"]) == ("global", "u11")
+            assert [e["event"] for e in viewer.events] == ["snapshot"]
+            assert await redis.keys(f"{{board:{OLD}}}*") == []
+
+        # One MongoDB read per gateway process: later viewers are served from the cache.
+        assert archives.reads == 1
+        async with connect(ws_url(gw, token)) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "board": OLD}))
+            assert rows((await recv_type(ws, "leaderboard"))["leaderboard"]) == top10
+            # Made-up periods do not reach MongoDB: too old is refused by name; a past week
+            # nobody scored in is an empty board, looked up once per archive_miss_ttl_s.
+            await ws.send(json.dumps({"type": "subscribe", "board": "weekly:2026-W30"}))
+            assert (await recv_type(ws, "error"))["code"] == "unknown_board"
+            for _ in range(3):
+                await ws.send(json.dumps({"type": "subscribe", "board": "weekly:2026-W40"}))
+                empty = await recv_type(ws, "leaderboard")
+                assert (empty["board"], empty["leaderboard"]) == ("weekly:2026-W40", [])
+                await ws.send(json.dumps({"type": "unsubscribe", "board": "weekly:2026-W40"}))
+                await recv_type(ws, "unsubscribed")
+        assert archives.reads == 2

@@ -21,7 +21,8 @@ from ingest import store
 from ingest.rebuild import rebuild_board
 from ingest.seasons import Seasons
 from ingest.worker import ScoreWorker
-from store.archive import BOARD_ARCHIVE
+from store import archive
+from store.archive import BOARD_ARCHIVE, ArchiveCache, Archived
 from store.boards import CLOSED
 from tests.eventually import eventually
 
@@ -233,3 +234,23 @@ async def test_a_batch_retried_after_its_board_closed_still_saves_that_boards_to
     r = await ingest.get("/api/v1/scores/rank/u001", params={"board": WEEK})
     assert (r.status_code, r.json()["error"]["code"]) == (404, "beyond_archive")
     assert "final score 50" in r.json()["error"]["message"]
+
+
+async def test_the_gateways_archive_cache_reads_each_archive_once_and_keeps_the_newest(mongo: Any) -> None:
+    for week in ("2026-W45", "2026-W46", "2026-W47"):
+        made = Archived(board=f"weekly:{week}", version=7, ranked_users=0, closed_at_ms=1, entries=[])
+        assert await archive.insert(mongo, made)
+    cache = ArchiveCache(mongo, size=2, miss_ttl_s=3600)
+    now = WEEK_END + dt.timedelta(hours=1)
+    assert await cache.get("weekly:2026-W48", now) is None  # not ended: no read
+    assert await cache.get("global", now) is None
+    assert cache.reads == 0
+    for week in ("2026-W45", "2026-W46", "2026-W47", "2026-W47", "2026-W46"):
+        found = await cache.get(f"weekly:{week}", now)
+        assert found is not None and (found.board, found.version) == (f"weekly:{week}", 7)
+    assert cache.reads == 3
+    assert (await cache.get("weekly:2026-W45", now)) is not None  # the oldest left the cache
+    assert cache.reads == 4
+    assert await cache.get("weekly:2026-W40", now) is None  # no archive: looked up once per TTL
+    assert await cache.get("weekly:2026-W40", now) is None
+    assert cache.reads == 5
