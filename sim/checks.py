@@ -355,9 +355,14 @@ class Checker:
 
     # ------------------------------------------------------------ subscribers
     async def subscriber_frames(self) -> None:
+        # Named once: a subscriber of ``weekly`` follows the current week, and a week that ends
+        # during the check must not change what it is compared with (the gateway moves it to
+        # the new week within a second, with a snapshot: a new check would compare that).
+        now = dt.datetime.now(dt.UTC)
+        target = {id(sub): resolve(sub.board, now) for sub in self.subscribers}
         truth: dict[str, list[tuple[int, str, int]]] = {}
         for sub in self.subscribers:
-            board = resolve(sub.board)
+            board = target[id(sub)]
             if board not in truth:
                 r = await self.reader.send(
                     "GET",
@@ -368,14 +373,19 @@ class Checker:
                 truth[board] = [(e["rank"], e["userId"], e["score"]) for e in r.json().get("entries", [])]
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
         while True:
-            stale = [s for s in self.subscribers if frame_rows(s.last) != truth[resolve(s.board)]]
+            stale = [
+                s
+                for s in self.subscribers
+                if frame_rows(s.last) != truth[target[id(s)]]
+                or (s.last or {}).get("board", target[id(s)]) != target[id(s)]
+            ]
             if not stale or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.25)
         for sub in stale:
             self.violation(
                 f"{sub.describe()}: last frame {frame_rows(sub.last)} "
-                f"(after {sub.frames} frames, {sub.reconnects} reconnects), board {truth[resolve(sub.board)]}"
+                f"(after {sub.frames} frames, {sub.reconnects} reconnects), board {truth[target[id(sub)]]}"
             )
 
 

@@ -5,6 +5,12 @@ Actors report every definite answer here (a 202/200 for a score action or quiz s
 is then unknown: either outcome is accepted). From that record and :mod:`sim.policy` the oracle
 derives the expected end state: each user's total on each board segment (as the set of totals
 the unknown outcomes allow), each learner's resume point, completed lectures, marks, activity.
+
+Weekly and monthly boards are placed by time (:func:`placed`): the server files an action under
+the period of its own clock when it accepted it, and a period that ends during a run is frozen
+by the worker's rollover (a late action no longer counts there). So a run that crosses Monday
+00:00 UTC or a month's start accepts either outcome on the periods it crossed, for what was sent
+before the end.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import time
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
-from contract.boards import segments_for
+from contract.boards import monthly_name, segments_for, weekly_name
+from contract.seasons import period_end
 from sim import policy as pol
 from sim.policy import Policy, Span, Tri
 
@@ -52,6 +60,7 @@ class Write:
     boards: tuple[str, ...]
     quiz_id: str | None = None
     outcome: Tri = Tri.MAYBE  # YES once a definite 2xx came, NO for a definite refusal
+    sent_at: float = dataclasses.field(default_factory=time.time)  # epoch s, before the first send
 
 
 @dataclasses.dataclass
@@ -83,6 +92,22 @@ class Learner:
 
 def boards_now(region: str | None, course_id: str | None) -> tuple[str, ...]:
     return tuple(segments_for(dt.datetime.now(dt.UTC), region=region, course_id=course_id))
+
+
+def placed(boards: Iterable[str], since: float, now: float) -> tuple[list[str], list[str]]:
+    """Where something the server accepted between ``since`` and ``now`` (epoch s) counts: the
+    boards it surely reaches, and the period boards it may or may not reach.
+
+    ``boards``' weekly/monthly ones are replaced by the periods of ``since`` and ``now``: the same
+    period at both is sure (the current one: it has not closed); two different ones are both
+    unsure (the server may have filed it under either, and the old one may have been frozen
+    before the action was applied).
+    """
+    fixed = [b for b in boards if period_end(b) is None]
+    start, end = (dt.datetime.fromtimestamp(t, dt.UTC) for t in (since, now))
+    at_start = {weekly_name(start), monthly_name(start)}
+    at_end = {weekly_name(end), monthly_name(end)}
+    return fixed + sorted(at_start & at_end), sorted(at_start ^ at_end)
 
 
 class Oracle:
@@ -211,22 +236,31 @@ class Oracle:
         )
 
     # ------------------------------------------------------------ totals
-    def expected_totals(self) -> dict[tuple[str, str], set[int] | None]:
-        """(userId, board) -> the totals the record allows (None: too many unknowns to list)."""
-        parts: dict[tuple[str, str], list[set[int]]] = {}
+    def expected_totals(self, now: float | None = None) -> dict[tuple[str, str], set[int] | None]:
+        """(userId, board) -> the totals the record allows (None: too many unknowns to list).
 
-        def add(user_id: str, boards: Iterable[str], options: set[int]) -> None:
-            for board in boards:
+        ``now``: epoch s of the check (the periods a contribution may count on, see :func:`placed`).
+        """
+        now = time.time() if now is None else now
+        parts: dict[tuple[str, str], list[set[int] | None]] = {}
+
+        def add(
+            user_id: str, boards: Iterable[str], options: set[int], since: float, split: bool = False
+        ) -> None:
+            on, maybe_on = placed(boards, since, now)
+            for board in on:
                 parts.setdefault((user_id, board), []).append(options)
+            for board in maybe_on:
+                parts.setdefault((user_id, board), []).append(None if split else options | {0})
 
         quiz_grades: dict[tuple[str, str], list[Write]] = {}
         for w in self.writes.values():
             if w.quiz_id is not None:
                 quiz_grades.setdefault((w.user_id, w.quiz_id), []).append(w)
             elif w.outcome is Tri.YES:
-                add(w.user_id, w.boards, {w.amount})
+                add(w.user_id, w.boards, {w.amount}, w.sent_at)
             elif w.outcome is Tri.MAYBE:
-                add(w.user_id, w.boards, {0, w.amount})
+                add(w.user_id, w.boards, {0, w.amount}, w.sent_at)
         for (user_id, _), subs in quiz_grades.items():
             sure = [w.amount for w in subs if w.outcome is Tri.YES]
             maybe = [w.amount for w in subs if w.outcome is Tri.MAYBE][:8]
@@ -237,24 +271,30 @@ class Oracle:
             }
             boards = next(w.boards for w in subs)
             if options != {0}:
-                add(user_id, boards, options)
-        for (user_id, course_id), _ in self.pings.items():
+                # The improvements of retakes may split over two periods: unknown on those.
+                add(user_id, boards, options, min(w.sent_at for w in subs), split=True)
+        for (user_id, course_id), pings in self.pings.items():
             learner = self.learners[user_id]
             course = self.courses[course_id]
             verdicts, _, _ = self._lectures(user_id, course_id)
             for lecture, verdict in verdicts.items():
                 points = pol.completion_points(self.policy, course.marks[lecture])
                 boards = boards_now(learner.region, course_id)
+                # Completed at some ping of the lecture: none was sent before the first.
+                since = min((p.sent_at for p in pings if p.lecture_id == lecture), default=now)
                 if verdict is Tri.YES:
-                    add(user_id, boards, {points})
+                    add(user_id, boards, {points}, since)
                 elif verdict is Tri.MAYBE:
-                    add(user_id, boards, {0, points})
+                    add(user_id, boards, {0, points}, since)
         out: dict[tuple[str, str], set[int] | None] = {}
         for key, option_sets in parts.items():
             totals: set[int] | None = {0}
-            for options in option_sets:
+            for added in option_sets:
                 assert totals is not None
-                totals = {t + o for t in totals for o in options}
+                if added is None:
+                    totals = None
+                    break
+                totals = {t + o for t in totals for o in added}
                 if len(totals) > MAX_OPTIONS:
                     totals = None
                     break
