@@ -113,8 +113,14 @@ def path_param(request: Request, name: str, type_: Any) -> Any:
 
     Raises BadRequest (``bad_id``).
     """
+    return checked_id(name, request.path_params[name], type_)
+
+
+def checked_id(name: str, value: Any, type_: Any) -> Any:
+    """``value`` (an id named ``name``, from a path or a GraphQL argument) checked against
+    ``type_`` (an annotated msgspec type). Raises BadRequest (``bad_id``)."""
     try:
-        return msgspec.convert(request.path_params[name], type_)
+        return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"{name}: {exc}", code="bad_id") from None
 

@@ -86,10 +86,14 @@ async def save(request: Request) -> Response:
     return JSONResponse({"message": "synced"})
 
 
-async def complete(request: Request) -> Response:
-    st = state(request)
-    claims = await authenticate(request)
-    body = await decode_body(request, ProgressCompleteRequest, max_bytes=st.settings.max_body_bytes)
+async def complete_lecture(st: IngestState, claims: Claims, body: ProgressCompleteRequest) -> float:
+    """Complete a lecture for the learner of ``claims`` (the service of ``POST
+    /api/v1/progress/complete`` and GraphQL's ``completeLecture``); returns the course's new
+    completion percentage. Completing a completed lecture again changes nothing.
+
+    Raises NotFound (``unknown_course``), BadRequest (``unknown_lecture``), Forbidden
+    (``lecture_locked``), Conflict (``not_watched``).
+    """
     meta = await course_meta(st, body.course_id)
     duration = lecture_of(meta, body.lecture_id)
     now_ms = int(time.time() * 1000)
@@ -117,14 +121,26 @@ async def complete(request: Request) -> Response:
     if done.status == CompleteStatus.NEW:
         await emit_completion(st, claims, meta, body.lecture_id, now_ms, done.first_watch_ms)
     current = await view(st, claims.sub, meta)
-    return JSONResponse({"message": "completed", "completionPercentage": current.completion_percentage})
+    return current.completion_percentage
+
+
+async def complete(request: Request) -> Response:
+    st = state(request)
+    claims = await authenticate(request)
+    body = await decode_body(request, ProgressCompleteRequest, max_bytes=st.settings.max_body_bytes)
+    percentage = await complete_lecture(st, claims, body)
+    return JSONResponse({"message": "completed", "completionPercentage": percentage})
+
+
+async def progress_of(st: IngestState, user_id: str, course_id: str) -> ProgressView:
+    """``user_id``'s resume view of ``course_id``. Raises NotFound (``unknown_course``)."""
+    return await view(st, user_id, await course_meta(st, course_id))
 
 
 async def read(request: Request) -> Response:
     st = state(request)
     claims = await authenticate(request)
-    meta = await course_meta(st, course_id_param(request))
-    return JSONResponse(await view(st, claims.sub, meta))
+    return JSONResponse(await progress_of(st, claims.sub, course_id_param(request)))
 
 
 routes: list[BaseRoute] = [

@@ -40,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contract import keys
+from contract.auth import Claims
 from contract.errors import Conflict, NotFound
 from contract.http import JSONResponse, decode_body, path_param
 from contract.messages import (
@@ -53,9 +54,10 @@ from contract.messages import (
     json_encoder,
 )
 from ingest import store
+from ingest.api.client import ClientInfo
 from ingest.api.courses import course_meta
 from ingest.api.metrics import counted
-from ingest.api.scores import action_for, check_block, check_rate, queue_has_room
+from ingest.api.scores import action_for, check_block, check_rate, queue_has_room, request_client
 from ingest.api.state import IngestState, authenticate, state
 
 QUIZZES = "quizzes"
@@ -158,12 +160,11 @@ async def get_quiz(request: Request) -> Response:
     )
 
 
-async def quiz_elapsed_ms(request: Request, user_id: str, quiz_id: str) -> int | None:
+async def quiz_elapsed_ms(st: IngestState, user_id: str, quiz_id: str) -> int | None:
     """Milliseconds since the user first fetched the quiz; None when no fetch is recorded.
 
     Raises Conflict (``quiz_not_started``) for the latter under ``quiz_require_start``.
     """
-    st = state(request)
     started = await st.redis.get(keys.quiz_start(user_id, quiz_id))
     if started is None:
         if st.settings.quiz_require_start:
@@ -229,10 +230,16 @@ async def count_attempt(
     raise Conflict("too many concurrent submissions of this quiz; retry", code="busy")
 
 
-async def submit(request: Request) -> Response:
-    st = state(request)
-    claims = await authenticate(request)
-    body = await decode_body(request, QuizSubmitRequest, max_bytes=st.settings.max_body_bytes)
+async def submit_quiz(
+    st: IngestState, claims: Claims, body: QuizSubmitRequest, client: ClientInfo
+) -> QuizGraded:
+    """Grade, store and count one submission of the learner of ``claims`` (the service of
+    ``POST /api/v1/quiz/submit`` and GraphQL's ``submitQuizAction``).
+
+    Raises TemporarilyBlocked, NotFound (``unknown_quiz``), Conflict (``quiz_not_started``,
+    ``attempts_exhausted``, ``busy``), TooManyRequests (``rate_limited``, ``queue_full``),
+    Unavailable.
+    """
     await check_block(st, claims.sub)  # before grading: a blocked user's attempt is not even stored
     quiz = await st.mongo[QUIZZES].find_one({"_id": body.quiz_id})
     if quiz is None:
@@ -242,11 +249,11 @@ async def submit(request: Request) -> Response:
     score = min(sum(int(quiz["points"][q]) for q in correct), st.settings.max_score_increment)
     submission_id = body.action_id.lower()
     template = action_for(
-        claims, submission_id, 0, course_id=quiz.get("courseId"), source="quiz", request=request
+        claims, submission_id, 0, course_id=quiz.get("courseId"), source="quiz", client=client
     )
     template = msgspec.structs.replace(
         template,
-        quiz_elapsed_ms=await quiz_elapsed_ms(request, claims.sub, body.quiz_id),
+        quiz_elapsed_ms=await quiz_elapsed_ms(st, claims.sub, body.quiz_id),
         quiz_questions=len(quiz["key"]),
         client_ts_ms=body.client_ts_ms(),
     )
@@ -275,7 +282,7 @@ async def submit(request: Request) -> Response:
     max_attempts = quiz.get("maxAttempts")
     reveal = bool(max_attempts) and attempt >= int(max_attempts) and st.settings.quiz_reveal_correct
     word = "duplicate" if status == DUPLICATE else "queued" if delta > 0 else "graded"
-    graded = QuizGraded(
+    return QuizGraded(
         status=word,
         score_delta=delta,
         action_id=submission_id,
@@ -285,7 +292,14 @@ async def submit(request: Request) -> Response:
         total=len(quiz["key"]) if reveal else None,
         score=score if reveal else None,
     )
-    return JSONResponse(graded, status_code=202 if word == "queued" else 200)
+
+
+async def submit(request: Request) -> Response:
+    st = state(request)
+    claims = await authenticate(request)
+    body = await decode_body(request, QuizSubmitRequest, max_bytes=st.settings.max_body_bytes)
+    graded = await submit_quiz(st, claims, body, request_client(request))
+    return JSONResponse(graded, status_code=202 if graded.status == "queued" else 200)
 
 
 routes: list[BaseRoute] = [

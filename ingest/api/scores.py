@@ -37,14 +37,14 @@ from contract.messages import (
 from contract.seasons import period_end
 from ingest import audit, store
 from ingest.anomaly import blocked_until
-from ingest.api.client import client_of
+from ingest.api.client import ClientInfo, client_of
 from ingest.api.courses import course_meta
 from ingest.api.metrics import counted
 from ingest.api.state import IngestState, authenticate, state
 from ingest.rebuild import rebuild_board
 from store import archive
 from store.archive import Archived
-from store.boards import Profile, Row, Top
+from store.boards import Around, Profile, Row, Top
 
 log = logging.getLogger("scorecast.scores")
 
@@ -166,15 +166,9 @@ def action_for(
     *,
     course_id: str | None,
     source: str,
-    request: Request | None = None,
+    client: ClientInfo | None = None,
 ) -> ScoreAction:
-    """The stream entry of a score action; ``request`` gives the client's IP and user agent."""
-    client = None
-    if request is not None:
-        st = state(request)
-        client = client_of(
-            request, st.trusted_proxies, max_agent_chars=st.settings.audit_user_agent_max_chars
-        )
+    """The stream entry of a score action; ``client`` gives the client's IP and user agent."""
     return ScoreAction(
         action_id=action_id.lower(),
         user_id=claims.sub,
@@ -188,6 +182,12 @@ def action_for(
         ip=client.ip if client else None,
         user_agent=client.user_agent if client else None,
     )
+
+
+def request_client(request: Request) -> ClientInfo:
+    """Who sent ``request`` as the audit log records it (``trusted_proxies`` decide)."""
+    st = state(request)
+    return client_of(request, st.trusted_proxies, max_agent_chars=st.settings.audit_user_agent_max_chars)
 
 
 async def scored_profile(st: IngestState, user_id: str) -> Profile:
@@ -226,7 +226,7 @@ async def update(request: Request) -> Response:
     profile = await scored_profile(st, body.user_id)
     await check_block(st, body.user_id)
     await check_rate(st, body.user_id, profile.region)
-    client = client_of(request, st.trusted_proxies, max_agent_chars=st.settings.audit_user_agent_max_chars)
+    client = request_client(request)
     action = ScoreAction(
         action_id=body.action_id.lower(),
         user_id=body.user_id,
@@ -246,6 +246,19 @@ async def update(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------- reads
+# The reads below are the service layer of REST and GraphQL alike (``ingest.api.graph``): the
+# handlers only parse parameters and encode answers.
+LIMIT_DEFAULT, LIMIT_MAX = 10, 100
+RANGE_DEFAULT, RANGE_MAX = 5, 50
+
+
+def bounded(name: str, value: int, low: int, high: int) -> int:
+    """``value`` when ``low <= value <= high``. Raises BadRequest (``bad_query``)."""
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}", code="bad_query")
+    return value
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -254,9 +267,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer", code="bad_query") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}", code="bad_query")
-    return value
+    return bounded(name, value, low, high)
 
 
 def board_param(request: Request) -> str:
@@ -273,9 +284,9 @@ async def ensure_board(st: IngestState, board: str) -> bool:
     return True
 
 
-async def hydrate(st: IngestState, rows: Sequence[Row]) -> list[LeaderboardEntry]:
-    """Entries with names and avatars: one pipelined Redis read, MongoDB only for cache misses."""
-    user_ids = [r.user_id for r in rows]
+async def load_profiles(st: IngestState, user_ids: Sequence[str]) -> dict[str, Profile]:
+    """Names and avatars of ``user_ids``: one pipelined Redis read, MongoDB only for cache misses
+    (which are cached again). A user found nowhere is absent from the answer."""
     profiles = await st.boards.profiles(user_ids)
     missing = [u for u in user_ids if u not in profiles]
     if missing:
@@ -287,38 +298,56 @@ async def hydrate(st: IngestState, rows: Sequence[Row]) -> list[LeaderboardEntry
         }
         await st.boards.cache_profiles(loaded, ttl_s=st.settings.user_cache_ttl_s)
         profiles.update(loaded)
-    entries = []
-    for r in rows:
-        p = profiles.get(r.user_id)
-        entries.append(
-            LeaderboardEntry(
-                rank=r.rank,
-                user_id=r.user_id,
-                name=p.name if p else r.user_id,
-                score=r.score,
-                avatar_url=p.avatar_url if p else None,
-            )
-        )
-    return entries
+    return profiles
+
+
+def entry_of(row: Row, profile: Profile | None) -> LeaderboardEntry:
+    """A board row as shown: a user without a known profile shows their id and no avatar."""
+    return LeaderboardEntry(
+        rank=row.rank,
+        user_id=row.user_id,
+        name=profile.name if profile else row.user_id,
+        score=row.score,
+        avatar_url=profile.avatar_url if profile else None,
+    )
+
+
+async def hydrate(st: IngestState, rows: Sequence[Row]) -> list[LeaderboardEntry]:
+    """Entries with names and avatars (:func:`load_profiles`, one batch for all rows)."""
+    profiles = await load_profiles(st, [r.user_id for r in rows])
+    return [entry_of(r, profiles.get(r.user_id)) for r in rows]
+
+
+async def top_of(st: IngestState, board: str, limit: int) -> Top | LeaderboardPage:
+    """The first ``limit`` rows of ``board`` (a canonical name), rebuilt from MongoDB first when
+    only MongoDB has the board; a board nobody scored on answers no rows. A closed period whose
+    keys expired answers its archived page instead (names and avatars as at the close)."""
+    top = await st.boards.top(board, limit)
+    if not top.exists:
+        final = await archive.find(st.mongo, board)
+        if final is not None:
+            return final.page(limit)
+        if await ensure_board(st, board):
+            top = await st.boards.top(board, limit)
+    return top
 
 
 async def leaderboard(request: Request) -> Response:
     st = state(request)
     board = board_param(request)
-    limit = int_param(request, "limit", 10, 1, 100)
-    top = await st.boards.top(board, limit)
-    if not top.exists:
-        final = await archive.find(st.mongo, board)
-        if final is not None:
-            return JSONResponse(final.page(limit))
-        if await ensure_board(st, board):
-            top = await st.boards.top(board, limit)
-    return JSONResponse(page_of(top, await hydrate(st, top.rows)))
+    limit = int_param(request, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+    found = await top_of(st, board, limit)
+    if isinstance(found, LeaderboardPage):
+        return JSONResponse(found)
+    return JSONResponse(page_of(found, await hydrate(st, found.rows)))
 
 
 def page_of(top: Top, entries: list[LeaderboardEntry]) -> LeaderboardPage:
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return LeaderboardPage(board=top.board, version=top.version, updated_at=now, entries=entries)
+    return LeaderboardPage(board=top.board, version=top.version, updated_at=now_iso(), entries=entries)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def archived(st: IngestState, board: str) -> Archived | None:
@@ -352,36 +381,47 @@ async def archived_around(st: IngestState, final: Archived, user_id: str, window
     return final.around(user_id, window)
 
 
+async def around_of(st: IngestState, board: str, user_id: str, window: int) -> Around | AroundAnswer:
+    """``user_id``'s row on ``board`` with ``window`` rows either side: the live rows, or for a
+    closed period whose keys expired its archived entries (with names and avatars).
+
+    Raises NotFound: ``not_ranked`` (no score there) or ``beyond_archive``.
+    """
+    final = await archived(st, board)
+    if final is not None:
+        return await archived_around(st, final, user_id, window)
+    await ensure_board(st, board)
+    around = await st.boards.around(board, user_id, above=window, below=window)
+    if around.self_row is None:
+        raise NotFound(f"{user_id} is not ranked on {board}", code="not_ranked")
+    return around
+
+
+async def rank_of(st: IngestState, board: str, user_id: str) -> RankAnswer:
+    """Raises NotFound (``not_ranked``, ``beyond_archive``) as :func:`around_of`."""
+    found = await around_of(st, board, user_id, 0)
+    mine = found.self if isinstance(found, AroundAnswer) else found.self_row
+    assert mine is not None  # around_of refuses an unranked user
+    return RankAnswer(board=board, user_id=user_id, rank=mine.rank, score=mine.score)
+
+
 async def rank(request: Request) -> Response:
     st = state(request)
     board = board_param(request)
-    user_id = request.path_params["user_id"]
-    final = await archived(st, board)
-    if final is not None:
-        mine = (await archived_around(st, final, user_id, 0)).self
-        return JSONResponse(RankAnswer(board=board, user_id=user_id, rank=mine.rank, score=mine.score))
-    await ensure_board(st, board)
-    around = await st.boards.around(board, user_id, above=0, below=0)
-    if around.self_row is None:
-        raise NotFound(f"{user_id} is not ranked on {board}", code="not_ranked")
-    row = around.self_row
-    return JSONResponse(RankAnswer(board=board, user_id=user_id, rank=row.rank, score=row.score))
+    return JSONResponse(await rank_of(st, board, request.path_params["user_id"]))
 
 
 async def around_me(request: Request) -> Response:
     st = state(request)
     board = board_param(request)
     user_id = request.path_params["user_id"]
-    window = int_param(request, "range", 5, 1, 50)
-    final = await archived(st, board)
-    if final is not None:
-        return JSONResponse(await archived_around(st, final, user_id, window))
-    await ensure_board(st, board)
-    around = await st.boards.around(board, user_id, above=window, below=window)
-    if around.self_row is None:
-        raise NotFound(f"{user_id} is not ranked on {board}", code="not_ranked")
-    entries = await hydrate(st, [*around.above, around.self_row, *around.below])
-    mine = len(around.above)
+    window = int_param(request, "range", RANGE_DEFAULT, 1, RANGE_MAX)
+    found = await around_of(st, board, user_id, window)
+    if isinstance(found, AroundAnswer):
+        return JSONResponse(found)
+    assert found.self_row is not None
+    entries = await hydrate(st, [*found.above, found.self_row, *found.below])
+    mine = len(found.above)
     return JSONResponse(
         AroundAnswer(board=board, self=entries[mine], above=entries[:mine], below=entries[mine + 1 :])
     )
