@@ -26,7 +26,7 @@ from contract.messages import json_encoder
 log = logging.getLogger("scorecast.http")
 T = TypeVar("T")
 
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -70,7 +70,7 @@ async def _scorecast_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
@@ -130,14 +130,7 @@ async def decode_body(request: Request, type_: type[T], *, max_bytes: int) -> T:
 
     Raises PayloadTooLarge (413) or BadRequest (``invalid_json``, ``invalid_body``).
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
+    body = await read_body(request, max_bytes=max_bytes)
     if not body:
         raise BadRequest("a JSON body is required", code="invalid_json")
     try:
@@ -146,3 +139,19 @@ async def decode_body(request: Request, type_: type[T], *, max_bytes: int) -> T:
         raise BadRequest(str(exc), code="invalid_body") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The whole body of ``request``, read no further than ``max_bytes``.
+
+    Raises PayloadTooLarge (413) for a longer body, declared or not.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body larger than {max_bytes} bytes")
+    return bytes(body)

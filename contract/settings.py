@@ -124,6 +124,14 @@ class Settings:
     # one (not rolled over yet, never scored) is looked up again at most once per this interval.
     archive_miss_ttl_s: float = 5.0
 
+    # GraphQL (POST /graphql on the ingest API): how deep and how costly one document may be.
+    # Cost: each root field 1, `leaderboard` its `limit`, `around` 2 x `range` + 1 (a variable
+    # counts as the largest value it may take). GraphiQL is served only with dev_login_enabled.
+    graphql_max_depth: int = 6
+    graphql_max_cost: int = 300
+    graphql_max_aliases: int = 20
+    graphql_max_tokens: int = 2000
+
     # Gateway
     broadcast_interval_s: float = 1.0
     heartbeat_interval_s: float = 15.0

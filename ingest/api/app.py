@@ -21,6 +21,7 @@ from contract.settings import Settings
 from ingest import store
 from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
 from ingest.api.client import parse_networks
+from ingest.api.graph_http import GraphView
 from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
 from ingest.api.state import IngestState, state
 from ingest.api.users import KnownUsers
@@ -102,6 +103,8 @@ def create_app(settings: Settings) -> Starlette:
         *progress.routes,
         *stats.routes,
         *admin.routes,
+        # Seed 004's GraphQL API over the same service layer (REST stays the primary API).
+        Route("/graphql", GraphView(settings), methods=["GET", "POST"]),
     ]
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     middleware = [

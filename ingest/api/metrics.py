@@ -132,6 +132,14 @@ class IngestMetrics:
         counts.blocks_active = len(active)
         self.flags.counts = counts
 
+    def count_refusal(self, exc: BaseException) -> None:
+        """Count ``exc`` when it refuses a request for its token (401) or a rate limit (429, not
+        ``queue_full``: back-pressure is no violation). REST and GraphQL answers alike."""
+        if isinstance(exc, AuthError):
+            self.auth_failures.labels(exc.code).inc()
+        elif isinstance(exc, TooManyRequests) and exc.code != "queue_full":
+            self.rate_limited.labels(exc.code).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -159,8 +167,13 @@ def outcome_of(response: Response | None, exc: BaseException | None) -> str:
             status = json.loads(bytes(response.body)).get("status")
         except ValueError:
             status = None
-        return "duplicate" if status == "duplicate" else "graded"
+        return outcome_of_status(status)
     return "error"
+
+
+def outcome_of_status(status: str | None) -> str:
+    """The outcome of an answered write by its ``status`` (``queued``, ``duplicate``, ``graded``)."""
+    return {"queued": "accepted", "duplicate": "duplicate"}.get(status or "", "graded")
 
 
 def counted(endpoint: str, handler: Endpoint) -> Endpoint:
@@ -185,10 +198,7 @@ def count_refusals(app: Starlette) -> None:
 
     async def handler(request: Request, exc: Exception) -> Response:
         metrics: IngestMetrics = request.app.state.metrics
-        if isinstance(exc, AuthError):
-            metrics.auth_failures.labels(exc.code).inc()
-        elif isinstance(exc, TooManyRequests) and exc.code != "queue_full":
-            metrics.rate_limited.labels(exc.code).inc()
+        metrics.count_refusal(exc)
         return await error_for(request, exc)
 
     app.add_exception_handler(ScorecastError, handler)
