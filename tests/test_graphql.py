@@ -15,11 +15,13 @@ import pytest
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.settings import Settings
+from devstack.processes import Stack
 from devstack.servers import free_port
 from ingest.api import scores
 from ingest.api.app import create_app
 from store.boards import BoardStore, Profile
 from tests.conftest import TEST_SECRET
+from tests.eventually import eventually
 from tests.helpers import asgi_client, bearer, login
 
 QUIZ = {
@@ -506,3 +508,52 @@ async def test_redis_down_is_unavailable_and_a_bug_is_an_internal_error_without_
     assert r.status_code == 200
     assert r.json()["errors"][0]["extensions"] == {"code": "internal_error"}
     assert "secret detail" not in r.text and "Traceback" not in r.text
+
+
+# ---------------------------------------------------------------- real processes
+async def test_two_learners_through_graphql_on_the_real_stack(stack: Stack, issuer: TokenIssuer) -> None:
+    """The ingest API, the worker and the flusher as processes: quiz points reach the boards, a
+    completion reaches the stats, and each learner sees only their own."""
+    for module in ("ingest.api", "ingest.worker", "ingest.flusher"):
+        stack.start(module)
+    async with httpx.AsyncClient(base_url=stack.ingest_url, timeout=30) as http:
+        ada = await login(http, "ada", "Ada Lovelace", region="eu")
+        bob = await login(http, "bob", "Bob", region="na")
+        for path, body in (("/api/v1/quizzes/quiz1", QUIZ), ("/api/v1/courses/c1", COURSE)):
+            r = await http.put(path, json=body, headers=admin(issuer))
+            assert r.status_code == 200, r.text
+        for token, correct in ((ada, ["q1", "q2"]), (bob, ["q1"])):
+            answer = await gql(http, SUBMIT, token, input=quiz_input(correct=correct))
+            assert answer["data"]["submitQuizAction"]["status"] == "queued", answer
+
+        async def board() -> list[tuple[str, str, int]]:
+            answer = await gql(http, "{ leaderboard { entries { userId name score } } }")
+            return [(e["userId"], e["name"], e["score"]) for e in answer["data"]["leaderboard"]["entries"]]
+
+        assert await eventually(board, until=lambda rows: len(rows) == 2, timeout_s=60) == [
+            ("ada", "Ada Lovelace", 5),
+            ("bob", "Bob", 3),
+        ]
+        mine = await gql(http, '{ rank(userId: "bob", board: "region:NA") { rank score } }')
+        assert mine["data"]["rank"] == {"rank": 1, "score": 3}
+
+        done = await gql(
+            http,
+            'mutation { completeLecture(courseId: "c1", lectureId: "intro") { completionPercentage } }',
+            ada,
+        )
+        assert done["data"]["completeLecture"]["completionPercentage"] == 50.0
+
+        async def stats(token: str) -> dict[str, Any]:
+            answer = await gql(
+                http, "{ studentStats { totalCompleted } courseProgress { courseId progress } }", token
+            )
+            found: dict[str, Any] = answer["data"]
+            return found
+
+        assert await eventually(
+            lambda: stats(ada),
+            until=lambda s: s["studentStats"]["totalCompleted"] == 1 and s["courseProgress"] != [],
+            timeout_s=60,
+        ) == {"studentStats": {"totalCompleted": 1}, "courseProgress": [{"courseId": "c1", "progress": 50.0}]}
+        assert await stats(bob) == {"studentStats": {"totalCompleted": 0}, "courseProgress": []}
