@@ -133,6 +133,7 @@ async def test_board_reads_answer_what_rest_answers(ingest: httpx.AsyncClient, b
 BAD_READS = [
     ("{ leaderboard(limit: 0) { board } }", "bad_query"),
     ("{ leaderboard(limit: 101) { board } }", "bad_query"),
+    ("{ leaderboard(limit: 100000) { board } }", "bad_query"),
     ('{ leaderboard(board: "galaxy") { board } }', "invalid_board"),
     ('{ leaderboard(board: "weekly:2026-47") { board } }', "invalid_board"),
     ('{ rank(userId: "nobody") { rank } }', "not_ranked"),

@@ -4,7 +4,8 @@ Depth is strawberry's ``QueryDepthLimiter``, aliases its ``MaxAliasesLimiter`` a
 its ``MaxTokensLimiter``. Cost is ours: what a document makes the service layer read. Each root
 field costs 1, except the two that read many rows: ``leaderboard`` costs its ``limit`` and
 ``around`` 2 x ``range`` + 1. An argument given as a variable counts as the largest value it may
-take (validation runs before variables are seen), an absent one as its default. Fields below the
+take (validation runs before variables are seen), an absent one as its default, an out-of-range
+one as the bound it breaks (the resolver refuses it with REST's ``bad_query``). Fields below the
 root cost nothing more: the rows are read once, and names and avatars in one batch per request.
 
 The error codes of the refusals are ``query_too_deep`` and ``query_too_costly``
@@ -37,7 +38,9 @@ def int_argument(field: FieldNode, name: str, default: int, largest: int) -> int
     for argument in field.arguments or ():
         if argument.name.value == name:
             if isinstance(argument.value, IntValueNode):
-                return max(1, int(argument.value.value))
+                # Out of range: the resolver refuses it with REST's code (bad_query), so it costs
+                # no more than the largest value it could have been.
+                return min(max(1, int(argument.value.value)), largest)
             return largest  # a variable (or a wrong type, which validation refuses anyway)
     return default
 
