@@ -12,13 +12,15 @@ import httpx
 import jwt
 import pytest
 
-from contract import keys
+from contract import keys, messages
 from contract.auth import TokenIssuer
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port
 from ingest.api import scores
 from ingest.api.app import create_app
+from store import archive
+from store.archive import Archived
 from store.boards import BoardStore, Profile
 from tests.conftest import TEST_SECRET
 from tests.eventually import eventually
@@ -476,6 +478,7 @@ async def test_requests_that_are_not_graphql_get_the_error_shape(ingest: httpx.A
     for body, headers, status, code in (
         (b'{"query": "{ leaderboard { board } }"', json_type, 400, "bad_request"),
         (b'"just a string"', json_type, 400, "bad_request"),
+        (b'\xff\xfe{"query": 1}', json_type, 400, "bad_request"),
         (b"{}", json_type, 400, "bad_request"),
         (b'{"query": 7}', json_type, 400, "bad_request"),
         (b"query=x", {"content-type": "text/plain"}, 400, "bad_request"),
@@ -558,3 +561,50 @@ async def test_two_learners_through_graphql_on_the_real_stack(stack: Stack, issu
             timeout_s=60,
         ) == {"studentStats": {"totalCompleted": 1}, "courseProgress": [{"courseId": "c1", "progress": 50.0}]}
         assert await stats(bob) == {"studentStats": {"totalCompleted": 0}, "courseProgress": []}
+
+
+async def test_a_closed_period_answers_from_its_archive_with_the_names_at_the_close(
+    ingest: httpx.AsyncClient, mongo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    board = "weekly:2026-W40"
+    final = Archived(
+        board=board,
+        version=7,
+        ranked_users=3,
+        closed_at_ms=1_790_000_000_000,
+        entries=[
+            messages.LeaderboardEntry(
+                rank=1, user_id="ada", name="Ada then", score=9, avatar_url="https://a/1"
+            ),
+            messages.LeaderboardEntry(rank=2, user_id="bob", name="Bob then", score=4, avatar_url=None),
+        ],
+    )
+    assert await archive.insert(mongo, final)
+    calls: list[Sequence[str]] = []
+
+    async def counted(st: Any, user_ids: Sequence[str]) -> dict[str, Profile]:
+        calls.append(user_ids)
+        return {}
+
+    monkeypatch.setattr(scores, "load_profiles", counted)
+    answer = await gql(
+        ingest,
+        f"""{{ leaderboard(board: "{board}") {{ version closedAt rankedUsers
+                                               entries {{ rank name avatarUrl score }} }}
+              rank(board: "{board}", userId: "bob") {{ rank score }}
+              around(board: "{board}", userId: "ada", range: 1) {{ self {{ name }} below {{ name }} }} }}""",
+    )
+    assert "errors" not in answer, answer
+    page = answer["data"]["leaderboard"]
+    assert (page["version"], page["rankedUsers"], page["closedAt"]) == (7, 3, "2026-09-21T14:13:20.000Z")
+    assert page["entries"] == [
+        {"rank": 1, "name": "Ada then", "avatarUrl": "https://a/1", "score": 9},
+        {"rank": 2, "name": "Bob then", "avatarUrl": None, "score": 4},
+    ]
+    assert answer["data"]["rank"] == {"rank": 2, "score": 4}
+    assert answer["data"]["around"] == {"self": {"name": "Ada then"}, "below": [{"name": "Bob then"}]}
+    assert calls == []  # the archive's names, not today's profiles
+    rest = (await ingest.get("/api/v1/scores/leaderboard", params={"board": board})).json()
+    assert (rest["closedAt"], rest["rankedUsers"]) == (page["closedAt"], page["rankedUsers"])
+    missing = await gql(ingest, f'{{ rank(board: "{board}", userId: "cy") {{ rank }} }}')
+    assert codes(missing) == ["not_ranked"]
