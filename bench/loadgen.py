@@ -293,6 +293,7 @@ async def pings_open(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
     clients = [c for c in worker.clients if c.in_at and not c.closed]
     schedule = sorted((start + c.index / cmd["total"] * period, i) for i, c in enumerate(clients))
     sent = skipped = 0
+    late: list[float] = []  # how late the generator sent a ping due on schedule (its own lag)
     end = start + seconds
     rounds = 0
     while True:
@@ -314,6 +315,7 @@ async def pings_open(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
                     client.owed = due
                 continue
             sent += 1
+            late.append(time.monotonic() - due)
             client.send_ping(due)
         rounds += 1
     await answered(clients)
@@ -321,6 +323,7 @@ async def pings_open(worker: Worker, cmd: dict[str, Any]) -> dict[str, Any]:
         "latencies": worker.latencies,
         "sent": sent,
         "skipped": skipped,
+        "late": late,
         "unanswered": sum(len(c.in_flight) for c in clients),
         "errors": worker.errors,
         "error_sample": worker.error_sample,

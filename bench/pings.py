@@ -65,6 +65,7 @@ async def phase(
         "p50_ms": pct(latencies, 50) * 1000,
         "p99_ms": pct(latencies, 99) * 1000,
         "skipped": sum(a.get("skipped", 0) for a in got),
+        "late_p99_ms": pct([t for a in got for t in a.get("late", [])], 99) * 1000,
         "unanswered": sum(a.get("unanswered", 0) for a in got),
         "errors": sum(a["errors"] for a in got),
         "error_sample": [s for a in got for s in a["error_sample"]][:3],
@@ -82,6 +83,7 @@ def show(r: dict[str, Any]) -> None:
         f"{what}: {r['acked_per_s']:,.0f} acks/s, gateway CPU {r['cpu_us']:.1f} us/ping "
         f"({r['gateway_core'] * 100:.0f} % of a core), "
         f"ack p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms; "
+        f"generator late p99 {r['late_p99_ms']:.1f} ms, "
         f"skipped {r['skipped']}, unanswered {r['unanswered']}, errors {r['errors']} {r['error_sample']}; "
         f"load generator {r['loadgen_core'] * 100:.0f} % of a core",
         flush=True,
