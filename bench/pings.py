@@ -42,7 +42,8 @@ async def phase(
     await gen.all(op="pings_window", window=1, start=time.monotonic(), seconds=0)
     await settle(pid)
     start = time.monotonic() + 0.5
-    cpu0 = cpu_seconds(pid)
+    redis_pid = bench.redis.process.pid if bench.redis.process else pid
+    cpu0, redis_cpu0 = cpu_seconds(pid), cpu_seconds(redis_pid)
     gen_cpu0 = sum(cpu_seconds(p) for p in gen.pids)
     if window == 1:
         got = await gen.all(op="pings_open", period_s=1.0, start=start, seconds=args.seconds, total=players)
@@ -50,6 +51,7 @@ async def phase(
         got = await gen.all(op="pings_window", window=window, start=start, seconds=args.seconds)
     elapsed = time.monotonic() - start
     cpu = cpu_seconds(pid) - cpu0
+    redis_cpu = cpu_seconds(redis_pid) - redis_cpu0
     gen_cpu = sum(cpu_seconds(p) for p in gen.pids) - gen_cpu0
     await gen.all(op="close")
     latencies = [t for a in got for t in a["latencies"]]
@@ -70,6 +72,7 @@ async def phase(
         "errors": sum(a["errors"] for a in got),
         "error_sample": [s for a in got for s in a["error_sample"]][:3],
         "loadgen_core": gen_cpu / elapsed,
+        "redis_core": redis_cpu / elapsed,
     }
 
 
@@ -85,7 +88,7 @@ def show(r: dict[str, Any]) -> None:
         f"ack p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms; "
         f"generator late p99 {r['late_p99_ms']:.1f} ms, "
         f"skipped {r['skipped']}, unanswered {r['unanswered']}, errors {r['errors']} {r['error_sample']}; "
-        f"load generator {r['loadgen_core'] * 100:.0f} % of a core",
+        f"load generator {r['loadgen_core'] * 100:.0f} %, Redis {r['redis_core'] * 100:.0f} % of a core",
         flush=True,
     )
 
