@@ -1,6 +1,7 @@
 // One EventSource per board, reconnecting with exponential backoff and full jitter.
 // Used by the SharedWorker (one feed per board per browser) and, where SharedWorker is
-// missing, by each tab directly. Listeners get {type: "snapshot"|"update"|"status", ...}.
+// missing, by each tab directly. Listeners get {type: "snapshot"|"update"|"rank"|"status", ...}:
+// "rank" is the viewer's own place ({board, version, rank, score, gapToNext}).
 
 export function backoffMs(attempt, baseMs = 500, capMs = 30000) {
   // "Full jitter": a random delay in [0, min(cap, base * 2^attempt)].
@@ -15,6 +16,7 @@ export class BoardFeed {
     this.lastEventId = null;
     this.last = null; // the newest {type, board, data} message, replayed to new listeners
     this.status = null; // the newest {type: "status", ...} message, replayed to new listeners too
+    this.rank = null; // the newest {type: "rank", ...} message (the viewer's own place), replayed too
     this.attempt = 0;
     this.timer = null;
     this.stableTimer = null;
@@ -41,6 +43,11 @@ export class BoardFeed {
     };
     source.addEventListener("snapshot", onFrame("snapshot"));
     source.addEventListener("update", onFrame("update"));
+    source.addEventListener("rank", (event) => {
+      // No id: a rank event never moves lastEventId (that is the board version).
+      this.rank = { type: "rank", board: this.board, data: JSON.parse(event.data) };
+      this.emit(this.rank);
+    });
     source.addEventListener("reconnect", (event) => {
       // The gateway is draining: come back after its jittered delay, elsewhere.
       const { afterMs } = JSON.parse(event.data);

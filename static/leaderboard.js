@@ -1,4 +1,5 @@
 // The leaderboard page: log in with a name, watch the live top 10, score with a button (demo).
+import { rankText } from "./rank.js";
 import { Scorecast } from "./scorecast.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +22,11 @@ function render(message) {
     $("status").textContent = message.status === "open" ? "live" : "reconnecting…";
     return;
   }
+  if (message.type === "rank") {
+    // Pushed by the gateway when the viewer's own place changed (no polling).
+    if (message.board === watched) $("my-rank").textContent = rankText(message.data);
+    return;
+  }
   const { version, leaderboard } = message.data;
   // For scripts and tests only: a 13-digit version number means nothing to a learner.
   $("rows").dataset.version = String(version);
@@ -39,26 +45,14 @@ function render(message) {
       return row;
     }),
   );
-  refreshRank();
 }
 
-let rankPending = null;
-function refreshRank() {
-  clearTimeout(rankPending);
-  rankPending = setTimeout(async () => {
-    try {
-      const params = new URLSearchParams({ board: boardName() });
-      const rank = await client.api("GET", `/api/v1/scores/rank/${encodeURIComponent(client.user.sub)}?${params}`);
-      $("my-rank").textContent = `${rank.rank} (${rank.score})`;
-    } catch (err) {
-      $("my-rank").textContent = err.code === "not_ranked" ? "not ranked yet" : "–";
-    }
-  }, 200);
-}
-
+let watched = null;
 function watch() {
   if (stop) stop();
-  stop = client.watchBoard(boardName(), render);
+  watched = boardName();
+  $("my-rank").textContent = "you: …";
+  stop = client.watchBoard(watched, render);
 }
 
 function showApp() {

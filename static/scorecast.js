@@ -124,11 +124,12 @@ export class Scorecast {
       const worker = new SharedWorker("/board-worker.js", { type: "module", name: "scorecast-boards" });
       worker.port.onmessage = ({ data }) => onMessage(data);
       worker.port.start();
-      worker.port.postMessage({ type: "watch", board });
+      const user = this.user ? this.user.sub : "";
+      worker.port.postMessage({ type: "watch", board, user });
       const bye = () => worker.port.postMessage({ type: "bye" });
       addEventListener("pagehide", bye);
       return () => {
-        worker.port.postMessage({ type: "unwatch", board });
+        worker.port.postMessage({ type: "unwatch", board, user });
         removeEventListener("pagehide", bye);
       };
     }
