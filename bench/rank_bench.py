@@ -17,7 +17,8 @@ viewers through the ingest API, and the probes are scored one after another. Rep
 - gateway CPU (user + system) over the window, and the broadcast's mean time (the shared frame);
 - rank lookups and rank events per second (the gateway's /metrics);
 - with ranks on: the time from a probe's score write answered 202 to that viewer's own rank
-  event showing the new score (p50/p99).
+  event showing the new score (p50/p99), split at the board event naming the viewer (this
+  process follows the board's Pub/Sub channel): ingest and worker before it, the gateway after.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.sse_fanout import cpu_split
+from contract import keys
 from contract.auth import TokenIssuer
+from contract.messages import board_event_decoder
 from contract.settings import Settings
 from devstack.processes import ROOT, Stack
 from devstack.servers import free_port, mongo_server, redis_server
@@ -66,6 +69,7 @@ class Stream(asyncio.Protocol):
         self.ranks = 0
         self.buf = b""
         self.rank: dict[str, Any] | None = None
+        self.rank_at = 0.0
         self.changed = asyncio.Event()
         self.first_frame = asyncio.Event()
 
@@ -85,6 +89,7 @@ class Stream(asyncio.Protocol):
             if at >= 0:
                 self.ranks += 1
                 self.rank = json.loads(event[at + len(RANK_EVENT) :].split(b"\r\n")[0])
+                self.rank_at = time.perf_counter()
                 self.changed.set()
             elif b"event: snapshot" in event or b"event: update" in event:
                 self.frames += 1
@@ -202,7 +207,22 @@ async def phase(
             t0 = time.perf_counter()
             end = t0 + args.seconds
             latencies: list[float] = []
+            to_event: list[float] = []
+            event_to_rank: list[float] = []
+            applied: dict[str, float] = {}  # probe user -> when its board event was published
             missed = 0
+            written = [0]
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(keys.board_channel("global"))
+            watched = {viewer_id(i) for i in probes}
+
+            async def listen() -> None:
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        now = time.perf_counter()
+                        for user in board_event_decoder.decode(message["data"]).users:
+                            if user in watched:
+                                applied[user] = now
 
             async def write(user: str, increment: int) -> float:
                 r = await api.post(
@@ -213,6 +233,7 @@ async def phase(
                 accepted = time.perf_counter()
                 r.raise_for_status()
                 totals[user] += increment
+                written[0] += 1
                 return accepted
 
             async def flow() -> None:
@@ -221,14 +242,16 @@ async def phase(
                     user = viewer_id(rng.randrange(args.probes, args.viewers))
                     await asyncio.gather(write(user, rng.randint(1, 500)), asyncio.sleep(1 / args.rate))
 
-            async def probe() -> None:
+            async def probe(lane: int) -> None:
                 nonlocal missed
+                mine = probes[lane :: args.lanes]
                 n = 0
                 while time.perf_counter() < end - 2:
-                    i = probes[n % len(probes)]
+                    i = mine[n % len(mine)]
                     n += 1
                     stream, user = probe_streams[i], viewer_id(i)
                     stream.changed.clear()
+                    applied.pop(user, None)
                     accepted = await write(user, 1 + n % 50)
                     if not ranks_on:  # the same writes, nothing to wait for
                         await asyncio.sleep(0.25)
@@ -245,12 +268,20 @@ async def phase(
                         except TimeoutError:
                             break
                     if stream.rank and stream.rank["score"] == want:
-                        latencies.append((time.perf_counter() - accepted) * 1000)
+                        latencies.append((stream.rank_at - accepted) * 1000)
+                        if user in applied:  # the board event naming the user, as Pub/Sub told it
+                            to_event.append((applied[user] - accepted) * 1000)
+                            event_to_rank.append((stream.rank_at - applied[user]) * 1000)
                     else:
                         missed += 1
                     await asyncio.sleep(0.2)
 
-            await asyncio.gather(flow(), probe())
+            listening = asyncio.create_task(listen())
+            await asyncio.gather(flow(), *(probe(lane) for lane in range(args.lanes)))
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+            await pubsub.aclose()
             window = time.perf_counter() - t0
             cpu = sum(cpu_split(gateway.pid)) - cpu0
             calls1 = await redis_calls(redis)
@@ -262,7 +293,10 @@ async def phase(
         result.update(
             window_s=window,
             redis_ops_per_s=sum(delta.values()) / window,
+            redis_ops=sum(delta.values()),
+            writes=written[0],
             evalsha_per_s=delta.get("evalsha", 0) / window,
+            zrevrank_per_s=delta.get("zrevrank", 0) / window,
             top_commands={k: round(v / window) for k, v in sorted(delta.items(), key=lambda kv: -kv[1])[:8]},
             gateway_cpu_s=cpu,
             gateway_cpu_share=cpu / window,
@@ -274,6 +308,10 @@ async def phase(
             probe_missed=missed,
             p50_ms=pct(latencies, 50) if latencies else None,
             p99_ms=pct(latencies, 99) if latencies else None,
+            to_event_p50_ms=pct(to_event, 50) if to_event else None,
+            to_event_p99_ms=pct(to_event, 99) if to_event else None,
+            event_to_rank_p50_ms=pct(event_to_rank, 50) if event_to_rank else None,
+            event_to_rank_p99_ms=pct(event_to_rank, 99) if event_to_rank else None,
         )
         summaries = []
         for g in gens:
@@ -339,11 +377,18 @@ async def run(args: argparse.Namespace) -> None:
             f"viewers {on['viewers']} (failed {off['failed']} / {on['failed']}), "
             f"window {on['window_s']:.1f} s, {args.rate} score writes/s"
         )
+        # What the score writes cost is taken from the phase without ranks (per write), so a
+        # different number of writes in the two windows does not count as rank cost.
+        per_write = off["redis_ops"] / max(1, off["writes"])
+        rank_ops_per_s = (on["redis_ops"] - per_write * on["writes"]) / on["window_s"]
         print(
             f"redis ops/s      off {off['redis_ops_per_s']:.0f}   on {on['redis_ops_per_s']:.0f}   "
-            f"rank cost {on['redis_ops_per_s'] - off['redis_ops_per_s']:.0f} ops/s "
-            f"({on['evalsha_per_s'] - off['evalsha_per_s']:.1f} script calls/s, "
-            f"{on['rank_lookups_per_s']:.0f} lookups/s)"
+            f"({off['writes']} / {on['writes']} score writes; {per_write:.1f} ops per write)"
+        )
+        print(
+            f"rank cost        {rank_ops_per_s:.0f} ops/s for {on['rank_lookups_per_s']:.0f} lookups/s "
+            f"({rank_ops_per_s / max(1.0, on['rank_lookups_per_s']):.2f} ops per lookup; "
+            f"ZREVRANK {on['zrevrank_per_s']:.0f}/s)"
         )
         print(
             f"gateway CPU      off {off['gateway_cpu_share'] * 100:.1f} %   "
@@ -358,6 +403,11 @@ async def run(args: argparse.Namespace) -> None:
         print(
             f"202 -> own rank  p50 {on['p50_ms']:.0f} ms   p99 {on['p99_ms']:.0f} ms   "
             f"({on['probe_samples']} samples, {on['probe_missed']} missed within 10 s)"
+        )
+        print(
+            f"  of which       202 -> board event (ingest + worker) p50 {on['to_event_p50_ms']:.0f} ms  "
+            f"p99 {on['to_event_p99_ms']:.0f} ms;  board event -> rank event (gateway) "
+            f"p50 {on['event_to_rank_p50_ms']:.0f} ms  p99 {on['event_to_rank_p99_ms']:.0f} ms"
         )
     finally:
         await redis.aclose()
@@ -379,6 +429,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--generators", type=int, default=2)
+    parser.add_argument("--lanes", type=int, default=4, help="probe viewers scored concurrently")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=20.0, help="score writes per second to random viewers")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)

@@ -118,9 +118,10 @@ class Connection:
 
     def push_latest(self, key: str, frame: bytes | str) -> None:
         """Queue a frame of this connection alone (``bytes``: an SSE event, ``str``: a WebSocket
-        text) that replaces an unsent older one under ``key``, like a board frame."""
-        if isinstance(frame, bytes) and self._direct():
-            self.sink.write(http_chunk(frame))
+        text) that replaces an unsent older one under ``key``, like a board frame. With nothing
+        queued ahead and a writable socket it goes out like any message (``push``)."""
+        if self._direct():
+            self.push(frame)
             return
         self.outbox.put_board(key, frame)
         self.wake()
