@@ -70,6 +70,7 @@ class Stream(asyncio.Protocol):
         self.buf = b""
         self.rank: dict[str, Any] | None = None
         self.rank_at = 0.0
+        self.frame_times: list[float] = []
         self.changed = asyncio.Event()
         self.first_frame = asyncio.Event()
 
@@ -93,6 +94,7 @@ class Stream(asyncio.Protocol):
                 self.changed.set()
             elif b"event: snapshot" in event or b"event: update" in event:
                 self.frames += 1
+                self.frame_times.append(time.perf_counter())
                 self.changed.set()
                 self.first_frame.set()
 
@@ -209,6 +211,7 @@ async def phase(
             latencies: list[float] = []
             to_event: list[float] = []
             event_to_rank: list[float] = []
+            event_to_frames: list[tuple[str, float]] = []  # (user, event time): see below
             applied: dict[str, float] = {}  # probe user -> when its board event was published
             missed = 0
             written = [0]
@@ -237,10 +240,24 @@ async def phase(
                 return accepted
 
             async def flow() -> None:
+                # On a fixed schedule (at most 32 writes in flight), so both phases write alike
+                # however slowly the API answers.
                 rng = random.Random(7)
-                while time.perf_counter() < end:
+                in_flight = asyncio.Semaphore(32)
+                tasks = []
+
+                async def one(user: str, increment: int) -> None:
+                    async with in_flight:
+                        await write(user, increment)
+
+                step = 1 / args.rate
+                at = time.perf_counter()
+                while at < end:
                     user = viewer_id(rng.randrange(args.probes, args.viewers))
-                    await asyncio.gather(write(user, rng.randint(1, 500)), asyncio.sleep(1 / args.rate))
+                    tasks.append(asyncio.create_task(one(user, rng.randint(1, 500))))
+                    at += step
+                    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                await asyncio.gather(*tasks)
 
             async def probe(lane: int) -> None:
                 nonlocal missed
@@ -272,6 +289,7 @@ async def phase(
                         if user in applied:  # the board event naming the user, as Pub/Sub told it
                             to_event.append((applied[user] - accepted) * 1000)
                             event_to_rank.append((stream.rank_at - applied[user]) * 1000)
+                            event_to_frames.append((user, applied[user]))
                     else:
                         missed += 1
                     await asyncio.sleep(0.2)
@@ -289,6 +307,17 @@ async def phase(
             frames = await gateway_metric(gw, "scorecast_gateway_rank_frames_total") - frames0
             bsum = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_sum") - bsum0
             bcount = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_count") - bcount0
+        # For comparison, the shared frame over the same connections: from each board event above
+        # to the next board frame the same probe client received.
+        to_frame = []
+        for user, at in event_to_frames:
+            later = [t for t in probe_streams[int(user[1:])].frame_times if t >= at]
+            if later:
+                to_frame.append((later[0] - at) * 1000)
+        result.update(
+            event_to_frame_p50_ms=pct(to_frame, 50) if to_frame else None,
+            event_to_frame_p99_ms=pct(to_frame, 99) if to_frame else None,
+        )
         delta = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0) > 0}
         result.update(
             window_s=window,
@@ -390,10 +419,17 @@ async def run(args: argparse.Namespace) -> None:
             f"({rank_ops_per_s / max(1.0, on['rank_lookups_per_s']):.2f} ops per lookup; "
             f"ZREVRANK {on['zrevrank_per_s']:.0f}/s)"
         )
+        # The broadcasts' CPU likewise, per broadcast from the phase without ranks.
+        per_broadcast = off["gateway_cpu_s"] / max(1.0, off["broadcasts"])
+        rank_cpu = (on["gateway_cpu_s"] - per_broadcast * on["broadcasts"]) / on["window_s"]
         print(
             f"gateway CPU      off {off['gateway_cpu_share'] * 100:.1f} %   "
             f"on {on['gateway_cpu_share'] * 100:.1f} %   (of one core; "
             f"ratio {on['gateway_cpu_share'] / max(off['gateway_cpu_share'], 1e-9):.2f})"
+        )
+        print(
+            f"rank CPU         {rank_cpu * 100:.1f} % of one core ({off['broadcasts']:.0f} / "
+            f"{on['broadcasts']:.0f} broadcasts; {per_broadcast * 1000:.0f} ms CPU per broadcast, ranks off)"
         )
         print(
             f"shared frame     mean broadcast off {off['broadcast_mean_ms']:.2f} ms   "
@@ -408,6 +444,10 @@ async def run(args: argparse.Namespace) -> None:
             f"  of which       202 -> board event (ingest + worker) p50 {on['to_event_p50_ms']:.0f} ms  "
             f"p99 {on['to_event_p99_ms']:.0f} ms;  board event -> rank event (gateway) "
             f"p50 {on['event_to_rank_p50_ms']:.0f} ms  p99 {on['event_to_rank_p99_ms']:.0f} ms"
+        )
+        print(
+            f"  compare        board event -> next shared frame at the same clients "
+            f"p50 {on['event_to_frame_p50_ms']:.0f} ms  p99 {on['event_to_frame_p99_ms']:.0f} ms"
         )
     finally:
         await redis.aclose()
