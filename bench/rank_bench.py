@@ -202,6 +202,8 @@ async def phase(
         ):
             lookups0 = await gateway_metric(gw, "scorecast_gateway_rank_lookups_total")
             frames0 = await gateway_metric(gw, "scorecast_gateway_rank_frames_total")
+            tsum0 = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_sum")
+            tcount0 = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_count")
             bsum0 = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_sum")
             bcount0 = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_count")
             calls0 = await redis_calls(redis)
@@ -305,6 +307,8 @@ async def phase(
             calls1 = await redis_calls(redis)
             lookups = await gateway_metric(gw, "scorecast_gateway_rank_lookups_total") - lookups0
             frames = await gateway_metric(gw, "scorecast_gateway_rank_frames_total") - frames0
+            tsum = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_sum") - tsum0
+            tcount = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_count") - tcount0
             bsum = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_sum") - bsum0
             bcount = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_count") - bcount0
         # For comparison, the shared frame over the same connections: from each board event above
@@ -331,6 +335,10 @@ async def phase(
             gateway_cpu_share=cpu / window,
             broadcast_mean_ms=(bsum / bcount * 1000) if bcount else float("nan"),
             broadcasts=bcount,
+            rank_tick_mean_ms=(tsum / tcount * 1000) if tcount else float("nan"),
+            rank_ticks=tcount,
+            latencies_ms=sorted(round(x) for x in latencies),
+            event_to_rank_ms=sorted(round(x) for x in event_to_rank),
             rank_lookups_per_s=lookups / window,
             rank_events_per_s=frames / window,
             probe_samples=len(latencies),
@@ -435,7 +443,11 @@ async def run(args: argparse.Namespace) -> None:
             f"shared frame     mean broadcast off {off['broadcast_mean_ms']:.2f} ms   "
             f"on {on['broadcast_mean_ms']:.2f} ms"
         )
-        print(f"rank events/s    {on['rank_events_per_s']:.0f}")
+        print(
+            f"rank events/s    {on['rank_events_per_s']:.0f}   "
+            f"rank ticks {on['rank_ticks'] / on['window_s']:.1f}/s, "
+            f"mean {on['rank_tick_mean_ms']:.1f} ms (read + hand over)"
+        )
         print(
             f"202 -> own rank  p50 {on['p50_ms']:.0f} ms   p99 {on['p99_ms']:.0f} ms   "
             f"({on['probe_samples']} samples, {on['probe_missed']} missed within 10 s)"

@@ -58,6 +58,12 @@ class Metrics:
         self.rank_frames = Counter(
             "scorecast_gateway_rank_frames", "Rank events handed to connections", registry=self.registry
         )
+        self.rank_tick_seconds = Histogram(
+            "scorecast_gateway_rank_tick_seconds",
+            "Time of one rank tick: its lookups read from Redis and their events handed over",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
         self.rank_backlog = Gauge(
             "scorecast_gateway_rank_backlog",
             "Viewers whose own score changed, waiting for rank lookup budget",

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from gateway.hub import Connection
 
 log = logging.getLogger("scorecast.gateway.ranks")
+# Results handed over between two yields to the event loop.
+HAND_OVER_CHUNK = 256
 
 
 def outbox_key(board: str) -> str:
@@ -62,6 +64,7 @@ class RankPusher:
             self.metrics.rank_backlog.set(self.planner.backlog)
             if not lookups:
                 continue
+            started = time.perf_counter()
             try:
                 results = await self.store.standings(lookups)
                 failures = 0
@@ -75,9 +78,19 @@ class RankPusher:
                 continue
             self.metrics.rank_lookups.inc(sum(len(users) for users in lookups.values()))
             for found in results:
-                if found.exists:  # a missing board: the board loop asks for its rebuild
-                    places = {u: Place.of(s.rank, s.score, s.above) for u, s in found.places.items()}
+                if not found.exists:  # a missing board: the board loop asks for its rebuild
+                    continue
+                items = list(found.places.items())
+                for start in range(0, len(items), HAND_OVER_CHUNK):
+                    if start:
+                        # Let a board's broadcast (or anything else ready) run in between.
+                        await asyncio.sleep(0)
+                    places = {
+                        u: Place.of(s.rank, s.score, s.above)
+                        for u, s in items[start : start + HAND_OVER_CHUNK]
+                    }
                     self._send(self.planner.looked_up(found.board, found.version, places))
+            self.metrics.rank_tick_seconds.observe(time.perf_counter() - started)
 
     def _send(self, deliveries: list[tuple[RankFrames, list[Connection]]]) -> None:
         sent = 0

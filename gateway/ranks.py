@@ -2,7 +2,8 @@
 
 A viewer (a user on a board, however many of their connections follow it) is one *pair*. The
 :class:`RankPlanner` decides, tick by tick, which pairs the gateway looks up in Redis, within a
-budget of ``lookups_per_s`` (a token bucket holding at most one second of lookups):
+budget of ``lookups_per_s`` (a token bucket holding at most ``burst_s`` of lookups, so one
+late tick cannot take a long run of the event loop):
 
 1. pairs whose own score changed (the board event names them), in the order they changed;
 2. pairs a connection just started to follow;
@@ -26,7 +27,7 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
-from contract.messages import RankMessage, RankUpdate, json_encoder
+from contract.messages import RankUpdate, json_encoder
 
 C = TypeVar("C", bound=Hashable)
 Pair = tuple[str, str]  # (board, userId)
@@ -62,11 +63,20 @@ class RankFrames:
     ws_text: str
 
 
+_WS_HEAD = '{"type":"rank",'
+
+
 def rank_frames(board: str, version: int, place: Place) -> RankFrames:
-    fields = {"board": board, "version": version, **dataclasses.asdict(place)}
+    data = json_encoder.encode(
+        RankUpdate(
+            board=board, version=version, rank=place.rank, score=place.score, gap_to_next=place.gap_to_next
+        )
+    )
     # No ``id:`` line: the SSE id is the board version of the shared frames (Last-Event-ID).
-    sse = b"event: rank\ndata: " + json_encoder.encode(RankUpdate(**fields)) + b"\n\n"
-    ws_text = json_encoder.encode(RankMessage(**fields)).decode()
+    sse = b"event: rank\ndata: " + data + b"\n\n"
+    # The WebSocket message (RankMessage) is the same object with its tag first: spliced, not
+    # encoded again (a tick may hand over thousands).
+    ws_text = _WS_HEAD + data[1:].decode()
     return RankFrames(board=board, version=version, place=place, sse=sse, ws_text=ws_text)
 
 
@@ -85,8 +95,11 @@ class _Viewer(Generic[C]):
 class RankPlanner(Generic[C]):
     """The rank bookkeeping of one gateway. ``now`` arguments are monotonic seconds."""
 
-    def __init__(self, *, lookups_per_s: float, refresh_s: float, now: float = 0.0) -> None:
+    def __init__(
+        self, *, lookups_per_s: float, refresh_s: float, burst_s: float = 0.5, now: float = 0.0
+    ) -> None:
         self.lookups_per_s = lookups_per_s
+        self.burst = lookups_per_s * burst_s
         self.refresh_s = refresh_s
         self.viewers: dict[Pair, _Viewer[C]] = {}
         # Ordered sets: first asked, first looked up.
@@ -96,7 +109,7 @@ class RankPlanner(Generic[C]):
         # (due, pair), stale entries included (skipped and dropped as they surface).
         self._turns: list[tuple[float, Pair]] = []
         self._turn_credit = 0.0
-        self._tokens = lookups_per_s
+        self._tokens = self.burst
         self._last = now
 
     @property
@@ -147,7 +160,7 @@ class RankPlanner(Generic[C]):
         pair counts as looked up at ``now`` (its result is expected through :meth:`looked_up`)."""
         elapsed = max(0.0, now - self._last)
         self._last = now
-        self._tokens = min(self.lookups_per_s, self._tokens + elapsed * self.lookups_per_s)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.lookups_per_s)
         budget = int(self._tokens)
         lookups: dict[str, list[str]] = {}
         chosen = 0

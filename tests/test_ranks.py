@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+from contract.messages import RankMessage, server_message_decoder
 from gateway.ranks import UNRANKED, Place, RankPlanner, rank_frames
 
 
-def planner(lookups_per_s: float = 1000.0, refresh_s: float = 5.0) -> RankPlanner[str]:
-    return RankPlanner(lookups_per_s=lookups_per_s, refresh_s=refresh_s, now=0.0)
+def planner(lookups_per_s: float = 1000.0, refresh_s: float = 5.0, burst_s: float = 1.0) -> RankPlanner[str]:
+    return RankPlanner(lookups_per_s=lookups_per_s, refresh_s=refresh_s, burst_s=burst_s, now=0.0)
 
 
 def test_place_gap_to_next_rank() -> None:
@@ -26,6 +27,10 @@ def test_rank_frames_for_both_transports() -> None:
     want = {"board": "region:EU", "version": 9, "rank": 3, "score": 70, "gapToNext": 5}
     assert json.loads(data.removeprefix("data: ")) == want
     assert json.loads(frames.ws_text) == {"type": "rank", **want}
+    # The documented Struct of the server messages decodes it.
+    assert server_message_decoder.decode(frames.ws_text) == RankMessage(
+        board="region:EU", version=9, rank=3, score=70, gap_to_next=5
+    )
     unranked = json.loads(rank_frames("global", 1, UNRANKED).ws_text)
     assert unranked == {
         "type": "rank",
@@ -104,6 +109,15 @@ def test_own_changes_go_first_and_budget_is_respected() -> None:
         total += sum(len(users) for users in p.plan(now).values())
     assert total <= 100 + now * 100
     assert total >= now * 100 - 100  # and all of it is used while work waits
+
+
+def test_a_late_tick_takes_no_more_than_the_burst() -> None:
+    p = planner(lookups_per_s=100.0, refresh_s=1.0, burst_s=0.5)
+    for i in range(500):
+        p.follow(f"c{i}", "global", f"u{i:03d}")
+    assert len(p.plan(0.0)["global"]) == 50  # half a second of budget
+    assert len(p.plan(0.1)["global"]) == 10
+    assert len(p.plan(30.0)["global"]) == 50  # 30 s late: still half a second's worth
 
 
 def test_round_robin_refreshes_every_viewer_within_refresh_s() -> None:
