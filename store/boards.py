@@ -23,6 +23,9 @@ from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
+# Users one rank script call looks up at most (4 commands each): Redis runs a script to its end,
+# so a tick's lookups of a board go as several calls in the same round trip.
+STANDINGS_PER_CALL = 500
 # A period board that closed (see ingest.seasons): its standings are final, the step changes nothing.
 CLOSED = -2
 STAGING_TTL_S = 3600
@@ -380,11 +383,17 @@ class BoardStore:
 
     async def standings(self, lookups: Mapping[str, Sequence[str]]) -> list[Standings]:
         """The places of users on boards ({board: [userId, ...]}), in one pipelined round trip:
-        one script call per board, so on a Redis Cluster each call stays in its board's slot.
+        one script call per board (and per :data:`STANDINGS_PER_CALL` users, so no call holds
+        Redis long), so on a Redis Cluster each call stays in its board's slot. One
+        :class:`Standings` per call, in order: a board's calls may read different versions.
 
         A missing board (see the module docstring) answers ``exists=False`` and no places.
         """
-        boards = [(board, users) for board, users in lookups.items() if users]
+        boards = [
+            (board, users[i : i + STANDINGS_PER_CALL])
+            for board, users in lookups.items()
+            for i in range(0, len(users), STANDINGS_PER_CALL)
+        ]
         if not boards:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from contract import keys
-from store.boards import BoardStore, Standing
+from store.boards import STANDINGS_PER_CALL, BoardStore, Standing
 from tests.test_gateway_sse import apply, make_board
 
 
@@ -43,6 +43,16 @@ async def test_places_of_many_users_on_many_boards(redis: Any) -> None:
     assert again.version > glob.version
     assert again.places["dee"] == Standing(rank=1, score=110, above=None)
     assert again.places["ada"] == Standing(rank=2, score=50, above=110)
+
+
+async def test_many_users_go_in_several_calls_of_one_round_trip(redis: Any) -> None:
+    users = {f"u{i:04d}": 2000 - i for i in range(STANDINGS_PER_CALL * 2 + 10)}
+    store = await make_board(redis, "global", users)
+    found = await store.standings({"global": list(users)})
+    assert [len(f.places) for f in found] == [STANDINGS_PER_CALL, STANDINGS_PER_CALL, 10]
+    merged = {u: s for f in found for u, s in f.places.items()}
+    assert merged["u0000"] == Standing(rank=1, score=2000, above=None)
+    assert merged["u1009"] == Standing(rank=1010, score=991, above=992)
 
 
 async def test_missing_and_lost_boards(redis: Any) -> None:
