@@ -39,7 +39,7 @@ from contract.messages import (
 from contract.settings import Settings
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
-from gateway.rank_push import RankPusher
+from gateway.rank_push import RankPusher, outbox_key
 from store.archive import ArchiveCache, Archived, iso_ms
 from store.boards import BoardStore
 
@@ -316,6 +316,7 @@ class Hub:
         conn.boards = tuple(b for b in conn.boards if b != name)
         conn.versions.pop(name, None)
         self.ranks.planner.unfollow(conn, name, conn.user_id)
+        conn.outbox.drop_board(outbox_key(name))  # no rank of a board it left
         conn.aliases.pop(name, None)
         board = self.boards.get(name)
         if board is None:
