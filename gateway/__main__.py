@@ -17,7 +17,8 @@ from starlette.applications import Starlette
 
 from contract.logs import install_redaction, setup_logging, uvicorn_log_config
 from contract.settings import Settings
-from gateway.app import create_app
+from gateway.app import WS_PATH, create_app, fast_path
+from gateway.fastpath import FastWebSocket
 from gateway.sse import SlowClientError, serve
 from gateway.state import GatewayState
 
@@ -59,11 +60,13 @@ def main() -> None:
         log_config=uvicorn_log_config(settings.log_format),
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        # The fast path's own protocol serves /api/v1/ws; any other path, or the portable path,
+        # goes through uvicorn's own Sans-I/O protocol and ASGI.
+        ws=FastWebSocket.serving(app, WS_PATH) if fast_path(settings, say=False) else "websockets-sansio",
         ws_max_size=64 * 1024,  # frames above the app's own limit get an error message, not a close
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=False,  # the fast path writes one frame's bytes to every socket
         access_log=False,
         # The gateway reads no client address or scheme; the middleware would hold a coroutine
         # frame in every stream's and WebSocket's task for hours (~0.3 KiB per connection).

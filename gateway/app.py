@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,17 +24,21 @@ from starlette.staticfiles import StaticFiles
 from contract.auth import TokenVerifier
 from contract.http import JSONResponse, install_error_handlers
 from contract.settings import Settings
-from gateway import sse, ws
+from gateway import fastpath, sse, ws
 from gateway.hub import Hub, utc_now
 from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
+from gateway.presence import Presence
 from gateway.progress import ProgressWriter
 from gateway.state import GatewayState, gateway_state
 from store.archive import ArchiveCache
 from store.clients import redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore
+
+log = logging.getLogger("scorecast.gateway")
+WS_PATH = "/api/v1/ws"
 
 
 async def healthz(request: Request) -> Response:
@@ -59,6 +64,24 @@ async def metrics(request: Request) -> Response:
 async def config(request: Request) -> Response:
     """What the pages need to know: where the ingest API is."""
     return JSONResponse({"ingestUrl": gateway_state(request).settings.public_ingest_url})
+
+
+def fast_path(settings: Settings, *, say: bool = True) -> bool:
+    """Whether this process uses gateway.fastpath: FAST_PATH on, and the installed libraries have
+    the shape it was checked against (else, with ``say``, a log line says why)."""
+    if not settings.fast_path:
+        if say:
+            log.info("fast path off (FAST_PATH=0): serving through the portable ASGI and redis-py paths")
+        return False
+    why = fastpath.unavailable()
+    if why is not None:
+        if say:
+            log.warning("fast path off (%s): serving through the portable ASGI and redis-py paths", why)
+        return False
+    if say:
+        checked = ", ".join(f"{name} {version}" for name, version in fastpath.CHECKED.items())
+        log.info("fast path on (gateway/fastpath.py, checked against %s)", checked)
+    return True
 
 
 def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) -> Starlette:
@@ -105,7 +128,9 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             listener=listener,
             writer=writer,
             policy=BoardPolicy(settings, catalog, now=now),
+            presence=Presence(redis),
         )
+        hub.fast_path = fast_path(settings)
         hub.start()
         listener.start()
         await writer.start()
@@ -116,6 +141,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             await listener.close()
             await hub.close()
             await writer.close()
+            await app.state.gateway.presence.close()
             await redis.aclose()
             await mongo.close()
 
@@ -125,7 +151,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
         Route("/metrics", metrics),
         Route("/api/v1/config", config),
         *(Route(path, sse.stream) for path in sse.STREAM_PATHS),
-        WebSocketRoute("/api/v1/ws", ws.endpoint),
+        WebSocketRoute(WS_PATH, ws.endpoint),
     ]
     if settings.static_dir and os.path.isdir(settings.static_dir):
         routes.append(Mount("/", StaticFiles(directory=settings.static_dir, html=True), name="static"))

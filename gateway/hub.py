@@ -38,7 +38,7 @@ from contract.messages import (
 )
 from contract.settings import Settings
 from gateway.metrics import Metrics
-from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, http_chunk, utc_timestamp
+from gateway.protocol import BoardFrames, Lifecycle, Outbox, State, Throttle, utc_timestamp
 from gateway.rank_push import RankPusher, outbox_key
 from store.archive import ArchiveCache, Archived, iso_ms
 from store.boards import BoardStore
@@ -67,6 +67,7 @@ class Connection:
         "expires_at",
         "id",
         "life",
+        "notify",
         "outbox",
         "sending_since",
         "sink",
@@ -97,11 +98,17 @@ class Connection:
         self.waiter: asyncio.Future[None] | None = None
         self.sending_since = 0.0
         self.task: asyncio.Task[Any] | None = None
-        # Set by the SSE endpoint when the server exposes its socket (see gateway.sse.DirectSink).
+        # Set when the server exposes the socket (see gateway.fastpath): frames go straight to it
+        # while it is writable (``writable()``, ``write_board(frames)``, ``write_message(m)``).
         self.sink: Any = None
+        # Set by an owner that has no task waiting in next_frames() (the WebSocket fast path):
+        # called, instead of waking that task, when frames are queued or the state moved.
+        self.notify: Callable[[], None] | None = None
 
     def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
+        if self.notify is not None:
+            self.notify()
+        elif self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
     def push_board(self, frames: BoardFrames) -> bool:
@@ -110,7 +117,7 @@ class Connection:
             return False
         self.versions[frames.board] = frames.version
         if self._direct():
-            self.sink.write(frames.update_chunk)
+            self.sink.write_board(frames)
             return False
         replaced = self.outbox.put_board(frames.board, frames)
         self.wake()
@@ -127,8 +134,10 @@ class Connection:
         self.wake()
 
     def push(self, message: object) -> bool:
-        if isinstance(message, bytes) and self._direct():
-            self.sink.write(http_chunk(message))
+        """Queue a message (the sink's kind: bytes for SSE, text for WebSocket); False when the
+        queue is full, and the caller then treats the client as stuck."""
+        if self._direct():
+            self.sink.write_message(message)
             return True
         ok = self.outbox.put(message)
         self.wake()
@@ -212,6 +221,8 @@ class Hub:
         self.connections: set[Connection] = set()
         self.names: dict[str, tuple[str, float]] = {}
         self.draining = False
+        # Whether endpoints may use gateway.fastpath (FAST_PATH, and the libraries' shape checked).
+        self.fast_path = False
         # Set exactly while no connection is registered (cleared by every register): a drain
         # waits on it, so a count that touched zero before cannot end a later drain early.
         self._all_gone = asyncio.Event()
@@ -248,7 +259,7 @@ class Hub:
     # ------------------------------------------------------------ connections
     def register(self, conn: Connection) -> None:
         conn.life.move(State.OPEN)
-        conn.task = asyncio.current_task()
+        conn.task = None if conn.notify is not None else asyncio.current_task()
         self.connections.add(conn)
         self._all_gone.clear()
         if self.draining:  # registered while a drain runs: told to reconnect like the others
@@ -560,7 +571,8 @@ class Hub:
 
     async def _sweep(self) -> None:
         """Every ``period``: disconnect clients stuck in a write, end the streams whose client
-        left (an SSE stream writing straight to its socket has no task waiting for that), and
+        left (an SSE stream writing straight to its socket has no task waiting for that; the
+        sink of a fast-path WebSocket sends its keepalive pings here), and
         end the connections whose token expired (SSE: ``reconnect``, so the client comes back
         with a refreshed token; WebSocket: ``token_expired`` and close 4401, even when idle)."""
         period = max(0.1, min(1.0, self.settings.slow_client_timeout_s / 4))
@@ -571,7 +583,7 @@ class Hub:
             for conn in list(self.connections):
                 if conn.sending_since and now - conn.sending_since > self.settings.slow_client_timeout_s:
                     self.kick(conn)
-                elif conn.sink is not None and conn.sink.gone():
+                elif conn.sink is not None and conn.sink.gone(now):
                     conn.close()  # the client left: its endpoint wakes up and ends
                 elif conn.life.open and conn.expired(wall):
                     conn.drain()  # its endpoint says why and ends
@@ -583,7 +595,7 @@ class Hub:
         if slow:
             log.info("disconnecting slow client %s", conn.id)
             self.metrics.slow_disconnects.inc()
-        conn.close()
+        conn.close()  # an owner without a task (conn.notify) cuts the socket when told
         if conn.task is not None:
             conn.task.cancel()
 

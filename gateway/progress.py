@@ -72,13 +72,26 @@ class ProgressWriter:
 
         Raises ProgressRejected for the client's mistakes: ``unknown_course``, ``unknown_lecture``.
         """
-        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
         try:
             meta = await self.catalog.get(ping.course_id)
         except Exception:
             log.warning("course lookup failed", exc_info=True)
+            future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
             future.set_exception(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry"))
             return future
+        return self._queue(claims, ping, origin, meta)
+
+    def submit_cached(
+        self, claims: Claims, ping: ProgressPing, *, origin: str
+    ) -> asyncio.Future[PingResult] | None:
+        """:meth:`submit` without waiting: None when the course is not in this process's cache
+        (then call :meth:`submit`). Raises as :meth:`submit` does."""
+        hit = self.catalog.cached(ping.course_id)
+        return None if hit is None else self._queue(claims, ping, origin, hit[0])
+
+    def _queue(
+        self, claims: Claims, ping: ProgressPing, origin: str, meta: CourseMeta | None
+    ) -> asyncio.Future[PingResult]:
         if meta is None:
             raise ProgressRejected("unknown_course", f"no course {ping.course_id!r}")
         duration = meta.durations.get(ping.lecture_id)
@@ -86,6 +99,7 @@ class ProgressWriter:
             raise ProgressRejected(
                 "unknown_lecture", f"course {ping.course_id!r} has no lecture {ping.lecture_id!r}"
             )
+        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
         item = Ping(
             user_id=claims.sub,
             course_id=ping.course_id,

@@ -2,7 +2,8 @@
 
 - :class:`Throttle` decides when a board may be broadcast: at most once per interval, with a
   leading edge (a change after a quiet interval goes out at once) and coalescing of the rest.
-- :class:`BoardFrames` is one board's state at one version, encoded once for every transport.
+- :class:`BoardFrames` is one board's state at one version, encoded once for every transport
+  (for WebSocket down to the frame: :func:`ws_text_frame`).
 - :class:`Lifecycle` is a connection's state machine: CONNECTING → OPEN → DRAINING → CLOSED;
   an illegal move raises :class:`IllegalTransition`.
 - :class:`Outbox` is a connection's bounded send buffer: the newest frame per board replaces an
@@ -37,6 +38,17 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def ws_text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unfragmented, unmasked WebSocket text frame (RFC 6455 5.2): what a
+    server sends with compression off, the same bytes for every client."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81%c%b" % (n, payload)
+    if n < 65536:
+        return b"\x81\x7e%b%b" % (n.to_bytes(2, "big"), payload)
+    return b"\x81\x7f%b%b" % (n.to_bytes(8, "big"), payload)
+
+
 def utc_timestamp(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -45,7 +57,17 @@ def utc_timestamp(now: dt.datetime | None = None) -> str:
 class BoardFrames:
     """A board at one version: the SSE ``snapshot``/``update`` events and the WebSocket message."""
 
-    __slots__ = ("board", "entries", "snapshot", "timestamp", "update", "update_chunk", "version", "ws_text")
+    __slots__ = (
+        "board",
+        "entries",
+        "snapshot",
+        "timestamp",
+        "update",
+        "update_chunk",
+        "version",
+        "ws_frame",
+        "ws_text",
+    )
 
     def __init__(self, board: str, version: int, entries: list[FrameEntry], timestamp: str) -> None:
         self.board = board
@@ -60,7 +82,9 @@ class BoardFrames:
         self.update = head + b"event: update\ndata: " + data + b"\n\n"
         self.update_chunk = http_chunk(self.update)
         message = LeaderboardMessage(board=board, version=version, timestamp=timestamp, leaderboard=entries)
-        self.ws_text = json_encoder.encode(message).decode()
+        ws_payload = json_encoder.encode(message)
+        self.ws_text = ws_payload.decode()
+        self.ws_frame = ws_text_frame(ws_payload)
 
 
 class IllegalTransition(Exception):

@@ -6,7 +6,7 @@ pre-encoded ``update`` frames as the hub hands them over, and ``: ping`` comment
 one heartbeat loop. On drain: ``event: reconnect`` with a jittered ``afterMs``, then the end.
 
 Broadcast frames take one of two paths. Fast: the hub writes the frame's pre-framed HTTP chunk
-(the same bytes object for every subscriber) straight to the socket (:class:`DirectSink`).
+(the same bytes object for every subscriber) straight to the socket (``gateway.fastpath``).
 Otherwise — a socket that is write-paused, frames already queued, a server that does not expose
 its socket — the frame waits in the connection's newest-only outbox and this endpoint's loop
 sends it through ASGI, where a client that stays stuck is found by the hub's sweep.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -29,6 +28,7 @@ from contract.auth import token_from_request
 from contract.errors import AuthError, Unavailable
 from contract.http import error_for
 from contract.seasons import alias_of
+from gateway.fastpath import DirectSink
 from gateway.hub import Connection, Hub
 from gateway.policy import BoardPolicy
 from gateway.protocol import BoardFrames, State
@@ -50,7 +50,7 @@ def serve(app: Starlette) -> ASGIApp:
     """The ASGI app the server runs: ``app``, with two things done first.
 
     The server's own ``send`` is recorded in the scope, so SSE streams and WebSockets can find
-    their socket under the middleware (see :class:`DirectSink`, ``gateway.ws.WebSocketSink``).
+    their socket under the middleware (see ``gateway.fastpath.DirectSink``).
     And a GET of the SSE stream goes straight to its endpoint, with the app's error responses:
     a stream lives for hours, and on Starlette's way (error middleware, exception middleware,
     router, route) it would hold a suspended frame of every layer and a parsed Request for all
@@ -78,49 +78,6 @@ def serve(app: Starlette) -> ASGIApp:
 
 async def respond(response: Awaitable[Response], scope: Scope, receive: Receive, send: Send) -> None:
     await (await response)(scope, receive, send)
-
-
-def send_owner(send: object, *needed: str) -> Any:
-    """The server object behind a raw ASGI ``send`` (its bound method's owner) when it has every
-    attribute in ``needed``; else None."""
-    owner = getattr(send, "__self__", None)
-    if owner is None or not all(hasattr(owner, a) for a in needed):
-        return None
-    return owner
-
-
-class DirectSink:
-    """The socket under an SSE response, for writing broadcast frames without a coroutine switch.
-
-    uvicorn's HTTP protocols do not expose the transport through ASGI; its httptools cycle (the
-    ``send`` bound method's owner) has it. When that shape is not there — another server, an
-    in-process test client — :meth:`of` answers None and frames take the ASGI path. A socket that
-    is write-paused is never written here: the endpoint's loop sends through ASGI, which waits.
-    """
-
-    __slots__ = ("cycle",)
-
-    def __init__(self, cycle: Any) -> None:
-        self.cycle = cycle
-
-    @classmethod
-    def of(cls, send: object) -> DirectSink | None:
-        cycle = send_owner(send, "transport", "flow", "disconnected", "response_complete")
-        if cycle is None or getattr(cycle, "chunked_encoding", None) is not True:
-            return None
-        return cls(cycle)
-
-    def writable(self) -> bool:
-        cycle = self.cycle
-        return not (cycle.flow.write_paused or cycle.disconnected or cycle.response_complete)
-
-    def write(self, chunk: bytes) -> None:
-        self.cycle.transport.write(chunk)
-
-    def gone(self) -> bool:
-        """Whether the client closed the connection (the hub's sweep looks, in place of a task
-        per stream waiting for ``http.disconnect``)."""
-        return bool(self.cycle.disconnected)
 
 
 class SlowClientError(Exception):
@@ -165,7 +122,8 @@ class EventStream(Response):
             conn.versions[self.board] = frames.version
             # Not kept in a local: this frame lives as long as the stream.
             await self._write(send, self._opening(frames))
-            conn.sink = DirectSink.of(scope.get(RAW_SEND))
+            if hub.fast_path:
+                conn.sink = DirectSink.of(scope.get(RAW_SEND))
             if conn.sink is None:  # no socket to look at: learn of a disconnect through ASGI
                 watcher = asyncio.create_task(self._watch_disconnect(receive))
             while True:
@@ -186,7 +144,7 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             sink = conn.sink
-            client_left = watcher.done() if watcher is not None else sink is not None and sink.gone()
+            client_left = watcher.done() if watcher is not None else sink is not None and sink.gone(0.0)
             if conn.life.state is State.CLOSED and not client_left:
                 raise SlowClientError(conn.id) from None  # kicked: let uvicorn drop the socket
             raise

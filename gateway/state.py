@@ -13,6 +13,7 @@ from gateway.hub import Hub
 from gateway.listener import Listener
 from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
+from gateway.presence import Presence
 from gateway.progress import ProgressWriter
 
 
@@ -26,6 +27,7 @@ class GatewayState:
     listener: Listener
     writer: ProgressWriter
     policy: BoardPolicy
+    presence: Presence
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:

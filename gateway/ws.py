@@ -3,25 +3,30 @@
 Authentication happens at the handshake (header, ``access_token`` query parameter or cookie);
 a bad or expired token gets an ``error`` message and close code 4401. Every bad message gets an
 ``error`` message and the connection stays open, until the client has made
-``ws_max_violations`` of them: then it is closed with 1008 (policy violation). All outgoing
-frames go through the connection's outbox, written by one task, so a slow client cannot stall
-the broadcaster and only ever misses intermediate board versions.
+``ws_max_violations`` of them: then it is closed with 1008 (policy violation).
+
+:class:`Session` is what a connection means, driven by calls and never waiting: a message in
+(``received``), the connection's end (``end``). Whatever it sends goes through the connection
+(``Connection.push``): straight to the socket where the server exposes it, else into the
+newest-only outbox, so a slow client cannot stall the broadcaster and only ever misses
+intermediate board versions. Two drivers move bytes: :func:`endpoint`, the portable ASGI one (a
+read loop and a write loop per connection), and ``gateway.fastpath.FastWebSocket``, a uvicorn
+protocol that calls the session from its socket callbacks, with no task per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.protocol import State as WsState
 
-from contract import keys
 from contract.auth import Claims, token_from_request
 from contract.boards import resolve
 from contract.errors import AuthError, BoardNameError, ScorecastError, UnknownBoard
@@ -44,7 +49,6 @@ from contract.seasons import alias_of
 from gateway.hub import Connection
 from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
-from gateway.sse import RAW_SEND, send_owner
 from gateway.state import GatewayState, gateway_state
 
 CLOSE_UNAUTHORIZED = 4401
@@ -53,7 +57,6 @@ CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 MAX_BOARDS_PER_CONNECTION = 20
 MAX_PINGS_IN_FLIGHT = 16
-PRESENCE_TTL_S = 24 * 3600
 log = logging.getLogger("scorecast.gateway.ws")
 EXPIRED = ErrorMessage(code="token_expired", message="the access token expired; reconnect with a fresh one")
 
@@ -62,30 +65,30 @@ def encode(message: msgspec.Struct) -> str:
     return json_encoder.encode(message).decode()
 
 
-async def endpoint(websocket: WebSocket) -> None:
-    st = gateway_state(websocket)
-    await websocket.accept()
+def refusal(st: GatewayState, token: str | None) -> tuple[Claims | None, str, int, str]:
+    """The handshake's verdict: (claims, "", 0, "") to serve, else (None, first message, close
+    code, close reason) for a draining gateway or a bad token."""
     if st.hub.draining:
-        await websocket.send_text(encode(ReconnectMessage(after_ms=st.hub.reconnect_after_ms())))
-        await websocket.close(CLOSE_TRY_AGAIN)
-        return
+        return None, encode(ReconnectMessage(after_ms=st.hub.reconnect_after_ms())), CLOSE_TRY_AGAIN, ""
     try:
-        token = token_from_request(websocket.headers, websocket.query_params, websocket.cookies)
         if not token:
             raise AuthError("a bearer token is required", code="unauthorized")
-        claims = st.verifier.verify(token)
+        return st.verifier.verify(token), "", 0, ""
     except AuthError as exc:
-        await websocket.send_text(encode(ErrorMessage(code=exc.code, message=exc.message)))
-        await websocket.close(CLOSE_UNAUTHORIZED, reason=exc.code)
-        return
-    session = Session(st, websocket, claims)
-    await session.run()
+        return None, encode(ErrorMessage(code=exc.code, message=exc.message)), CLOSE_UNAUTHORIZED, exc.code
 
 
 class Session:
-    def __init__(self, st: GatewayState, websocket: WebSocket, claims: Claims) -> None:
+    """One authenticated WebSocket client: its messages, subscriptions, pings in flight.
+
+    The driver calls :meth:`start` once, :meth:`received` per message (not while
+    :attr:`saturated`: it waits for ``on_room``), and :meth:`end` when the socket is gone. When the
+    connection leaves OPEN (a close the session asked for, a drain, an expired token) the driver
+    sends what is queued, then :meth:`farewell`, then the close frame.
+    """
+
+    def __init__(self, st: GatewayState, claims: Claims, *, on_room: Callable[[], None]) -> None:
         self.st = st
-        self.websocket = websocket
         self.claims = claims
         self.conn = Connection("ws", claims.sub, expires_at=claims.exp)
         settings = st.settings
@@ -93,98 +96,130 @@ class Session:
             rate_per_s=settings.ws_rate_limit_per_s, burst=settings.ws_rate_limit_burst, now=time.monotonic()
         )
         self.violations = 0
-        self.closing = False
-        self.in_flight = asyncio.Semaphore(MAX_PINGS_IN_FLIGHT)  # pings submitted, not yet stored
+        self.closing: tuple[int, str] | None = None  # the close this session asked for
+        self.in_flight = 0  # pings received, not yet stored
+        self.counted = False  # whether presence counts this connection: messages wait for it
+        self.on_room = on_room  # called when the session may be fed again (no longer saturated)
+        # Pings behind a course lookup: they keep their order (coverage counts consecutive pings).
+        self.waiting: collections.deque[ProgressPing] = collections.deque()
         self.subscribing: dict[str, asyncio.Task[None]] = {}  # boards waited for, by name
 
-    async def run(self) -> None:
-        hub = self.st.hub
-        hub.register(self.conn)
-        writer = asyncio.create_task(self._write_loop())
-        await self._presence(+1)
-        try:
-            await self._read_loop()
-        except WebSocketDisconnect:
-            pass
-        finally:
-            self.conn.close()
-            for task in list(self.subscribing.values()):
-                task.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            hub.unregister(self.conn)
-            await self._presence(-1)
+    @property
+    def saturated(self) -> bool:
+        return self.in_flight >= MAX_PINGS_IN_FLIGHT or not self.counted
 
-    async def _presence(self, delta: int) -> None:
-        """Count the user's open connections in Redis: autosave pings publish a move only when
-        another connection of the user may be listening. A lost update only costs a needless
-        publish (too high) or is healed by the key's expiry."""
-        key = keys.presence(self.conn.user_id)
-        try:
-            pipe = self.st.redis.pipeline(transaction=False)
-            pipe.incrby(key, delta)
-            pipe.expire(key, PRESENCE_TTL_S)
-            await pipe.execute()
-        except Exception:
-            log.warning("presence update failed for %s", self.conn.user_id, exc_info=True)
+    def start(self) -> None:
+        self.st.hub.register(self.conn)
+        # A ping of this connection that moves the position publishes it only when the user's
+        # count says another connection listens: the count comes first.
+        self.st.presence.add(self.conn.user_id, +1).add_done_callback(self._counted)
+
+    def _counted(self, _: asyncio.Future[None]) -> None:
+        self.counted = True
+        if self.in_flight < MAX_PINGS_IN_FLIGHT:
+            self.on_room()
+
+    def end(self) -> None:
+        self.conn.close()
+        for task in list(self.subscribing.values()):
+            task.cancel()
+        self.waiting.clear()
+        if self.conn in self.st.hub.connections:
+            self.st.hub.unregister(self.conn)
+            self.st.presence.add(self.conn.user_id, -1)
+
+    def farewell(self) -> tuple[list[str], int, str]:
+        """What ends a connection that left OPEN: (last messages, close code, reason)."""
+        if self.closing is not None:
+            return [], *self.closing
+        if self.conn.expired():  # the hub's sweep ended it: the same as at a message
+            return [encode(EXPIRED)], CLOSE_UNAUTHORIZED, "token_expired"
+        return [encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))], CLOSE_RESTART, ""
 
     # ------------------------------------------------------------ in
-    async def _read_loop(self) -> None:
+    def received(self, raw: str | bytes) -> None:
+        if self.closing is not None or self.conn.life.state is not State.OPEN:
+            return
+        if self.conn.expired():
+            self.send(EXPIRED)
+            self.close(CLOSE_UNAUTHORIZED, "token_expired")
+            return
         limit = self.st.settings.ws_max_message_bytes
-        while not self.closing:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw: str | bytes = message.get("text") or message.get("bytes") or b""
-            if self.conn.expired():
-                self.send(EXPIRED)
-                await self._close(CLOSE_UNAUTHORIZED, "token_expired")
-                return
-            if len(raw) > limit:
-                await self.violation("too_large", f"messages are limited to {limit} bytes")
-            elif not self.bucket.allow(time.monotonic()):
-                await self.violation("rate_limited", "too many messages; slow down", seq=ping_seq(raw))
-            else:
-                await self._handle(raw)
+        if len(raw) > limit:
+            self.violation("too_large", f"messages are limited to {limit} bytes")
+        elif not self.bucket.allow(time.monotonic()):
+            self.violation("rate_limited", "too many messages; slow down", seq=ping_seq(raw))
+        else:
+            self._handle(raw)
 
-    async def _handle(self, raw: str | bytes) -> None:
+    def _handle(self, raw: str | bytes) -> None:
         try:
             message = client_message_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             code = "unknown_type" if "`$.type`" in str(exc) else "bad_message"
-            await self.violation(code, str(exc), seq=ping_seq(raw))
+            self.violation(code, str(exc), seq=ping_seq(raw))
             return
         except msgspec.DecodeError as exc:
-            await self.violation("bad_json", f"malformed JSON: {exc}")
+            self.violation("bad_json", f"malformed JSON: {exc}")
             return
         if isinstance(message, ProgressPing):
-            # Read on while Redis stores it: a burst of pings shares a round trip and its acks
-            # go out in one write. The bound keeps the acks within the outbox.
-            await self.in_flight.acquire()
-            try:
-                saved = await self.st.writer.submit(self.claims, message, origin=self.conn.id)
-            except ProgressRejected as exc:
-                self.in_flight.release()
-                await self.violation(exc.code, exc.message, seq=message.seq)
-                return
-            saved.add_done_callback(functools.partial(self._saved, message.seq))
+            self._ping(message)
         elif isinstance(message, Ping):
             self.send(Pong())
         elif isinstance(message, Subscribe):
-            await self._subscribe(message.board)
+            self._subscribe(message.board)
         elif isinstance(message, Unsubscribe):
             try:
                 board = resolve(message.board, self.st.hub.now())
             except BoardNameError as exc:
-                await self.violation(exc.code, exc.message)
+                self.violation(exc.code, exc.message)
                 return
             self._stop_following(board)
             self.st.hub.unsubscribe(self.conn, board)
             self.send(Unsubscribed(board=board))
 
+    def _ping(self, ping: ProgressPing) -> None:
+        # Read on while Redis stores it: a burst of pings shares a round trip (the driver stops
+        # reading at MAX_PINGS_IN_FLIGHT, so the acks fit in the outbox).
+        self.in_flight += 1
+        if not self.waiting:
+            try:
+                saved = self.st.writer.submit_cached(self.claims, ping, origin=self.conn.id)
+            except ProgressRejected as exc:
+                self._rejected(ping, exc)
+                return
+            if saved is not None:
+                saved.add_done_callback(functools.partial(self._saved, ping.seq))
+                return
+        self.waiting.append(ping)
+        if len(self.waiting) == 1:
+            task = asyncio.create_task(self._look_up())
+            task.add_done_callback(_retrieve)
+
+    async def _look_up(self) -> None:
+        """Submit the waiting pings in order, each after its course was looked up."""
+        while self.waiting:
+            ping = self.waiting[0]
+            try:
+                saved = await self.st.writer.submit(self.claims, ping, origin=self.conn.id)
+            except ProgressRejected as exc:
+                self._rejected(ping, exc)
+            else:
+                saved.add_done_callback(functools.partial(self._saved, ping.seq))
+            if self.waiting and self.waiting[0] is ping:
+                self.waiting.popleft()
+
+    def _rejected(self, ping: ProgressPing, exc: ProgressRejected) -> None:
+        self._release()
+        self.violation(exc.code, exc.message, seq=ping.seq)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == MAX_PINGS_IN_FLIGHT - 1 and self.counted:
+            self.on_room()
+
     def _saved(self, seq: int, saved: asyncio.Future[PingResult]) -> None:
-        self.in_flight.release()
+        self._release()
         if saved.cancelled():
             return
         exc = saved.exception()  # retrieved even when no one is left to tell
@@ -196,11 +231,11 @@ class Session:
             self.st.metrics.pings.inc()
             self.send(Ack(seq=seq))
 
-    async def _subscribe(self, name: str) -> None:
+    def _subscribe(self, name: str) -> None:
         try:
             board = self.st.policy.name(name)
         except (BoardNameError, UnknownBoard) as exc:
-            await self.violation(exc.code, exc.message)
+            self.violation(exc.code, exc.message)
             return
         if board in self.subscribing:
             return  # its snapshot is on the way
@@ -208,12 +243,10 @@ class Session:
             board not in self.conn.boards
             and len(self.conn.boards) + len(self.subscribing) >= MAX_BOARDS_PER_CONNECTION
         ):
-            await self.violation(
-                "too_many_boards", f"at most {MAX_BOARDS_PER_CONNECTION} boards per connection"
-            )
+            self.violation("too_many_boards", f"at most {MAX_BOARDS_PER_CONNECTION} boards per connection")
             return
-        # Waiting for the board (read from Redis, the course looked up) happens beside the read
-        # loop: pings keep their pongs and pings their acks meanwhile.
+        # Waiting for the board (read from Redis, the course looked up) happens beside the reads:
+        # pings keep their pongs and pings their acks meanwhile.
         task = asyncio.create_task(self._follow(board, alias_of(name)))
         self.subscribing[board] = task
         task.add_done_callback(functools.partial(self._followed, board))
@@ -228,7 +261,7 @@ class Session:
         try:
             frames = await self.st.policy.follow(self.st.hub, self.conn, board, alias=alias)
         except UnknownBoard as exc:
-            await self.violation(exc.code, exc.message)
+            self.violation(exc.code, exc.message)
         except ScorecastError as exc:  # unavailable, board_limit: not the client's fault
             self.send(ErrorMessage(code=exc.code, message=exc.message))
         except Exception:
@@ -244,58 +277,28 @@ class Session:
         if task is not None:
             task.cancel()
 
-    async def violation(self, code: str, message: str, *, seq: int | None = None) -> None:
+    def violation(self, code: str, message: str, *, seq: int | None = None) -> None:
         self.violations += 1
         self.send(ErrorMessage(code=code, message=message, seq=seq))
         if self.violations >= self.st.settings.ws_max_violations:
             self.send(ErrorMessage(code="too_many_errors", message="closing after repeated bad messages"))
-            await self._close(CLOSE_POLICY, "too many bad messages")
+            self.close(CLOSE_POLICY, "too many bad messages")
 
     # ------------------------------------------------------------ out
     def send(self, message: msgspec.Struct) -> None:
         if not self.conn.push(encode(message)):
             self.st.hub.kick(self.conn)
 
-    async def _close(self, code: int, reason: str) -> None:
-        """Flush what is queued, then close."""
-        self.closing = True
-        self.conn.drain()
-        await self._flush()
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code, reason=reason)
+    def close(self, code: int, reason: str) -> None:
+        """Send what is queued, then close: the driver does it when the connection leaves OPEN."""
+        if self.closing is None:
+            self.closing = (code, reason)
+            self.conn.drain()
 
-    async def _flush(self) -> None:
-        for text in texts(self.conn.outbox.take()):
-            await self.websocket.send_text(text)
 
-    async def _write_loop(self) -> None:
-        sent = self.st.metrics.messages.labels("ws")
-        sink = WebSocketSink.of(self.websocket.scope.get(RAW_SEND))
-        loop = asyncio.get_running_loop()
-        while True:
-            pending = await self.conn.next_frames()
-            if not pending:
-                break
-            if sink is not None and sink.writable():
-                sink.write(texts(pending))
-            else:
-                for text in texts(pending):
-                    self.conn.sending_since = loop.time()
-                    await self.websocket.send_text(text)
-                    self.conn.sending_since = 0.0
-            sent.inc(len(pending))
-        if self.conn.life.state is State.DRAINING and not self.closing:
-            self.closing = True
-            with contextlib.suppress(Exception):
-                await self._flush()
-                if self.conn.expired():  # the hub's sweep ended it: the same as at a message
-                    await self.websocket.send_text(encode(EXPIRED))
-                    await self.websocket.close(CLOSE_UNAUTHORIZED, reason="token_expired")
-                    return
-                await self.websocket.send_text(
-                    encode(ReconnectMessage(after_ms=self.st.hub.reconnect_after_ms()))
-                )
-                await self.websocket.close(CLOSE_RESTART)
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("looking up a ping's course failed", exc_info=task.exception())
 
 
 def ping_seq(raw: str | bytes) -> int | None:
@@ -314,41 +317,58 @@ def texts(frames: list[object]) -> list[str]:
     return out  # type: ignore[return-value]
 
 
-class WebSocketSink:
-    """The socket under a WebSocket, for writing every pending frame in one ``write``.
+# ---------------------------------------------------------------- the portable driver (ASGI)
+async def endpoint(websocket: WebSocket) -> None:
+    st = gateway_state(websocket)
+    await websocket.accept()
+    token = token_from_request(websocket.headers, websocket.query_params, websocket.cookies)
+    claims, message, code, reason = refusal(st, token)
+    if claims is None:
+        await websocket.send_text(message)
+        await websocket.close(code, reason=reason)
+        return
+    room = asyncio.Event()
+    session = Session(st, claims, on_room=room.set)
+    session.start()
+    writer = asyncio.create_task(_write_loop(session, websocket))
+    try:
+        if await _read_loop(session, websocket, room):
+            await writer  # the session asked to close: the writer sends what is queued, then closes
+    except WebSocketDisconnect:
+        pass
+    finally:
+        session.end()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
 
-    uvicorn's ``websockets-sansio`` protocol (the ``send`` bound method's owner) holds the sans-I/O
-    connection that frames messages and the transport. Through ASGI each message costs a
-    coroutine switch and a ``write(2)`` of its own; here a burst of acks and board frames goes out
-    in one. When that shape is not there — another server or WebSocket implementation — :meth:`of`
-    answers None and frames take the ASGI path, as they do while the socket is write-paused.
-    """
 
-    __slots__ = ("protocol",)
+async def _read_loop(session: Session, websocket: WebSocket, room: asyncio.Event) -> bool:
+    """Feed the session until the client leaves (False) or the session asks to close (True)."""
+    while session.closing is None:
+        while session.saturated:
+            room.clear()
+            await room.wait()
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return False
+        session.received(message.get("text") or message.get("bytes") or b"")
+    return True
 
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
 
-    @classmethod
-    def of(cls, send: object) -> WebSocketSink | None:
-        protocol = send_owner(send, "conn", "transport", "writable", "close_sent", "handshake_complete")
-        conn = getattr(protocol, "conn", None)
-        if conn is None or not all(hasattr(conn, a) for a in ("send_text", "data_to_send", "state")):
-            return None
-        return cls(protocol)
-
-    def writable(self) -> bool:
-        protocol = self.protocol
-        return (
-            protocol.handshake_complete
-            and protocol.writable.is_set()
-            and not protocol.close_sent
-            and protocol.conn.state is WsState.OPEN
-            and not protocol.transport.is_closing()
-        )
-
-    def write(self, messages: list[str]) -> None:
-        conn = self.protocol.conn
-        for text in messages:
-            conn.send_text(text.encode())
-        self.protocol.transport.write(b"".join(conn.data_to_send()))
+async def _write_loop(session: Session, websocket: WebSocket) -> None:
+    conn = session.conn
+    sent = session.st.metrics.messages.labels("ws")
+    loop = asyncio.get_running_loop()
+    while pending := await conn.next_frames():
+        for text in texts(pending):
+            conn.sending_since = loop.time()  # send() waits only while the socket is write-paused
+            await websocket.send_text(text)
+            conn.sending_since = 0.0
+        sent.inc(len(pending))
+    if conn.life.state is State.DRAINING:
+        last, code, reason = session.farewell()
+        with contextlib.suppress(Exception):
+            for text in texts(conn.outbox.take()) + last:
+                await websocket.send_text(text)
+            await websocket.close(code, reason=reason)

@@ -57,19 +57,27 @@ class CourseCatalog:
         An in-process entry older than ``local_ttl_s`` is still answered at once while one background
         read refreshes it, so a busy gateway never holds its pings behind that read.
         """
-        hit = self._local.get(course_id) or self._unknown.get(course_id)
+        hit = self.cached(course_id)
         if hit is not None:
-            if hit[1] <= time.monotonic() and course_id not in self._inflight:
-                self.refreshes += 1
-                refresh = asyncio.create_task(self._load(course_id, self._lookup(course_id)))
-                self._refreshing.add(refresh)
-                refresh.add_done_callback(self._refreshed)
             return hit[0]
         # Single flight: concurrent misses in this process share one lookup.
         pending = self._inflight.get(course_id)
         if pending is not None:
             return await asyncio.shield(pending)
         return await self._load(course_id, self._lookup(course_id))
+
+    def cached(self, course_id: str) -> tuple[CourseMeta | None] | None:
+        """What :meth:`get` answers without waiting, as a 1-tuple; None when it would have to wait.
+        Needs a running event loop (an old entry starts its refresh)."""
+        hit = self._local.get(course_id) or self._unknown.get(course_id)
+        if hit is None:
+            return None
+        if hit[1] <= time.monotonic() and course_id not in self._inflight:
+            self.refreshes += 1
+            refresh = asyncio.create_task(self._load(course_id, self._lookup(course_id)))
+            self._refreshing.add(refresh)
+            refresh.add_done_callback(self._refreshed)
+        return (hit[0],)
 
     def _lookup(self, course_id: str) -> asyncio.Future[CourseMeta | None]:
         """Mark a lookup of ``course_id`` as under way (before it starts: no second one begins)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import signal
 import socket
 import uuid
@@ -17,6 +19,8 @@ from websockets.exceptions import ConnectionClosed
 from contract.auth import TokenIssuer
 from contract.settings import Settings
 from devstack.processes import Stack
+from gateway import app as gateway_app
+from gateway import fastpath
 from gateway.app import create_app
 from gateway.hub import Connection
 from gateway.protocol import State
@@ -54,6 +58,18 @@ async def test_sigterm_drains_every_client_then_exits(stack: Stack, redis: Any, 
         assert 0 <= reader.events[-1]["data"]["afterMs"] <= 500
     # uvicorn re-raises the signal it handled once shut down: a clean exit reads as -SIGTERM.
     assert await asyncio.to_thread(gateway.process.wait, 20) in (0, -signal.SIGTERM)
+
+
+def test_the_fast_path_is_checked_at_start_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert fastpath.unavailable() is None  # the libraries within pyproject's bounds have the shape
+    assert gateway_app.fast_path(settings)
+    assert not gateway_app.fast_path(settings.replace(fast_path=False))
+    monkeypatch.setattr(fastpath, "unavailable", lambda: "uvicorn moved its cheese")
+    with caplog.at_level(logging.WARNING, logger="scorecast.gateway"):
+        assert not gateway_app.fast_path(settings)
+    assert "fast path off (uvicorn moved its cheese)" in caplog.text
 
 
 async def test_health_readiness_config_and_metrics(settings: Settings, redis: Any) -> None:
@@ -126,6 +142,7 @@ def open_stream_then_stop_reading(port: int, transport: str, token: str) -> sock
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
+@pytest.mark.usefixtures("ws_path")
 async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
     stack: Stack, redis: Any, issuer: TokenIssuer, transport: str
 ) -> None:
@@ -164,6 +181,84 @@ async def test_a_client_that_stops_reading_gets_only_newest_frames_then_is_cut(
         line for line in metrics.splitlines() if line.startswith("scorecast_gateway_dropped_frames_total")
     ]
     assert dropped and float(dropped[0].split()[1]) > 0  # unsent frames were replaced by newer ones
+
+
+def read_boards_until(sock: socket.socket, version: int) -> list[int]:
+    """Read what follows ``open_stream_then_stop_reading`` on a WebSocket until a board of
+    ``version``; the versions of every board frame read, in order."""
+    sock.settimeout(30)
+    buf = bytearray()
+
+    def need(k: int) -> None:
+        while len(buf) < k:
+            chunk = sock.recv(65536)
+            assert chunk, "the gateway closed the connection"
+            buf.extend(chunk)
+
+    while b"\r\n\r\n" not in buf:  # the rest of the handshake's response
+        need(len(buf) + 1)
+    del buf[: buf.index(b"\r\n\r\n") + 4]
+    versions: list[int] = []
+    while not versions or versions[-1] < version:
+        need(2)
+        opcode, n, at = buf[0], buf[1] & 0x7F, 2
+        if n == 126:
+            need(4)
+            n, at = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            need(10)
+            n, at = int.from_bytes(buf[2:10], "big"), 10
+        need(at + n)
+        payload = bytes(buf[at : at + n])
+        del buf[: at + n]
+        assert opcode in (0x81, 0x89), opcode  # final text frames, and keepalive pings
+        message = json.loads(payload) if opcode == 0x81 else {"type": "ping"}
+        if message["type"] == "leaderboard":
+            versions.append(message["version"])
+    return versions
+
+
+@pytest.mark.usefixtures("ws_path")
+async def test_a_write_paused_websocket_gets_only_the_newest_board_when_it_reads_again(
+    stack: Stack, redis: Any, issuer: TokenIssuer
+) -> None:
+    await make_board(redis)
+    users = [f"user-{i:03d}-{'x' * 40}" for i in range(100)]
+    for u in users:  # long names: big frames fill the socket buffers sooner
+        await redis.hset(f"user:{u}", mapping={"name": "N" * 60})
+    stack.start(
+        "gateway", top_k=100, broadcast_interval_s=0.01, slow_client_timeout_s=120.0, ws_ping_interval_s=600.0
+    )
+    token = issuer.access_token(user_id="viewer", name="Viewer")
+    sock = open_stream_then_stop_reading(stack.settings.gateway_port, "ws", token)
+    store = BoardStore(redis)
+
+    async def dropped() -> float:
+        n = 0
+        while True:  # scores move until the gateway replaced an unsent frame by a newer one
+            n += 1
+            results = await store.apply_many(
+                ("global", str(uuid.uuid4()), users[(n + k) % 100], 1 + k) for k in range(5)
+            )
+            await publish(redis, "global", max(r.seq for r in results))
+            if n % 10:
+                continue
+            async with httpx.AsyncClient() as client:
+                metrics = (await client.get(f"{stack.gateway_url}/metrics")).text
+            found = re.search(r"^scorecast_gateway_dropped_frames_total (\S+)$", metrics, re.M)
+            if found and float(found.group(1)) > 0:
+                return float(found.group(1))
+
+    try:
+        await asyncio.wait_for(dropped(), timeout=90)
+        final = max(r.seq for r in await store.apply_many([("global", str(uuid.uuid4()), users[0], 1000)]))
+        await publish(redis, "global", final)
+        versions = await asyncio.to_thread(read_boards_until, sock, final)
+    finally:
+        sock.close()
+    assert versions[-1] == final  # the newest board, on a connection that was never cut
+    assert versions == sorted(set(versions))  # never a board twice, never an older one after
+    assert await open_connections(stack.gateway_url, "ws") == 0
 
 
 async def test_a_drain_after_the_count_touched_zero_waits_for_every_client(

@@ -7,7 +7,16 @@ import json
 import pytest
 
 from contract.messages import FrameEntry
-from gateway.protocol import BoardFrames, IllegalTransition, Lifecycle, Outbox, State, Throttle, TokenBucket
+from gateway.protocol import (
+    BoardFrames,
+    IllegalTransition,
+    Lifecycle,
+    Outbox,
+    State,
+    Throttle,
+    TokenBucket,
+    ws_text_frame,
+)
 
 
 def test_throttle_leading_edge_then_at_most_once_per_interval() -> None:
@@ -50,6 +59,15 @@ def test_board_frames_encode_one_payload_for_every_transport() -> None:
         ],
     }
     assert json.loads(f.ws_text) == {"type": "leaderboard", **data}
+
+
+def test_a_ws_text_frame_is_unmasked_with_the_shortest_length_encoding() -> None:
+    assert ws_text_frame(b"hello") == b"\x81\x05hello"
+    assert ws_text_frame(b"x" * 125) == b"\x81\x7d" + b"x" * 125
+    assert ws_text_frame(b"x" * 126) == b"\x81\x7e\x00\x7e" + b"x" * 126
+    assert ws_text_frame(b"x" * 70_000) == b"\x81\x7f\x00\x00\x00\x00\x00\x01\x11\x70" + b"x" * 70_000
+    f = frames()
+    assert f.ws_frame == b"\x81\x7e" + len(f.ws_text).to_bytes(2, "big") + f.ws_text.encode()
 
 
 def test_lifecycle_allows_only_legal_moves() -> None:

@@ -1,9 +1,16 @@
-"""The gateway's WebSocket on a real gateway process: boards, keepalive, every bad message kind."""
+"""The gateway's WebSocket on a real gateway process: boards, keepalive, every bad message kind.
+
+Every test runs twice (the ``ws_path`` fixture): on the fast path (gateway/fastpath.py, uvicorn
+protocol on websockets' Sans-I/O) and on the portable one (``FAST_PATH=0``: uvicorn's own protocol
+and the ASGI endpoint), which a server without the fast path's shape gets.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import struct
 import time
 from typing import Any
 
@@ -18,6 +25,8 @@ from devstack.processes import Stack
 from tests.browser import open_connections
 from tests.conftest import TEST_SECRET
 from tests.test_gateway_sse import apply, make_board, publish
+
+pytestmark = pytest.mark.usefixtures("ws_path")
 
 
 def ws_url(stack: Stack, token: str | None) -> str:
@@ -190,3 +199,107 @@ async def test_an_idle_connection_is_closed_when_its_token_expires(stack: Stack,
     assert (error["type"], error["code"]) == ("error", "token_expired")
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token_expired")
+
+
+async def test_the_gateway_says_which_path_serves(stack: Stack, token: str, ws_path: str) -> None:
+    gateway = stack.start("gateway")
+    async with connect(ws_url(stack, token)) as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+    log = gateway.log()
+    if ws_path == "fast":
+        assert "fast path on (gateway/fastpath.py, checked against uvicorn" in log, log
+    else:
+        assert "fast path off (FAST_PATH=0)" in log, log
+
+
+class RawWebSocket:
+    """A client that sees the server's frames as bytes (RFC 6455: server frames are unmasked)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, token: str) -> RawWebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                "GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return cls(reader, writer)
+
+    def send(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message).encode()
+        assert len(payload) < 126
+        self.writer.write(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)  # zero mask
+
+    async def frame(self) -> bytes:
+        """The next frame other than a ``rank`` event, header included, as it came over the wire."""
+        while True:
+            frame = await self._frame()
+            if not (frame[0] == 0x81 and frame_json(frame)["type"] == "rank"):
+                return frame
+
+    async def _frame(self) -> bytes:
+        head = await self.reader.readexactly(2)
+        assert not head[1] & 0x80, "a server frame is never masked"
+        n = head[1] & 0x7F
+        extended = b""
+        if n == 126:
+            extended = await self.reader.readexactly(2)
+            (n,) = struct.unpack("!H", extended)
+        elif n == 127:
+            extended = await self.reader.readexactly(8)
+            (n,) = struct.unpack("!Q", extended)
+        return head + extended + await self.reader.readexactly(n)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def frame_json(frame: bytes) -> dict[str, Any]:
+    n = frame[1] & 0x7F
+    decoded: dict[str, Any] = json.loads(frame[2 + {126: 2, 127: 8}.get(n, 0) :])
+    return decoded
+
+
+def text_frame(message: dict[str, Any]) -> bytes:
+    """The bytes of a server text frame carrying ``message`` as compact JSON (written here, by
+    hand, from RFC 6455 and the API's field order)."""
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    n = len(payload)
+    head = bytes([0x81, n]) if n < 126 else bytes([0x81, 126]) + struct.pack("!H", n)
+    return head + payload
+
+
+async def test_frames_are_the_same_bytes_for_snapshot_update_and_reconnect(
+    stack: Stack, redis: Any, token: str
+) -> None:
+    store = await make_board(redis, scores={"ada": 3})
+    gateway = stack.start("gateway", reconnect_jitter_ms=0)
+    ws = await RawWebSocket.open(stack.settings.gateway_port, token)
+    try:
+        ws.send({"type": "subscribe", "board": "global"})
+        snapshot = await ws.frame()
+        stamp, version = frame_json(snapshot)["timestamp"], frame_json(snapshot)["version"]
+        entries = [{"rank": 1, "userId": "ada", "name": "ada", "score": 3}]
+        board = {"type": "leaderboard", "board": "global", "version": version, "timestamp": stamp}
+        assert snapshot == text_frame({**board, "leaderboard": entries})
+        new = await apply(store, "global", {"bo": 8})
+        await publish(redis, "global", new)
+        update = await ws.frame()
+        board.update(version=new, timestamp=frame_json(update)["timestamp"])
+        entries.insert(0, {"rank": 1, "userId": "bo", "name": "bo", "score": 8})
+        entries[1]["rank"] = 2
+        assert update == text_frame({**board, "leaderboard": entries})
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGTERM)
+        assert await ws.frame() == text_frame({"type": "reconnect", "afterMs": 0})
+        assert await ws.frame() == b"\x88\x02" + struct.pack("!H", 1012)  # close, 1012, no reason
+    finally:
+        ws.close()

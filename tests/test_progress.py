@@ -313,6 +313,7 @@ async def test_many_concurrent_pings_share_round_trips(stack: Stack, issuer: Tok
     assert round_trips < pings
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_a_burst_from_one_connection_is_acked_in_order_and_shares_round_trips(
     stack: Stack, issuer: TokenIssuer, token: str
 ) -> None:
