@@ -105,7 +105,13 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
         hub = Hub(redis=redis, settings=settings, metrics=metrics_, now=now, archives=archives)
         listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
         # MongoDB also refills a progress hash that expired (the lock needs its completions).
-        store = ProgressStore.of(redis, settings, db=mongo[settings.mongo_db])
+        fast = fast_path(settings)
+        store = ProgressStore.of(
+            redis,
+            settings,
+            db=mongo[settings.mongo_db],
+            round_trip=fastpath.redis_round_trip if fast else None,
+        )
         catalog = CourseCatalog(
             redis,
             mongo[settings.mongo_db],
@@ -130,7 +136,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             policy=BoardPolicy(settings, catalog, now=now),
             presence=Presence(redis),
         )
-        hub.fast_path = fast_path(settings)
+        hub.fast_path = fast
         hub.start()
         listener.start()
         await writer.start()

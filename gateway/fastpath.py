@@ -1,9 +1,10 @@
 """Every use of a library's private internals in Scorecast, and the check of their shape.
 
-Checked against uvicorn 0.54.0 and websockets 17.4 (``pyproject.toml`` bounds them above).
+Checked against uvicorn 0.54.0, websockets 17.4 and redis-py 8.1.0 (``pyproject.toml`` bounds
+them above).
 :func:`unavailable` looks at the shapes this module relies on, at start-up; where one is missing
 (another version, another server) or with ``FAST_PATH=0`` the gateway logs why and serves
-everything through the portable paths (ASGI for SSE and WebSocket).
+everything through the portable paths (ASGI for SSE and WebSocket, redis-py's ``Pipeline``).
 
 - :class:`DirectSink` (SSE): uvicorn's httptools request cycle — the owner of the ASGI ``send``
   bound method — holds the socket; broadcast frames are written to it without a coroutine switch.
@@ -13,21 +14,28 @@ everything through the portable paths (ASGI for SSE and WebSocket).
   tick written as the same pre-framed bytes to every socket. Any other path is handed to uvicorn's
   own ``websockets-sansio`` protocol. What it relies on: the constructor uvicorn's HTTP protocol
   calls on an upgrade, and ``ServerState.connections``/``default_headers``.
+- :func:`redis_round_trip`: a batch of packed commands on one pooled redis-py connection, the
+  replies read under one timeout (``send_packed_command``, ``read_response``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import secrets
 import urllib.parse
 from typing import Any, ClassVar
 
+from redis.exceptions import ResponseError
 from starlette.requests import cookie_parser
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import Protocol
 from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from contract.auth import token_from_request
 from gateway.protocol import BoardFrames, State, ws_text_frame
@@ -35,13 +43,14 @@ from gateway.ws import Session, refusal, texts
 
 log = logging.getLogger("scorecast.gateway.fastpath")
 access = logging.getLogger("uvicorn.error")  # where uvicorn logs a WebSocket handshake
-CHECKED = {"uvicorn": "0.54.0", "websockets": "17.4"}
+CHECKED = {"uvicorn": "0.54.0", "websockets": "17.4", "redis": "8.1.0"}
 CLOSE_TIMEOUT_S = 10.0  # the client's answer to a close frame, before the socket is closed
 
 
 def unavailable() -> str | None:
     """Why the fast paths cannot be used with the installed libraries, or None when they can."""
     try:
+        import redis.asyncio.connection as rc
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from uvicorn.server import ServerState
@@ -64,11 +73,22 @@ def unavailable() -> str | None:
         ),
         ("uvicorn has its websockets-sansio protocol", hasattr(WebSocketsSansIOProtocol, "data_received")),
         (
-            "websockets' ServerProtocol is Sans-I/O",
+            "websockets' ServerProtocol is Sans-I/O, its frame parser a generator in .parser",
             all(
                 hasattr(ServerProtocol, a)
                 for a in ("receive_data", "events_received", "data_to_send", "accept", "send_close", "fail")
-            ),
+            )
+            and inspect.isgeneratorfunction(Protocol.parse)
+            and {"parser", "reader"} <= set(Protocol.__init__.__code__.co_names)
+            and hasattr(StreamReader(), "buffer"),
+        ),
+        (
+            "redis-py connections send packed commands, read replies under a timeout, retry",
+            all(hasattr(rc.AbstractConnection, a) for a in ("send_packed_command", "read_response"))
+            and "timeout" in inspect.signature(rc.AbstractConnection.read_response).parameters
+            and "nowait" in inspect.signature(rc.AbstractConnection.disconnect).parameters
+            and hasattr(getattr(rc.Connection(), "retry", None), "call_with_retry")
+            and all(hasattr(rc.ConnectionPool, a) for a in ("get_connection", "release")),
         ),
     ]
     missing = [what for what, ok in needs if not ok]
@@ -281,6 +301,12 @@ class FastWebSocket(asyncio.Protocol):
         )
         ws.send_response(response)
         self._flush()  # before any frame written straight to the socket
+        if not ws.reader.buffer:
+            # Nothing came after the request yet, so the parser waits for a frame's first byte: a
+            # fresh frame parser takes its place, and the handshake's generator frame, which held
+            # the Request (headers, token: ~3.7 KB) for the connection's life, is freed.
+            ws.parser = Protocol.parse(ws)
+            next(ws.parser)
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername")
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
@@ -396,3 +422,36 @@ class FastWebSocket(asyncio.Protocol):
             transport.write(b"".join(data))
             if data[-1] == b"":
                 transport.close()
+
+
+# ---------------------------------------------------------------------------------- redis-py
+async def redis_round_trip(redis: Any, payload: bytes, count: int, timeout_s: float) -> list[Any]:
+    """Send ``count`` packed commands on one pooled connection of ``redis`` and read their replies
+    under ONE timeout; an error reply is returned in its place (the replies after it are still
+    read, so the connection stays in step). A dropped connection is retried by the pool's own
+    policy (see ``store.clients``); a timeout or cancellation mid-batch discards the socket."""
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+
+    async def exchange() -> list[Any]:
+        await conn.send_packed_command(payload)
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response(timeout=math.inf))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    async def reset(error: Exception) -> None:
+        await conn.disconnect()
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            replies: list[Any] = await conn.retry.call_with_retry(exchange, reset)
+            return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)  # replies left unread: never reuse the socket
+        raise
+    finally:
+        await pool.release(conn)

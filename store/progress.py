@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from contract import keys
 from contract.messages import CompletionEvent, json_encoder
@@ -219,6 +219,8 @@ return {{moved, completed, 0, implausible, completed == 1 and tonumber(first or 
 
 # A batch of pings waits at most this long for Redis, send and replies together.
 BATCH_TIMEOUT_S = 5.0
+# (redis client, packed commands, how many, timeout s) -> their replies, an error in its place.
+RoundTrip = Callable[[Any, bytes, int, float], Awaitable[list[Any]]]
 
 # KEYS: progress hash. ARGV: lecture, now ms, predecessor or '', '1' when the lecture is completable
 # without video, seconds to cover, rate, slack s, who (JSON), ttl s, hydration pairs or ''.
@@ -280,8 +282,12 @@ class ProgressStore:
         max_playback_rate: float = 2.0,
         coverage_slack_s: float = 2.0,
         coverage_max_gap_s: float = 30.0,
+        round_trip: RoundTrip | None = None,
     ) -> None:
         self.redis = redis
+        # Pipelines of pings through gateway.fastpath.redis_round_trip (the gateway passes it when
+        # redis-py has the shape it was checked against); None: redis-py's own Pipeline.
+        self._fast_round_trip = round_trip
         self.db = db
         self.threshold = complete_threshold
         self.ttl_s = ttl_s
@@ -296,10 +302,13 @@ class ProgressStore:
         self.flushed = redis.register_script(_FLUSHED)
 
     @classmethod
-    def of(cls, redis: Any, settings: Any, db: Any = None) -> ProgressStore:
+    def of(
+        cls, redis: Any, settings: Any, db: Any = None, round_trip: RoundTrip | None = None
+    ) -> ProgressStore:
         """The store as ``settings`` (contract.settings.Settings) configure it."""
         return cls(
             redis,
+            round_trip=round_trip,
             complete_threshold=settings.complete_threshold,
             ttl_s=settings.progress_ttl_s,
             db=db,
@@ -340,13 +349,9 @@ class ProgressStore:
     async def _save(self, pings: list[Ping], now_ms: int, hydration: dict[str, str]) -> list[Any]:
         if self._ping_sha is None:
             self._ping_sha = await self.redis.script_load(_PING)
-        # The pipeline by hand, on a pooled connection: redis-py's Pipeline packs each argument in
-        # Python, and reads each reply under its own asyncio timeout, tens of microseconds per ping
-        # on the hottest path of the gateway. Here the batch is packed in one go and waits under
-        # ONE timeout.
-        head = b"*9\r\n" + _bulk(b"EVALSHA") + _bulk(self._ping_sha.encode()) + _bulk(b"3")
+        sha = self._ping_sha.encode()
         threshold, tail = self.threshold, self._tail
-        parts: list[bytes] = []
+        commands: list[tuple[bytes, ...]] = []
         dirty: set[str] = set()
         for p in pings:
             duration = "" if p.duration is None else repr(p.duration)
@@ -356,54 +361,44 @@ class ProgressStore:
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
             dirty.add(key)
-            parts.append(
-                head
-                + _bulk(key.encode())
-                + _bulk(keys.presence(p.user_id).encode())
-                + _bulk(keys.device(p.user_id, p.device or p.origin).encode())
-                + _bulk(fields)
-                + _bulk(p.who.encode())
-                + _bulk(hydration.get(key, "").encode())
+            commands.append(
+                (
+                    b"EVALSHA",
+                    sha,
+                    b"3",
+                    key.encode(),
+                    keys.presence(p.user_id).encode(),
+                    keys.device(p.user_id, p.device or p.origin).encode(),
+                    fields,
+                    p.who.encode(),
+                    hydration.get(key, "").encode(),
+                )
             )
         # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
-        parts.append(_pack("SADD", keys.PROGRESS_DIRTY, *dirty))
-        replies = await self._round_trip(b"".join(parts), len(parts))
+        commands.append((b"SADD", keys.PROGRESS_DIRTY.encode(), *(k.encode() for k in dirty)))
+        replies = await self._round_trip(commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies[:-1]
 
-    async def _round_trip(self, payload: bytes, count: int) -> list[Any]:
-        """Send ``count`` packed commands and read their replies; an error reply is returned in
-        its place (the replies after it are still read, so the connection stays in step). A
-        dropped connection is retried by the pool's own policy (see ``store.clients``)."""
+    async def _round_trip(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
+        """Send ``commands`` in one pipeline and read their replies under ONE timeout; an error
+        reply is returned in its place (the replies after it are still read)."""
         self.round_trips += 1
-        pool = self.redis.connection_pool
-        conn = await pool.get_connection()
-
-        async def exchange() -> list[Any]:
-            await conn.send_packed_command(payload)
-            replies: list[Any] = []
-            for _ in range(count):
-                try:
-                    replies.append(await conn.read_response(timeout=math.inf))
-                except ResponseError as exc:
-                    replies.append(exc)
+        if self._fast_round_trip is not None:
+            # Packed in one go, on a pooled connection (gateway.fastpath): redis-py's Pipeline packs
+            # each argument in Python and reads each reply under its own asyncio timeout, tens of
+            # microseconds per ping on the hottest path of the gateway.
+            payload = b"".join(_pack_bytes(command) for command in commands)
+            fast = self._fast_round_trip
+            replies: list[Any] = await fast(self.redis, payload, len(commands), BATCH_TIMEOUT_S)
             return replies
-
-        async def reset(error: Exception) -> None:
-            await conn.disconnect()
-
-        try:
-            async with asyncio.timeout(BATCH_TIMEOUT_S):
-                replies: list[Any] = await conn.retry.call_with_retry(exchange, reset)
-                return replies
-        except BaseException:
-            # A timeout or cancellation mid-batch leaves replies unread: never reuse the socket.
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        async with asyncio.timeout(BATCH_TIMEOUT_S):
+            return list(await pipe.execute(raise_on_error=False))
 
     async def complete(
         self,
@@ -454,6 +449,11 @@ class ProgressStore:
 def _bulk(value: bytes) -> bytes:
     """One argument in the Redis protocol (RESP): its length in bytes, then the bytes."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _pack_bytes(args: tuple[bytes, ...]) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(arg) for arg in args)
 
 
 def _pack(*args: str) -> bytes:

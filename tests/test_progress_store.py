@@ -1,4 +1,6 @@
-"""The ping write against a real Redis: the hand-packed pipeline stays in step with its replies."""
+"""The ping write against a real Redis: the pipeline stays in step with its replies, packed by hand
+on a pooled connection (gateway.fastpath.redis_round_trip, the gateway's) and through redis-py's
+own Pipeline (the portable path, the ingest API's); every test runs on both."""
 
 from __future__ import annotations
 
@@ -12,14 +14,18 @@ from redis.exceptions import ResponseError
 from contract import keys
 from contract.progress import Ping
 from contract.settings import Settings
+from gateway import fastpath
 from store.clients import redis_client
 from store.progress import ProgressStore
 
 
-@pytest.fixture
-async def store(settings: Settings, redis: Any) -> AsyncIterator[ProgressStore]:
+@pytest.fixture(params=["fast", "portable"])
+async def store(
+    request: pytest.FixtureRequest, settings: Settings, redis: Any
+) -> AsyncIterator[ProgressStore]:
     client = redis_client(settings.redis_url)  # the services' own client and pool
-    yield ProgressStore(client, complete_threshold=0.95, ttl_s=settings.progress_ttl_s)
+    round_trip = fastpath.redis_round_trip if request.param == "fast" else None
+    yield ProgressStore(client, complete_threshold=0.95, ttl_s=settings.progress_ttl_s, round_trip=round_trip)
     await client.aclose()
 
 
