@@ -81,12 +81,16 @@ class RedisCluster:
     def start(self, *, timeout_s: float = 30.0) -> RedisCluster:
         """Start every master, form the cluster if it is not yet, and wait until all answer
         ``cluster_state:ok``. Raises ServerError."""
-        for node in self.nodes:
-            if node.exited() is not None or node.process is None:
-                node.start(timeout_s=timeout_s)
-        if not self._formed():
-            self._create()
-        self.wait_ok(timeout_s=timeout_s)
+        try:
+            for node in self.nodes:
+                if node.exited() is not None or node.process is None:
+                    node.start(timeout_s=timeout_s)
+            if not self._formed():
+                self._create()
+            self.wait_ok(timeout_s=timeout_s)
+        except BaseException:
+            self.stop()  # a master that would not start must not leave the others running
+            raise
         return self
 
     def _formed(self) -> bool:

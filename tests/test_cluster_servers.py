@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
+import pytest
 import redis.asyncio as aioredis
 from redis.cluster import key_slot
 
-from devstack.cluster import RedisCluster
+from devstack.cluster import RedisCluster, cluster_ports
+from devstack.servers import ServerError
 
 
 async def test_three_masters_share_the_slots_and_a_restarted_master_keeps_its_data(
@@ -30,3 +35,14 @@ async def test_three_masters_share_the_slots_and_a_restarted_master_keeps_its_da
             await fresh.aclose()
     finally:
         await client.aclose()
+
+
+def test_a_master_that_cannot_start_stops_the_others(tmp_path: Path) -> None:
+    ports = cluster_ports()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", ports[2]))
+        taken.listen()
+        cluster = RedisCluster(ports, tmp_path)
+        with pytest.raises(ServerError):
+            cluster.start(timeout_s=5)
+    assert [node.exited() is not None for node in cluster.nodes[:2]] == [True, True]
