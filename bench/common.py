@@ -30,6 +30,19 @@ SOURCE_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 10)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def last_sse_id(tail: bytes, data: bytes) -> tuple[int | None, bytes]:
+    """The ``id:`` of the newest complete SSE ``id`` line in ``tail + data`` (None if there is
+    none yet), and the bytes to keep as the next chunk's ``tail``."""
+    buf = tail + data
+    at = buf.rfind(b"id: ")
+    if at < 0:
+        return None, buf[-16:]
+    end = buf.find(b"\n", at)
+    if end < 0:
+        return None, buf[at:]
+    return int(buf[at + 4 : end]), b""
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

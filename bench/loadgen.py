@@ -29,7 +29,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from bench.common import SOURCE_ADDRESSES, raise_nofile_limit
+from bench.common import SOURCE_ADDRESSES, last_sse_id, raise_nofile_limit
 
 SUBSCRIBE = b'{"type":"subscribe","board":"global"}'
 PING = b'{"type":"progress","courseId":"bench","lectureId":"l1","position":%d,"seq":%d}'
@@ -144,17 +144,9 @@ class SseClient(Client):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        buf = self.tail + data if self.tail else data
-        at = buf.rfind(b"id: ")
-        if at < 0:
-            self.tail = buf[-16:]
-            return
-        end = buf.find(b"\n", at)
-        if end < 0:
-            self.tail = buf[at:]
-            return
-        self.tail = b""
-        self.on_version(int(buf[at + 4 : end]), now)
+        version, self.tail = last_sse_id(self.tail, data)
+        if version is not None:
+            self.on_version(version, now)
 
 
 class WsClient(Client):

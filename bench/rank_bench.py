@@ -41,7 +41,7 @@ import httpx
 import redis.asyncio as aioredis
 import uvloop
 
-from bench.sse_fanout import cpu_split
+from bench.common import cpu_split
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.messages import board_event_decoder

@@ -23,7 +23,7 @@ import time
 import httpx
 import uvloop
 
-from bench.common import SOURCE_ADDRESSES, Scorer, bench_stack, cpu_split, pct, rss_bytes
+from bench.common import SOURCE_ADDRESSES, Scorer, bench_stack, cpu_split, last_sse_id, pct, rss_bytes
 
 
 class SseClient(asyncio.Protocol):
@@ -45,18 +45,8 @@ class SseClient(asyncio.Protocol):
         now = time.perf_counter()
         if not self.ok and data.startswith(b"HTTP/1.1 200"):
             self.ok = True
-        buf = self.tail + data
-        at = buf.rfind(b"id: ")
-        if at < 0:
-            self.tail = buf[-16:]
-            return
-        end = buf.find(b"\n", at)
-        if end < 0:
-            self.tail = buf[at:]
-            return
-        self.tail = b""
-        version = int(buf[at + 4 : end])
-        if version != self.version:
+        version, self.tail = last_sse_id(self.tail, data)
+        if version is not None and version != self.version:
             self.version = version
             self.seen[version] = now
             self.fanout.on_version(version)
