@@ -2,7 +2,10 @@
 
 One board lives in one Redis Cluster slot: its ZSET, version counter, member map and
 applied-action guards share the hash tag ``{board:<name>}``, so its update is one Lua step on
-a cluster too. Per-user progress hashes share ``{user:<id>}``.
+a cluster too. Per-user progress hashes share ``{user:<id>}``. A board's Pub/Sub channel carries
+its board's tag and a user's channel the user's (``sc:board:{board:<name>}``,
+``sc:user:{user:<id>}``): on a cluster they travel on sharded Pub/Sub, SPUBLISH by the node of
+that slot and SSUBSCRIBE there; on one Redis on classic PUBLISH/SUBSCRIBE (see the channels below).
 """
 
 from __future__ import annotations
@@ -115,17 +118,38 @@ def consumer_deadlines(stream: str, group: str) -> str:
     return same_slot(stream, f":alive:{group}")
 
 
-# Pub/Sub channels
-BOARD_CHANNEL_PREFIX = "sc:board:"
-USER_CHANNEL_PREFIX = "sc:user:"
+# Pub/Sub channels. A board's channel carries its board's hash tag and a user's channel the user's,
+# so on a Redis Cluster an event is published (SPUBLISH, sharded Pub/Sub) by the node that owns
+# the board's or the user's keys -- from inside the Lua step that changed them, for a ping -- and
+# reaches the gateways subscribed (SSUBSCRIBE) on that node's shard. On one Redis the same names
+# travel on classic Pub/Sub (PUBLISH/SUBSCRIBE). ``store.clients.publish_command`` picks the command.
+BOARD_CHANNEL_PREFIX = "sc:board:{board:"
+USER_CHANNEL_PREFIX = "sc:user:{user:"
+CHANNEL_END = "}"
 
 
 def board_channel(name: str) -> str:
-    return f"{BOARD_CHANNEL_PREFIX}{name}"
+    """``sc:board:{board:<name>}``: the slot of :func:`board_keys` (``name``)."""
+    return f"{BOARD_CHANNEL_PREFIX}{name}{CHANNEL_END}"
 
 
 def user_channel(user_id: str) -> str:
-    return f"{USER_CHANNEL_PREFIX}{user_id}"
+    """``sc:user:{user:<id>}``: the slot of the user's progress keys."""
+    return f"{USER_CHANNEL_PREFIX}{user_id}{CHANNEL_END}"
+
+
+def channel_board(channel: str) -> str | None:
+    """The board a :func:`board_channel` names, None for another channel."""
+    if channel.startswith(BOARD_CHANNEL_PREFIX) and channel.endswith(CHANNEL_END):
+        return channel[len(BOARD_CHANNEL_PREFIX) : -len(CHANNEL_END)]
+    return None
+
+
+def channel_user(channel: str) -> str | None:
+    """The user a :func:`user_channel` names, None for another channel."""
+    if channel.startswith(USER_CHANNEL_PREFIX) and channel.endswith(CHANNEL_END):
+        return channel[len(USER_CHANNEL_PREFIX) : -len(CHANNEL_END)]
+    return None
 
 
 def slot_tag(key: str) -> str:

@@ -21,6 +21,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     mongo_url: str = "mongodb://127.0.0.1:27017"
     mongo_db: str = "scorecast"
+    # REDIS_URL names any node of a Redis Cluster: every process speaks the cluster protocol
+    # (store.clients), and board and user events travel on sharded Pub/Sub (SPUBLISH/SSUBSCRIBE).
+    redis_cluster: bool = False
 
     # Listeners
     ingest_host: str = "127.0.0.1"

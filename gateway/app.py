@@ -90,7 +90,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
         # MongoDB for course metadata on a cache miss (see contract.courses) and for progress
         # hashes that expired.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)

@@ -47,7 +47,7 @@ from ingest.ops import FlusherMetrics
 from ingest.ops import serve as serve_ops
 from ingest.store import PROGRESS, progress_id, progress_on_insert
 from store import outage
-from store.clients import redis_client
+from store.clients import queue_script, redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 
@@ -181,7 +181,7 @@ class Flusher:
             self.catch_up |= time.monotonic() - started > STALLED_WRITE_S
         pipe = self.redis.pipeline(transaction=False)
         for key, live in zip(batch, hashes, strict=True):
-            await self.store.flushed(keys=[key], args=[live.get("rev", ""), self.store.ttl_s], client=pipe)
+            await queue_script(pipe, self.store.flushed, [key], [live.get("rev", ""), self.store.ttl_s])
         still = await pipe.execute()
         finished = [key for key, same in zip(batch, still, strict=True) if same]
         changed = [key for key, same in zip(batch, still, strict=True) if not same]
@@ -189,9 +189,7 @@ class Flusher:
         if finished:
             pipe.srem(keys.PROGRESS_INFLIGHT, *finished)
         if changed:  # a ping landed after the read: dirty again, for the next cycle
-            await self._give_back(
-                keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=changed, client=pipe
-            )
+            await queue_script(pipe, self._give_back, [keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], changed)
         await pipe.execute()
         return len(finished)
 
@@ -264,7 +262,7 @@ class Flusher:
 
 
 async def main(settings: Settings) -> None:
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongo_url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
     )

@@ -52,7 +52,7 @@ from ingest.rebuild import rebuild_board
 from ingest.seasons import Seasons
 from store import archive, outage
 from store.boards import APPLIED, CLOSED, MISSING, ApplyResult, BoardStore, Profile
-from store.clients import redis_client
+from store.clients import publish_command, redis_client
 
 log = logging.getLogger("scorecast.worker")
 
@@ -261,12 +261,11 @@ class ScoreWorker:
         if not versions:
             return
         pipe = self.redis.pipeline(transaction=False)
+        publish = publish_command(self.redis)
         for board, version in versions.items():
             users = sorted(moved.get(board, ())) if moved else []
-            pipe.publish(
-                keys.board_channel(board),
-                json_encoder.encode(BoardEvent(board=board, version=version, users=users)),
-            )
+            event = json_encoder.encode(BoardEvent(board=board, version=version, users=users))
+            pipe.execute_command(publish, keys.board_channel(board), event)
             if period_end(board) is not None:
                 pipe.sadd(keys.SEASON_BOARDS, board)
         await pipe.execute()
@@ -286,7 +285,7 @@ def event_doc(action: ScoreAction) -> dict[str, Any]:
 
 
 async def main(settings: Settings) -> None:
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
     db = client[settings.mongo_db]
     stop = asyncio.Event()

@@ -21,6 +21,7 @@ from typing import Any
 
 from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
+from store.clients import queue_script
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 # Users one rank script call looks up at most (4 commands each): Redis runs a script to its end,
@@ -341,10 +342,11 @@ class BoardStore:
         pipe = self.redis.pipeline(transaction=False)
         for board, event_id, user_id, increment in steps:
             keys = board_keys(board)
-            await self._apply(
-                keys=[keys.zset, keys.version, keys.members, keys.guard(event_id), keys.empty, keys.closed],
-                args=[user_id, increment, self._guard_ttl_s],
-                client=pipe,
+            await queue_script(
+                pipe,
+                self._apply,
+                [keys.zset, keys.version, keys.members, keys.guard(event_id), keys.empty, keys.closed],
+                [user_id, increment, self._guard_ttl_s],
             )
         replies = await pipe.execute()
         return [
@@ -399,9 +401,8 @@ class BoardStore:
         pipe = self.redis.pipeline(transaction=False)
         for board, users in boards:
             keys = board_keys(board)
-            await self._ranks(
-                keys=[keys.zset, keys.version, keys.members, keys.empty], args=list(users), client=pipe
-            )
+            board_set = [keys.zset, keys.version, keys.members, keys.empty]
+            await queue_script(pipe, self._ranks, board_set, list(users))
         replies = await pipe.execute()
         return [
             _standings(board, users, reply) for (board, users), reply in zip(boards, replies, strict=True)

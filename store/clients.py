@@ -1,8 +1,12 @@
-"""Backing-service clients, configured the same way in every process."""
+"""Backing-service clients, configured the same way in every process: one Redis or a Redis Cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
@@ -20,7 +24,63 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 DRIVER_INFO = DriverInfo()
 
 
-def redis_client(url: str) -> aioredis.Redis:
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+# redis-py's asyncio cluster client has no blocking pool: past this many connections to one node
+# a command fails at once (MaxConnectionsError). So the cap per node is far above what one
+# process keeps busy (a Redis serves 10,000 clients by default), and a burst opens connections
+# instead of failing.
+REDIS_CLUSTER_CONNECTIONS_PER_NODE = 512
+
+
+def redis_client(url: str, *, cluster: bool = False) -> RedisClient:
+    """The client every process uses: a Redis Cluster client when ``cluster`` (``REDIS_CLUSTER``;
+    ``url`` names any node, the others are discovered), else a client of one Redis.
+
+    Both make a command that meets a dropped connection try again, and neither makes a caller
+    wait long. The cluster client also follows MOVED/ASK redirections and reloads the slot map
+    when a node fails; it finds the nodes at its first command (or ``initialize()``).
+    """
+    if not cluster:
+        return _single_client(url)
+    return aioredis.RedisCluster.from_url(
+        url,
+        max_connections=REDIS_CLUSTER_CONNECTIONS_PER_NODE,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        # Its retries, per command, re-resolve the node of the slot between attempts.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), REDIS_RETRIES),
+        require_full_coverage=False,  # the slots of a live master answer while another is down
+        driver_info=DRIVER_INFO,
+    )
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether ``redis`` is a Redis Cluster client (or one of its pipelines)."""
+    return isinstance(redis, aioredis.RedisCluster | ClusterPipeline)
+
+
+def publish_command(redis: object) -> str:
+    """The command that publishes a board or user event through ``redis``: SPUBLISH (sharded
+    Pub/Sub, the channel's slot decides the node) on a cluster, PUBLISH on one Redis."""
+    return "SPUBLISH" if is_cluster(redis) else "PUBLISH"
+
+
+async def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    """Queue a call of ``script`` (from ``register_script``) on the pipeline ``pipe``.
+
+    redis-py refuses EVALSHA in a cluster pipeline (it cannot load a missing script on the right
+    node), so there the script travels whole as EVAL, which also spares the NOSCRIPT dance with a
+    restarted node; the server caches it by its hash all the same. On one Redis it is the usual
+    pipelined EVALSHA.
+    """
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
+
+
+def _single_client(url: str) -> aioredis.Redis:
     """A Redis client whose pool makes a burst wait for a free connection instead of failing.
 
     A command that meets a dropped connection (Redis restarted, failed over, or closed an idle

@@ -21,6 +21,8 @@ import pymongo
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from store.clients import is_cluster
+
 # One probe waits at most this long for its answer (a black-holed host must not stall the loop).
 PROBE_TIMEOUT_S = 1.0
 
@@ -35,25 +37,44 @@ class Service:
 
 def redis_service(redis: Any) -> Service:
     """Redis behind ``redis``'s pool, probed on a throwaway connection with retries off (the pool's
-    own retry policy would turn one probe into several connection attempts with sleeps between)."""
+    own retry policy would turn one probe into several connection attempts with sleeps between).
+
+    On a Redis Cluster every master is probed (the client's slot map names them): the service
+    answers when all of them answer. A failed probe reloads the slot map, so a replica promoted
+    meanwhile is what the next probe asks.
+    """
+    if is_cluster(redis):
+        return Service("Redis", lambda: _probe_cluster(redis))
     pool = redis.connection_pool
+    return Service("Redis", lambda: _probe(pool.connection_class, pool.connection_kwargs))
 
-    async def probe() -> None:
-        options = {
-            **pool.connection_kwargs,
-            "retry": Retry(NoBackoff(), 0),
-            "socket_connect_timeout": PROBE_TIMEOUT_S,
-            "socket_timeout": PROBE_TIMEOUT_S,
-        }
-        conn = pool.connection_class(**options)
-        try:
-            await conn.connect()
-            await conn.send_command("PING")
-            await conn.read_response()
-        finally:
-            await conn.disconnect(nowait=True)
 
-    return Service("Redis", probe)
+async def _probe(connection_class: Any, connection_kwargs: dict[str, Any]) -> None:
+    options = {
+        **connection_kwargs,
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": PROBE_TIMEOUT_S,
+        "socket_timeout": PROBE_TIMEOUT_S,
+    }
+    conn = connection_class(**options)
+    try:
+        await conn.connect()
+        await conn.send_command("PING")
+        await conn.read_response()
+    finally:
+        await conn.disconnect(nowait=True)
+
+
+async def _probe_cluster(redis: Any) -> None:
+    if not redis.get_primaries():
+        await redis.initialize()  # the client finds the nodes at its first command
+    try:
+        masters = redis.get_primaries()
+        await asyncio.gather(*(_probe(node.connection_class, node.connection_kwargs) for node in masters))
+    except Exception:
+        with contextlib.suppress(Exception):
+            await redis.nodes_manager.initialize()
+        raise
 
 
 def mongo_service(client: Any) -> Service:

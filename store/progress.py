@@ -53,6 +53,7 @@ from redis.exceptions import NoScriptError
 from contract import keys
 from contract.messages import CompletionEvent, json_encoder
 from contract.progress import MAX_INTERVALS, PROGRESS, Ping, PingResult, hydration_pairs, progress_id
+from store.clients import publish_command, queue_script
 
 # Lua shared by the ping and the explicit completion.
 _LIB = f"""
@@ -122,7 +123,8 @@ end
 # KEYS: progress hash, presence counter, device state. ARGV[1]: the ping's fields joined by char 31
 # (one argument keeps redis-py's per-argument packing off the hot path): lecture, position, seq,
 # duration or '', threshold, now ms, userId, courseId, origin, minimum presence to publish,
-# predecessor lecture or '', max playback rate, slack s, max gap ms, ttl s. ARGV[2]: who (JSON, kept
+# predecessor lecture or '', max playback rate, slack s, max gap ms, ttl s, the publish command
+# (PUBLISH, or SPUBLISH on a cluster: the user's channel is in the slot of KEYS). ARGV[2]: who (JSON, kept
 # in ``p:`` on completion). ARGV[3]: hydration pairs or ''.
 # Returns {moved, completed, missing, implausible, first counted ms of the lecture}.
 # The resume point moving is published on the user's channel only when another connection of the
@@ -133,7 +135,7 @@ _PING = (
 local f = split(ARGV[1])
 local lecture, pos_s, seq_s, duration_s, threshold, now_s = unpack(f, 1, 6)
 local user, course, origin, min_presence = unpack(f, 7, 10)
-local prev, rate, slack, gap_ms, ttl = f[11], tonumber(f[12]), tonumber(f[13]), f[14], f[15]
+local prev, rate, slack, gap_ms, ttl, publish = f[11], tonumber(f[12]), tonumber(f[13]), f[14], f[15], f[16]
 local h, dev = KEYS[1], KEYS[3]
 if not hydrated(h, ARGV[3], ttl) then return {{0, 0, 1, 0, 0}} end
 local pos, seq, now = tonumber(pos_s), tonumber(seq_s), tonumber(now_s)
@@ -211,7 +213,7 @@ if moved == 1 and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(min_pr
   -- ids are restricted to [A-Za-z0-9_-], so they need no JSON escaping
   local event = '{{"courseId":"' .. course .. '","lectureId":"' .. lecture .. '","position":' .. pos_s
     .. ',"seq":' .. seq_s .. ',"origin":"' .. origin .. '"}}'
-  redis.call('PUBLISH', '{keys.USER_CHANNEL_PREFIX}' .. user, event)
+  redis.call(publish, '{keys.USER_CHANNEL_PREFIX}' .. user .. '{keys.CHANNEL_END}', event)
 end
 return {{moved, completed, 0, implausible, completed == 1 and tonumber(first or '0') or 0}}
 """
@@ -295,7 +297,8 @@ class ProgressStore:
         self.slack_s = coverage_slack_s
         # The tail of every ping's fields: the same for every ping of this process.
         gap_ms = int(coverage_max_gap_s * 1000)
-        self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}"
+        publish = publish_command(redis)
+        self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}\x1f{publish}"
         self._ping_sha: str | None = None
         self.round_trips = 0  # pipelined ping round trips, refills included (observable)
         self._complete = redis.register_script(_COMPLETE)
@@ -425,7 +428,7 @@ class ProgressStore:
 
     async def _complete_step(self, key: str, args: list[Any]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
-        await self._complete(keys=[key], args=args, client=pipe)
+        await queue_script(pipe, self._complete, [key], args)
         pipe.sadd(keys.PROGRESS_DIRTY, key)
         reply, _ = await pipe.execute()
         found: list[int] = reply

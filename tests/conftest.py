@@ -69,6 +69,32 @@ async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
+def cluster_settings(settings: Settings, redis_cluster_srv: RedisCluster) -> Settings:
+    """``settings`` on the 3-master Redis Cluster (``REDIS_CLUSTER=1``); flushed by ``cluster_redis``."""
+    return settings.replace(redis_url=redis_cluster_srv.url, redis_cluster=True)
+
+
+@pytest.fixture
+async def cluster_redis(cluster_settings: Settings) -> AsyncIterator[aioredis.RedisCluster]:
+    """A cluster client of the test's cluster, every master flushed before the test."""
+    client = aioredis.RedisCluster.from_url(cluster_settings.redis_url, decode_responses=True)
+    await client.initialize()
+    await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cluster_stack(
+    cluster_settings: Settings, cluster_redis: aioredis.RedisCluster, tmp_path: Path
+) -> Iterator[Stack]:
+    """Scorecast processes on the cluster (``REDIS_CLUSTER=1``); start them with ``start(...)``."""
+    running = Stack(cluster_settings, tmp_path)
+    yield running
+    running.close()
+
+
+@pytest.fixture
 async def mongo(settings: Settings) -> AsyncIterator[Any]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
     yield client[settings.mongo_db]

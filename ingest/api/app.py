@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
         # Connections kept open ahead of need: pymongo opens at most two at a time, so a first
         # burst of concurrent requests would otherwise queue behind connection handshakes.
         mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from redis.asyncio import Redis
 from starlette.requests import Request
 
 from contract.auth import Claims, TokenIssuer, TokenVerifier, token_from_request
@@ -14,6 +13,7 @@ from contract.settings import Settings
 from ingest.api.client import Network
 from ingest.api.users import KnownUsers
 from store.boards import BoardStore
+from store.clients import RedisClient
 from store.courses import CourseCatalog
 from store.progress import ProgressStore
 from store.streams import BacklogGauge
@@ -22,7 +22,7 @@ from store.streams import BacklogGauge
 @dataclasses.dataclass(kw_only=True)
 class IngestState:
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     mongo: Any  # pymongo AsyncDatabase
     boards: BoardStore
     issuer: TokenIssuer | None  # None: this deployment verifies tokens and never issues them

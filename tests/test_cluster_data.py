@@ -1,0 +1,113 @@
+"""The data path on a Redis Cluster (``REDIS_CLUSTER=1``): clients, channels, sharded Pub/Sub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from redis.cluster import key_slot
+
+from contract import keys
+from contract.auth import TokenIssuer
+from contract.settings import Settings
+from devstack.cluster import RedisCluster
+from devstack.processes import Stack
+from store import outage
+from store.clients import is_cluster, publish_command, redis_client
+from tests.eventually import eventually
+from tests.helpers import login, score, scorer_token
+
+
+def slot(key: str) -> int:
+    return key_slot(key.encode())
+
+
+def test_a_channel_shares_the_slot_of_its_board_or_user() -> None:
+    for board in ("global", "weekly:2026-W10", "region:EU", "course:py101"):
+        assert slot(keys.board_channel(board)) == slot(keys.board_keys(board).zset)
+        assert keys.channel_board(keys.board_channel(board)) == board
+        assert keys.channel_user(keys.board_channel(board)) is None
+    for user in ("ada", "u-17", "x_y"):
+        assert slot(keys.user_channel(user)) == slot(keys.progress(user, "py101"))
+        assert slot(keys.user_channel(user)) == slot(keys.presence(user))
+        assert keys.channel_user(keys.user_channel(user)) == user
+        assert keys.channel_board(keys.user_channel(user)) is None
+    assert keys.channel_board("sc:gateways") is None
+    assert keys.channel_user("sc:gateways") is None
+
+
+def test_redis_cluster_is_read_from_the_environment() -> None:
+    assert Settings.from_env({}).redis_cluster is False
+    assert Settings.from_env({"REDIS_CLUSTER": "1"}).redis_cluster is True
+
+
+async def test_the_cluster_client_finds_every_master_and_its_probe_answers(
+    cluster_settings: Settings, cluster_redis: aioredis.RedisCluster, redis_cluster_srv: RedisCluster
+) -> None:
+    client = redis_client(cluster_settings.redis_url, cluster=True)
+    try:
+        assert is_cluster(client) and publish_command(client) == "SPUBLISH"
+        await outage.redis_service(client).probe()  # raises when a master does not answer
+        assert {node.port for node in client.get_primaries()} == set(redis_cluster_srv.ports)
+        names = [f"k{i}" for i in range(30)]  # plain keys, spread over the three masters
+        for name in names:
+            await client.set(name, name.upper())
+        assert {client.get_node_from_key(n).port for n in names} == set(redis_cluster_srv.ports)
+        assert [await client.get(n) for n in names] == [n.upper() for n in names]
+    finally:
+        await client.aclose()
+    single = redis_client(cluster_settings.redis_url)
+    try:
+        assert not is_cluster(single) and publish_command(single) == "PUBLISH"
+    finally:
+        await single.aclose()
+
+
+async def test_a_score_goes_through_api_and_worker_and_its_events_travel_on_the_boards_shard(
+    cluster_stack: Stack, cluster_redis: aioredis.RedisCluster, issuer: TokenIssuer
+) -> None:
+    """The API queues, the worker applies every segment board and SPUBLISHes each board's event on
+    the node owning the board's slot, where a gateway's SSUBSCRIBE hears it."""
+    boards = ["global", "region:EU"]
+    listeners: list[tuple[aioredis.Redis, Any]] = []
+    for board in boards:
+        node = cluster_redis.get_node_from_key(keys.board_keys(board).zset)
+        direct = aioredis.Redis(host=node.host, port=node.port, decode_responses=True)
+        pubsub = direct.pubsub()
+        await pubsub.ssubscribe(keys.board_channel(board))
+        listeners.append((direct, pubsub))
+    cluster_stack.start("ingest.api")
+    cluster_stack.start("ingest.worker")
+    try:
+        async with httpx.AsyncClient(base_url=cluster_stack.ingest_url) as http:
+            await login(http, "ada", "Ada", region="eu")
+            r = await score(http, scorer_token(issuer), "ada", 7)
+            assert r.status_code in (200, 202), r.text
+            for board, (_, pubsub) in zip(boards, listeners, strict=True):
+                event = await next_message(pubsub)
+                assert event["type"] == "smessage" and event["channel"] == keys.board_channel(board)
+                published = json.loads(event["data"])
+                assert published["board"] == board and published["version"] > 0
+
+            async def ranked() -> list[tuple[str, int]]:
+                r = await http.get("/api/v1/scores/leaderboard", params={"board": "region:EU"})
+                assert r.status_code == 200, r.text
+                return [(e["userId"], e["score"]) for e in r.json()["entries"]]
+
+            assert await eventually(ranked, lambda rows: rows == [("ada", 7)]) == [("ada", 7)]
+    finally:
+        for direct, pubsub in listeners:
+            await pubsub.aclose()
+            await direct.aclose()
+
+
+async def next_message(pubsub: Any, timeout_s: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                found: dict[str, Any] = message
+                return found
