@@ -11,6 +11,7 @@ that slot and SSUBSCRIBE there; on one Redis on classic PUBLISH/SUBSCRIBE (see t
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 # Tie-break encoding: a ZSET member is ``<15 digits><userId>`` where the digits are
 # SEQ_CEILING - seq (seq = the board version at which the user reached their score). Redis
@@ -67,6 +68,9 @@ def board_keys(name: str) -> BoardKeys:
 
 
 # Streams
+# The score and completion streams are split into partitions by user on a Redis Cluster (see
+# ``partitions``); SCORE_STREAM / COMPLETION_STREAM name the one partition of one Redis. Each
+# stream's dead letters go to one stream (a rare write, a command of its own).
 SCORE_STREAM = "stream:scores"
 SCORE_DEAD_LETTER = "stream:scores:dead"
 WORKER_GROUP = "workers"
@@ -75,6 +79,32 @@ WORKER_GROUP = "workers"
 # toward the score stream's backlog). One request per board per interval over every gateway.
 REBUILD_STREAM = "stream:rebuilds"
 REBUILD_DEAD_LETTER = "stream:rebuilds:dead"
+
+
+def partitions(base: str, count: int) -> list[str]:
+    """The keys ``base`` (a stream, a set) is split into: ``[base]`` itself for one part, else
+    ``{base:<i>}`` for i < count, each its own hash tag, so the parts spread over a cluster's slots."""
+    if count <= 1:
+        return [base]
+    return [f"{{{base}:{i}}}" for i in range(count)]
+
+
+def partition(base: str, count: int, routing: str) -> str:
+    """The part of ``base`` (see :func:`partitions`) that ``routing`` (a userId, a key) belongs to:
+    the same part for the same ``routing`` in every process (CRC-32, not Python's salted hash)."""
+    if count <= 1:
+        return base
+    return f"{{{base}:{zlib.crc32(routing.encode()) % count}}}"
+
+
+def score_stream(user_id: str, count: int) -> str:
+    """The partition of the score stream that carries ``user_id``'s actions, in their order."""
+    return partition(SCORE_STREAM, count, user_id)
+
+
+def completion_stream(user_id: str, count: int) -> str:
+    """The partition of the completion stream that carries ``user_id``'s lecture completions."""
+    return partition(COMPLETION_STREAM, count, user_id)
 
 
 def rebuild_asked(board: str) -> str:
@@ -233,8 +263,25 @@ def parse_progress(key: str) -> tuple[str, str]:
 
 PROGRESS_DIRTY = "progress:dirty"
 # Keys a flusher took from the dirty set and has not finished yet; in the dirty set's slot, so one
-# script moves keys between the two.
+# script moves keys between the two. On a cluster the dirty set is split into buckets (see
+# ``partitions``), each with its in-flight twin: PROGRESS_DIRTY / PROGRESS_INFLIGHT are the one
+# bucket of one Redis.
 PROGRESS_INFLIGHT = same_slot(PROGRESS_DIRTY, ":inflight")
+
+
+def dirty_bucket(progress_key: str, count: int) -> str:
+    """The bucket of the dirty set that a :func:`progress` key goes to."""
+    return partition(PROGRESS_DIRTY, count, progress_key)
+
+
+def dirty_buckets(count: int) -> list[tuple[str, str]]:
+    """Every (dirty bucket, its in-flight set) pair, in one slot each."""
+    return [(bucket, inflight(bucket)) for bucket in partitions(PROGRESS_DIRTY, count)]
+
+
+def inflight(bucket: str) -> str:
+    """The in-flight set of a dirty bucket, in its slot."""
+    return same_slot(bucket, ":inflight")
 
 
 def course_meta(course_id: str) -> str:

@@ -14,6 +14,11 @@ from typing import Any
 
 from contract.errors import BadRequest
 
+# Defaults on a Redis Cluster (see ``stream_partitions``): a few parts per master of a 3-master
+# cluster, so the parts spread over every node and a node added later gets its share.
+CLUSTER_STREAM_PARTITIONS = 8
+CLUSTER_DIRTY_BUCKETS = 16
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -24,6 +29,13 @@ class Settings:
     # REDIS_URL names any node of a Redis Cluster: every process speaks the cluster protocol
     # (store.clients), and board and user events travel on sharded Pub/Sub (SPUBLISH/SSUBSCRIBE).
     redis_cluster: bool = False
+    # Hot keys split for a cluster, each part its own hash tag (so its own slot, spread over the
+    # nodes): the score and completion streams into partitions by user (one user's actions stay in
+    # order), the dirty set of progress keys into buckets. 0: one (today's single keys) on one
+    # Redis, CLUSTER_STREAM_PARTITIONS / CLUSTER_DIRTY_BUCKETS on a cluster. Every process must
+    # count alike; change a count only with the streams drained and the dirty set flushed.
+    stream_partitions: int = 0
+    progress_dirty_buckets: int = 0
 
     # Listeners
     ingest_host: str = "127.0.0.1"
@@ -217,6 +229,18 @@ class Settings:
     def __post_init__(self) -> None:
         if self.quiz_counting not in ("best", "first"):
             raise BadRequest(f"QUIZ_COUNTING must be best or first, not {self.quiz_counting!r}")
+        if self.stream_partitions < 0 or self.progress_dirty_buckets < 0:
+            raise BadRequest("STREAM_PARTITIONS and PROGRESS_DIRTY_BUCKETS must be 0 (automatic) or more")
+
+    @property
+    def stream_partition_count(self) -> int:
+        """How many keys each of the score and completion streams is split into."""
+        return self.stream_partitions or (CLUSTER_STREAM_PARTITIONS if self.redis_cluster else 1)
+
+    @property
+    def dirty_bucket_count(self) -> int:
+        """How many keys the dirty set of progress keys is split into."""
+        return self.progress_dirty_buckets or (CLUSTER_DIRTY_BUCKETS if self.redis_cluster else 1)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -14,21 +14,26 @@ everything through the portable paths (ASGI for SSE and WebSocket, redis-py's ``
   tick written as the same pre-framed bytes to every socket. Any other path is handed to uvicorn's
   own ``websockets-sansio`` protocol. What it relies on: the constructor uvicorn's HTTP protocol
   calls on an upgrade, and ``ServerState.connections``/``default_headers``.
-- :func:`redis_round_trip`: a batch of packed commands on one pooled redis-py connection, the
-  replies read under one timeout (``send_packed_command``, ``read_response``).
+- :func:`redis_round_trip`: a batch of packed commands on one pooled redis-py connection (on a
+  Redis Cluster, one per master of their slots), the replies read under one timeout (the pool's
+  ``get_connection``/``release``, a cluster node's ``acquire_connection``/``release``, a
+  connection's ``send_packed_command``/``read_response``/``disconnect``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
 import secrets
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.requests import cookie_parser
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -40,6 +45,7 @@ from websockets.streams import StreamReader
 from contract.auth import token_from_request
 from gateway.protocol import BoardFrames, State, ws_text_frame
 from gateway.ws import Session, refusal, texts
+from store.clients import is_cluster
 
 log = logging.getLogger("scorecast.gateway.fastpath")
 access = logging.getLogger("uvicorn.error")  # where uvicorn logs a WebSocket handshake
@@ -51,6 +57,7 @@ def unavailable() -> str | None:
     """Why the fast paths cannot be used with the installed libraries, or None when they can."""
     try:
         import redis.asyncio.connection as rc
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from uvicorn.server import ServerState
@@ -89,6 +96,11 @@ def unavailable() -> str | None:
             and "nowait" in inspect.signature(rc.AbstractConnection.disconnect).parameters
             and hasattr(getattr(rc.Connection(), "retry", None), "call_with_retry")
             and all(hasattr(rc.ConnectionPool, a) for a in ("get_connection", "release")),
+        ),
+        (
+            "redis-py's cluster client maps a key to its node, a node lends connections",
+            hasattr(RedisCluster, "get_node_from_key")
+            and all(hasattr(ClusterNode, a) for a in ("acquire_connection", "release")),
         ),
     ]
     missing = [what for what, ok in needs if not ok]
@@ -425,33 +437,95 @@ class FastWebSocket(asyncio.Protocol):
 
 
 # ---------------------------------------------------------------------------------- redis-py
-async def redis_round_trip(redis: Any, payload: bytes, count: int, timeout_s: float) -> list[Any]:
-    """Send ``count`` packed commands on one pooled connection of ``redis`` and read their replies
-    under ONE timeout; an error reply is returned in its place (the replies after it are still
-    read, so the connection stays in step). A dropped connection is retried by the pool's own
-    policy (see ``store.clients``); a timeout or cancellation mid-batch discards the socket."""
-    pool = redis.connection_pool
-    conn = await pool.get_connection()
+# A node of a cluster that cannot be reached: its commands fail, the other nodes' still count.
+_NodeFailure = (RedisConnectionError, OSError)
 
-    async def exchange() -> list[Any]:
-        await conn.send_packed_command(payload)
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response(timeout=math.inf))
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+
+async def redis_round_trip(redis: Any, commands: Sequence[tuple[str, bytes]], timeout_s: float) -> list[Any]:
+    """Send packed ``commands`` (routing key, RESP bytes) and read their replies in order under
+    ONE timeout; an error reply is returned in its place (the replies after it are still read, so
+    the connection stays in step).
+
+    One Redis: one pooled connection; a dropped connection is retried by the pool's own policy
+    (see ``store.clients``). A cluster: one connection per master of the keys' slots, written
+    concurrently; a node that fails gives its commands that failure as their reply (the other
+    nodes' replies still count); a command answered MOVED/ASK (the slot map is stale) makes the
+    client reload the map, and goes once more to its new node (it was not applied). A timeout or
+    cancellation mid-batch discards the sockets involved.
+    """
+    if not is_cluster(redis):
+        return await _exchange_pooled(
+            redis.connection_pool, b"".join(data for _, data in commands), len(commands), timeout_s
+        )
+    if not redis.nodes_manager.slots_cache:
+        await redis.initialize()  # the client reads the slot map at its first command
+    replies: list[Any] = [None] * len(commands)
+    async with asyncio.timeout(timeout_s):
+        await _by_node(redis, commands, range(len(commands)), replies)
+        stale = [i for i, reply in enumerate(replies) if isinstance(reply, (AskError, *_NodeFailure))]
+        if stale:
+            with contextlib.suppress(Exception):
+                await redis.nodes_manager.initialize()
+            moved = [i for i in stale if isinstance(replies[i], AskError)]  # MovedError is an AskError
+            if moved:
+                await _by_node(redis, commands, moved, replies)
+    return replies
+
+
+async def _by_node(
+    redis: Any, commands: Sequence[tuple[str, bytes]], which: Sequence[int], replies: list[Any]
+) -> None:
+    """Send the commands at indices ``which``, one write per node, and put their replies in place."""
+    by_node: dict[Any, list[int]] = {}
+    for i in which:
+        by_node.setdefault(redis.get_node_from_key(commands[i][0]), []).append(i)
+    answers = await asyncio.gather(
+        *(_exchange_node(node, [commands[i][1] for i in indices]) for node, indices in by_node.items())
+    )
+    for indices, answer in zip(by_node.values(), answers, strict=True):
+        for i, reply in zip(indices, answer, strict=True):
+            replies[i] = reply
+
+
+async def _exchange_pooled(pool: Any, payload: bytes, count: int, timeout_s: float) -> list[Any]:
+    conn = await pool.get_connection()
 
     async def reset(error: Exception) -> None:
         await conn.disconnect()
 
     try:
         async with asyncio.timeout(timeout_s):
-            replies: list[Any] = await conn.retry.call_with_retry(exchange, reset)
+            replies: list[Any] = await conn.retry.call_with_retry(
+                lambda: _exchange(conn, payload, count), reset
+            )
             return replies
     except BaseException:
         await conn.disconnect(nowait=True)  # replies left unread: never reuse the socket
         raise
     finally:
         await pool.release(conn)
+
+
+async def _exchange_node(node: Any, parts: list[bytes]) -> list[Any]:
+    conn = node.acquire_connection()
+    try:
+        return await _exchange(conn, b"".join(parts), len(parts))
+    except _NodeFailure as exc:
+        await conn.disconnect(nowait=True)
+        return [exc] * len(parts)
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        node.release(conn)
+
+
+async def _exchange(conn: Any, payload: bytes, count: int) -> list[Any]:
+    await conn.send_packed_command(payload)
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response(timeout=math.inf))
+        except ResponseError as exc:  # an error reply: the replies after it are still read
+            replies.append(exc)
+    return replies

@@ -141,7 +141,7 @@ class ProgressWriter:
                 if result.completed
             ]
             try:
-                await emit_completions(self.store.redis, completions)
+                await emit_completions(self.store.redis, completions, partitions=self.store.stream_partitions)
             except Exception:
                 # Stored with its marker: the flusher queues it (same event id), nothing is lost.
                 log.warning(

@@ -118,17 +118,22 @@ class Achievements:
             max_unknown=settings.course_cache_max_unknown,
         )
 
-    def consumer(self, name: str) -> StreamConsumer:
-        return StreamConsumer.configured(
-            self.redis,
-            self.settings,
-            stream=keys.COMPLETION_STREAM,
-            group=keys.ACHIEVEMENT_GROUP,
-            consumer=name,
-            dead_letter=keys.COMPLETION_DEAD_LETTER,
-            handler=self.handle,
-            services=[outage.mongo_service(self.db.client)],
-        )
+    def consumers(self, name: str) -> list[StreamConsumer]:
+        """One consumer per partition of the completion stream (one on one Redis)."""
+        return [
+            StreamConsumer.configured(
+                self.redis,
+                self.settings,
+                stream=stream,
+                group=keys.ACHIEVEMENT_GROUP,
+                consumer=name,
+                dead_letter=keys.COMPLETION_DEAD_LETTER,
+                handler=self.handle,
+                services=[outage.mongo_service(self.db.client)],
+                family=keys.COMPLETION_STREAM,
+            )
+            for stream in keys.partitions(keys.COMPLETION_STREAM, self.settings.stream_partition_count)
+        ]
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:
         poison: set[str] = set()
@@ -194,4 +199,5 @@ class Achievements:
             # wall-clock time from the first counted second to the completion.
             action.covered_s = self.settings.complete_threshold * meta.durations.get(event.lecture_id, 0.0)
             action.watch_ms = max(0, event.ts_ms - event.first_watch_ms)
-        await self.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(action)})
+        stream = keys.score_stream(action.user_id, self.settings.stream_partition_count)
+        await self.redis.xadd(stream, {"d": json_encoder.encode(action)})

@@ -19,6 +19,10 @@ deletes such a consumer from the group once it has nothing pending. A consumer t
 announced itself (an older release) is still only reclaimed after ``claim_idle_ms``. A consumer
 starting under the name of a dead one takes over that name's pending entries first.
 
+Partitions: a stream split into partitions (``keys.partitions``, on a Redis Cluster) has one
+consumer per partition in each process, each with its own reads, heartbeats and rescues in its
+partition's slot; their metrics carry the name of the whole stream (``family``).
+
 Outages: a round that failed because Redis (or another probed service) is unreachable does not
 back off; the loop probes every ``probe_interval_s`` and resumes the moment all answer.
 """
@@ -89,9 +93,12 @@ class StreamConsumer:
         heartbeat_ttl_ms: int = 3000,
         probe_interval_s: float = 0.2,
         services: Sequence[outage.Service] = (),
+        family: str = "",
     ) -> None:
         self.redis = redis
         self.stream = stream
+        # The stream ``stream`` is a partition of (keys.partitions), its name in the metrics.
+        self.family = family or stream
         self.group = group
         self.consumer = consumer
         self.dead_letter = dead_letter
@@ -131,6 +138,7 @@ class StreamConsumer:
         dead_letter: str,
         handler: Handler,
         services: Sequence[outage.Service] = (),
+        family: str = "",
     ) -> StreamConsumer:
         """A consumer of ``stream`` tuned by ``settings`` (batching, claiming, dead letters,
         trimming, heartbeats, outage probing), as every Scorecast stream is consumed."""
@@ -152,6 +160,7 @@ class StreamConsumer:
             heartbeat_ttl_ms=s.consumer_heartbeat_ttl_ms,
             probe_interval_s=s.outage_probe_interval_s,
             services=services,
+            family=family,
         )
 
     async def ensure_group(self) -> None:
@@ -181,13 +190,13 @@ class StreamConsumer:
         except BaseException as exc:
             self._retry = entries
             if self.metrics and isinstance(exc, Exception):
-                self.metrics.batch_failures.labels(self.stream).inc()
+                self.metrics.batch_failures.labels(self.family).inc()
             raise
         if poison:
             await self._dead_letter([e for e in entries if e[0] in poison], "rejected by the handler")
         await self.redis.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
         if self.metrics:
-            self.metrics.handled(self.stream, [entry_id for entry_id, _ in entries if entry_id not in poison])
+            self.metrics.handled(self.family, [entry_id for entry_id, _ in entries if entry_id not in poison])
         return len(entries)
 
     async def _claim(self) -> list[Entry]:
@@ -221,7 +230,7 @@ class StreamConsumer:
             self._own_leftovers = more
             if entries:
                 if self.metrics:
-                    self.metrics.rescued.labels(self.stream).inc(len(entries))
+                    self.metrics.rescued.labels(self.family).inc(len(entries))
                 return entries
         loop = asyncio.get_running_loop()
         if loop.time() < self._rescue_at:
@@ -237,7 +246,7 @@ class StreamConsumer:
             if entries:
                 log.warning("%s: took over %d entries of dead consumer %s", self.stream, len(entries), name)
                 if self.metrics:
-                    self.metrics.rescued.labels(self.stream).inc(len(entries))
+                    self.metrics.rescued.labels(self.family).inc(len(entries))
                 return entries
             if not more and await self._forget(keys=[self.stream, self.deadlines], args=[self.group, name]):
                 log.info("%s: removed dead consumer %s from group %s", self.stream, name, self.group)
@@ -268,7 +277,7 @@ class StreamConsumer:
         await pipe.execute()
         log.warning("dead-lettered %d entries of %s: %s", len(entries), self.stream, reason)
         if self.metrics:
-            self.metrics.dead_lettered.labels(self.stream).inc(len(entries))
+            self.metrics.dead_lettered.labels(self.family).inc(len(entries))
 
     async def trim_when_due(self) -> int:
         """Trim the stream's finished entries when ``trim_interval_s`` has passed since the last

@@ -2,13 +2,14 @@
 
 Every ``flush_interval_s``: keys are taken from the dirty set in batches of ``flush_batch_size``,
 each batch moved atomically into the in-flight set (one script: SPOP + SADD, both sets in one
-slot), read with one pipelined HGETALL and written with ONE unordered ``bulk_write``. Then each
-key whose hash is still at the revision ``rev`` that was read gets its TTL back and leaves the
-in-flight set; a key that changed meanwhile goes back to the dirty set (a ping also SADDs it
-there itself). A key is thus always in the dirty set, in the in-flight set, or written: what a
-flusher that died mid-cycle left in flight is flushed again (idempotent writes) by the next cycle
-and first thing at start. A failed write puts its batch back into the dirty set; a dirty hash
-never expires.
+slot; on a Redis Cluster the dirty set is split into buckets spread over the slots, each with its
+own in-flight set, and a cycle drains every bucket in turn), read with one pipelined HGETALL and
+written with ONE unordered ``bulk_write``. Then each key whose hash is still at the revision
+``rev`` that was read gets its TTL back and leaves the in-flight set; a key that changed meanwhile
+goes back to the dirty set (a ping also SADDs it there itself). A key is thus always in the dirty
+set, in the in-flight set, or written: what a flusher that died mid-cycle left in flight is
+flushed again (idempotent writes) by the next cycle and first thing at start. A failed write puts
+its batch back into the dirty set; a dirty hash never expires.
 
 Outages: a failed cycle is retried no later than one interval on, and at once when Redis and
 MongoDB answer their probes again (``store.outage``).
@@ -120,6 +121,8 @@ class Flusher:
         self.writes = 0  # MongoDB write operations issued, for the benchmark
         # Set by a batch whose write stalled: the next cycle runs at once.
         self.catch_up = False
+        # The dirty set's buckets with their in-flight sets (one pair on one Redis), drained in turn.
+        self.buckets = keys.dirty_buckets(settings.dirty_bucket_count)
         self._take = redis.register_script(_TAKE)
         self._give_back = redis.register_script(_GIVE_BACK)
         # Probed after a failed cycle, to retry as soon as both answer again.
@@ -133,33 +136,43 @@ class Flusher:
         Raises what Redis or MongoDB raise; the keys of a failed batch stay dirty or in flight.
         """
         done = await self.recover()
+        for dirty, inflight in self.buckets:
+            done += await self._drain(dirty, inflight)
+        return done
+
+    async def _drain(self, dirty: str, inflight: str) -> int:
         # Keys dirty now, not those dirtied meanwhile: a steady stream of pings cannot make one
         # cycle endless (they are the next cycle's).
-        budget = await self.redis.scard(keys.PROGRESS_DIRTY)
+        budget = await self.redis.scard(dirty)
+        done = 0
         while budget > 0:
             size = min(self.settings.flush_batch_size, budget)
-            taken = await self._take(keys=[keys.PROGRESS_DIRTY, keys.PROGRESS_INFLIGHT], args=[size])
+            taken = await self._take(keys=[dirty, inflight], args=[size])
             if not taken:
                 break
             budget -= len(taken)
-            done += await self._flush(sorted(taken))
+            done += await self._flush(sorted(taken), dirty, inflight)
         return done
 
     async def recover(self) -> int:
-        """Flush again what the in-flight set still holds: a flusher died (or a cycle failed)
+        """Flush again what the in-flight sets still hold: a flusher died (or a cycle failed)
         between taking keys and finishing them. Returns how many keys were finished."""
-        cursor, done = 0, 0
-        while True:
-            cursor, members = await self.redis.sscan(
-                keys.PROGRESS_INFLIGHT, cursor, count=self.settings.flush_batch_size
-            )
-            if members:
-                done += await self._flush(sorted(set(members)))
-            if cursor == 0:
-                return done
+        done = 0
+        for dirty, inflight in self.buckets:
+            cursor = 0
+            while True:
+                cursor, members = await self.redis.sscan(
+                    inflight, cursor, count=self.settings.flush_batch_size
+                )
+                if members:
+                    done += await self._flush(sorted(set(members)), dirty, inflight)
+                if cursor == 0:
+                    break
+        return done
 
-    async def _flush(self, batch: list[str]) -> int:
-        """Write ``batch`` (keys in the in-flight set) to MongoDB and finish each key."""
+    async def _flush(self, batch: list[str], dirty: str, inflight: str) -> int:
+        """Write ``batch`` (keys in the in-flight set ``inflight`` of the bucket ``dirty``) to
+        MongoDB and finish each key."""
         pipe = self.redis.pipeline(transaction=False)
         for key in batch:
             pipe.hgetall(key)
@@ -176,7 +189,7 @@ class Flusher:
             except Exception:
                 # Back to the dirty set at once; if Redis is down too, the in-flight set keeps them.
                 with contextlib.suppress(Exception):
-                    await self._give_back(keys=[keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], args=batch)
+                    await self._give_back(keys=[inflight, dirty], args=batch)
                 raise
             self.catch_up |= time.monotonic() - started > STALLED_WRITE_S
         pipe = self.redis.pipeline(transaction=False)
@@ -187,9 +200,9 @@ class Flusher:
         changed = [key for key, same in zip(batch, still, strict=True) if not same]
         pipe = self.redis.pipeline(transaction=False)
         if finished:
-            pipe.srem(keys.PROGRESS_INFLIGHT, *finished)
+            pipe.srem(inflight, *finished)
         if changed:  # a ping landed after the read: dirty again, for the next cycle
-            await queue_script(pipe, self._give_back, [keys.PROGRESS_INFLIGHT, keys.PROGRESS_DIRTY], changed)
+            await queue_script(pipe, self._give_back, [inflight, dirty], changed)
         await pipe.execute()
         return len(finished)
 
@@ -202,7 +215,7 @@ class Flusher:
                 events += pending_completions(key, live, meta)
         if events:
             log.warning("queueing %d completions their writers left behind", len(events))
-            await emit_completions(self.redis, events)
+            await emit_completions(self.redis, events, partitions=self.settings.stream_partition_count)
 
     async def write(self, ops: list[UpdateOne]) -> None:
         """ONE unordered bulk write. Any error raises, so every key of the batch stays dirty (each
@@ -274,7 +287,7 @@ async def main(settings: Settings) -> None:
     log.info(
         "flusher running: every %.1f s, batches of %d", settings.flush_interval_s, settings.flush_batch_size
     )
-    flusher.metrics = FlusherMetrics(redis)
+    flusher.metrics = FlusherMetrics(redis, buckets=flusher.buckets)
     ops = await serve_ops(
         host=settings.metrics_host, port=settings.flusher_metrics_port, registry=flusher.metrics.registry,
         refresh=flusher.metrics.refresh, refresh_failures=flusher.metrics.refresh_failures,

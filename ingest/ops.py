@@ -51,12 +51,14 @@ def entry_age_s(entry_id: str, now_s: float) -> float:
 
 
 class ConsumerMetrics:
-    """Metrics of the stream consumers of one worker process, by stream (``groups``: each
-    stream's consumer group)."""
+    """Metrics of the stream consumers of one worker process, by stream. ``streams`` maps each
+    stream key consumed to (the stream it is a partition of, its consumer group): the partitions
+    of a stream (``keys.partitions``) are summed under the stream's name."""
 
-    def __init__(self, redis: Any, groups: Mapping[str, str]) -> None:
+    def __init__(self, redis: Any, streams: Mapping[str, tuple[str, str]]) -> None:
         self.redis = redis
-        self.groups = dict(groups)
+        self.streams = dict(streams)
+        self.groups = {family: group for family, group in self.streams.values()}
         self.registry = CollectorRegistry()
         r = self.registry
         self.processed = Counter(
@@ -125,10 +127,13 @@ class ConsumerMetrics:
             latency.observe(entry_age_s(entry_id, now))
 
     async def refresh(self) -> None:
-        """Read every stream's backlog and its group's lag and pending count from Redis."""
-        for stream, group in self.groups.items():
+        """Read every stream's backlog and its group's lag and pending count from Redis (summed
+        over its partitions)."""
+        totals = {family: [0, 0, 0] for family in self.groups}  # backlog, lag, pending
+        for stream, (family, group) in self.streams.items():
             found = await backlog(self.redis, stream)
-            self.backlog.labels(stream).set(found)
+            total = totals[family]
+            total[0] += found
             infos = await self.redis.xinfo_groups(stream) if await self.redis.exists(stream) else []
             for g in infos:
                 if _text(g.get("name")) != group:
@@ -136,15 +141,21 @@ class ConsumerMetrics:
                 # lag is nil where Redis cannot tell it (entries deleted past the group): the
                 # backlog bounds it then.
                 lag = g.get("lag")
-                self.lag.labels(stream, group).set(int(lag) if lag is not None else found)
-                self.pending.labels(stream, group).set(int(g.get("pending") or 0))
+                total[1] += int(lag) if lag is not None else found
+                total[2] += int(g.get("pending") or 0)
+        for family, (found, lag, pending) in totals.items():
+            group = self.groups[family]
+            self.backlog.labels(family).set(found)
+            self.lag.labels(family, group).set(lag)
+            self.pending.labels(family, group).set(pending)
 
 
 class FlusherMetrics:
     """Metrics of one flusher process."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, *, buckets: Sequence[tuple[str, str]] = keys.dirty_buckets(1)) -> None:
         self.redis = redis
+        self.buckets = buckets  # (dirty, in flight) key pairs: the gauges sum them
         self.registry = CollectorRegistry()
         r = self.registry
         self.duration = Histogram(
@@ -173,11 +184,12 @@ class FlusherMetrics:
 
     async def refresh(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.scard(keys.PROGRESS_DIRTY)
-        pipe.scard(keys.PROGRESS_INFLIGHT)
-        dirty, inflight = await pipe.execute()
-        self.dirty.labels("dirty").set(dirty)
-        self.dirty.labels("inflight").set(inflight)
+        for dirty, inflight in self.buckets:
+            pipe.scard(dirty)
+            pipe.scard(inflight)
+        sizes = await pipe.execute()
+        self.dirty.labels("dirty").set(sum(sizes[0::2]))
+        self.dirty.labels("inflight").set(sum(sizes[1::2]))
 
 
 def _refresh_failures(registry: CollectorRegistry) -> Counter:

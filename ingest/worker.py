@@ -72,17 +72,22 @@ class ScoreWorker:
         self.boards = BoardStore(redis, guard_ttl_s=settings.action_guard_ttl_s)
         self.anomaly = AnomalyDetector(redis=redis, db=db, settings=settings)
 
-    def consumer(self, name: str) -> StreamConsumer:
-        return StreamConsumer.configured(
-            self.redis,
-            self.settings,
-            stream=keys.SCORE_STREAM,
-            group=keys.WORKER_GROUP,
-            consumer=name,
-            dead_letter=keys.SCORE_DEAD_LETTER,
-            handler=self.handle,
-            services=[outage.mongo_service(self.db.client)],
-        )
+    def consumers(self, name: str) -> list[StreamConsumer]:
+        """One consumer per partition of the score stream (one on one Redis)."""
+        return [
+            StreamConsumer.configured(
+                self.redis,
+                self.settings,
+                stream=stream,
+                group=keys.WORKER_GROUP,
+                consumer=name,
+                dead_letter=keys.SCORE_DEAD_LETTER,
+                handler=self.handle,
+                services=[outage.mongo_service(self.db.client)],
+                family=keys.SCORE_STREAM,
+            )
+            for stream in keys.partitions(keys.SCORE_STREAM, self.settings.stream_partition_count)
+        ]
 
     def rebuild_consumer(self, name: str) -> StreamConsumer:
         """The consumer of the gateways' rebuild requests (``keys.REBUILD_STREAM``)."""
@@ -297,12 +302,12 @@ async def main(settings: Settings) -> None:
         await store.ensure_indexes(db)
         worker = ScoreWorker(redis=redis, db=db, settings=settings)
         consumers = [
-            worker.consumer(name),
+            *worker.consumers(name),
             worker.rebuild_consumer(name),
-            Achievements(redis=redis, db=db, settings=settings).consumer(name),
+            *Achievements(redis=redis, db=db, settings=settings).consumers(name),
         ]
         log.info("worker %s consuming %s", name, ", ".join(c.stream for c in consumers))
-        metrics = ConsumerMetrics(redis, {c.stream: c.group for c in consumers})
+        metrics = ConsumerMetrics(redis, {c.stream: (c.family, c.group) for c in consumers})
         for c in consumers:
             c.metrics = metrics
         ops = await serve_ops(

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -53,7 +53,7 @@ from redis.exceptions import NoScriptError
 from contract import keys
 from contract.messages import CompletionEvent, json_encoder
 from contract.progress import MAX_INTERVALS, PROGRESS, Ping, PingResult, hydration_pairs, progress_id
-from store.clients import publish_command, queue_script
+from store.clients import is_cluster, publish_command, queue_script
 
 # Lua shared by the ping and the explicit completion.
 _LIB = f"""
@@ -221,8 +221,11 @@ return {{moved, completed, 0, implausible, completed == 1 and tonumber(first or 
 
 # A batch of pings waits at most this long for Redis, send and replies together.
 BATCH_TIMEOUT_S = 5.0
-# (redis client, packed commands, how many, timeout s) -> their replies, an error in its place.
-RoundTrip = Callable[[Any, bytes, int, float], Awaitable[list[Any]]]
+# (redis client, [(routing key, packed command)], timeout s) -> their replies in order, an error
+# (or, on a cluster, the failure of that command's node) in its place.
+RoundTrip = Callable[[Any, Sequence[tuple[str, bytes]], float], Awaitable[list[Any]]]
+# A command of a ping batch: the key whose slot decides its node on a cluster, and its arguments.
+Command = tuple[str, tuple[bytes, ...]]
 
 # KEYS: progress hash. ARGV: lecture, now ms, predecessor or '', '1' when the lecture is completable
 # without video, seconds to cover, rate, slack s, who (JSON), ttl s, hydration pairs or ''.
@@ -284,9 +287,13 @@ class ProgressStore:
         max_playback_rate: float = 2.0,
         coverage_slack_s: float = 2.0,
         coverage_max_gap_s: float = 30.0,
+        dirty_buckets: int = 1,
+        stream_partitions: int = 1,
         round_trip: RoundTrip | None = None,
     ) -> None:
         self.redis = redis
+        self.dirty_buckets = dirty_buckets  # keys.dirty_bucket
+        self.stream_partitions = stream_partitions  # of the completion stream (emit_completions)
         # Pipelines of pings through gateway.fastpath.redis_round_trip (the gateway passes it when
         # redis-py has the shape it was checked against); None: redis-py's own Pipeline.
         self._fast_round_trip = round_trip
@@ -318,6 +325,8 @@ class ProgressStore:
             max_playback_rate=settings.max_playback_rate,
             coverage_slack_s=settings.coverage_slack_s,
             coverage_max_gap_s=settings.coverage_max_gap_s,
+            dirty_buckets=settings.dirty_bucket_count,
+            stream_partitions=settings.stream_partition_count,
         )
 
     async def save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
@@ -354,8 +363,8 @@ class ProgressStore:
             self._ping_sha = await self.redis.script_load(_PING)
         sha = self._ping_sha.encode()
         threshold, tail = self.threshold, self._tail
-        commands: list[tuple[bytes, ...]] = []
-        dirty: set[str] = set()
+        commands: list[Command] = []
+        dirty: dict[str, set[str]] = {}
         for p in pings:
             duration = "" if p.duration is None else repr(p.duration)
             fields = (
@@ -363,43 +372,53 @@ class ProgressStore:
                 f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}\x1f{p.prev}{tail}"
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
-            dirty.add(key)
+            dirty.setdefault(keys.dirty_bucket(key, self.dirty_buckets), set()).add(key)
             commands.append(
                 (
-                    b"EVALSHA",
-                    sha,
-                    b"3",
-                    key.encode(),
-                    keys.presence(p.user_id).encode(),
-                    keys.device(p.user_id, p.device or p.origin).encode(),
-                    fields,
-                    p.who.encode(),
-                    hydration.get(key, "").encode(),
+                    key,
+                    (
+                        b"EVALSHA",
+                        sha,
+                        b"3",
+                        key.encode(),
+                        keys.presence(p.user_id).encode(),
+                        keys.device(p.user_id, p.device or p.origin).encode(),
+                        fields,
+                        p.who.encode(),
+                        hydration.get(key, "").encode(),
+                    ),
                 )
             )
-        # One SADD for the batch, after the Lua steps (the dirty set lives in another slot).
-        commands.append((b"SADD", keys.PROGRESS_DIRTY.encode(), *(k.encode() for k in dirty)))
+        # One SADD per dirty bucket after the Lua steps (the buckets live in slots of their own).
+        commands += [
+            (bucket, (b"SADD", bucket.encode(), *(k.encode() for k in members)))
+            for bucket, members in dirty.items()
+        ]
         replies = await self._round_trip(commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return replies[:-1]
+        return replies[: len(pings)]
 
-    async def _round_trip(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
-        """Send ``commands`` in one pipeline and read their replies under ONE timeout; an error
-        reply is returned in its place (the replies after it are still read)."""
+    async def _round_trip(self, commands: list[Command]) -> list[Any]:
+        """Send ``commands`` in one pipeline (on a cluster: one per node, written concurrently) and
+        read their replies under ONE timeout; an error reply is returned in its place (the replies
+        after it are still read)."""
         self.round_trips += 1
         if self._fast_round_trip is not None:
-            # Packed in one go, on a pooled connection (gateway.fastpath): redis-py's Pipeline packs
+            # Packed in one go, on pooled connections (gateway.fastpath): redis-py's Pipeline packs
             # each argument in Python and reads each reply under its own asyncio timeout, tens of
             # microseconds per ping on the hottest path of the gateway.
-            payload = b"".join(_pack_bytes(command) for command in commands)
-            fast = self._fast_round_trip
-            replies: list[Any] = await fast(self.redis, payload, len(commands), BATCH_TIMEOUT_S)
+            packed = [(key, _pack_bytes(args)) for key, args in commands]
+            replies: list[Any] = await self._fast_round_trip(self.redis, packed, BATCH_TIMEOUT_S)
             return replies
         pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
+        cluster = is_cluster(self.redis)
+        for _, (name, *args) in commands:
+            if cluster and name == b"EVALSHA":
+                # redis-py refuses EVALSHA in a cluster pipeline (see store.clients.queue_script).
+                name, args = b"EVAL", [_PING.encode(), *args[1:]]
+            pipe.execute_command(name.decode(), *args)  # redis-py routes by the name as a str
         async with asyncio.timeout(BATCH_TIMEOUT_S):
             return list(await pipe.execute(raise_on_error=False))
 
@@ -429,7 +448,7 @@ class ProgressStore:
     async def _complete_step(self, key: str, args: list[Any]) -> list[int]:
         pipe = self.redis.pipeline(transaction=False)
         await queue_script(pipe, self._complete, [key], args)
-        pipe.sadd(keys.PROGRESS_DIRTY, key)
+        pipe.sadd(keys.dirty_bucket(key, self.dirty_buckets), key)
         reply, _ = await pipe.execute()
         found: list[int] = reply
         return found
@@ -459,20 +478,16 @@ def _pack_bytes(args: tuple[bytes, ...]) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(_bulk(arg) for arg in args)
 
 
-def _pack(*args: str) -> bytes:
-    """One command in the Redis protocol (RESP)."""
-    return b"*%d\r\n" % len(args) + b"".join(_bulk(arg.encode()) for arg in args)
-
-
-async def emit_completions(redis: Any, events: list[CompletionEvent]) -> None:
-    """Queue completions for the achievement consumer, then clear their ``p:`` markers: two
-    pipelined round trips, the second only after Redis took every event. Raises what Redis
-    raises; a marker left behind makes the flusher send the event again (same id: harmless)."""
+async def emit_completions(redis: Any, events: list[CompletionEvent], *, partitions: int) -> None:
+    """Queue completions for the achievement consumer (each on its user's partition of the
+    completion stream, ``partitions`` of them), then clear their ``p:`` markers: two pipelined
+    round trips, the second only after Redis took every event. Raises what Redis raises; a marker
+    left behind makes the flusher send the event again (same id: harmless)."""
     if not events:
         return
     pipe = redis.pipeline(transaction=False)
     for event in events:
-        pipe.xadd(keys.COMPLETION_STREAM, {"d": json_encoder.encode(event)})
+        pipe.xadd(keys.completion_stream(event.user_id, partitions), {"d": json_encoder.encode(event)})
     await pipe.execute()
     pipe = redis.pipeline(transaction=False)
     for event in events:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # KEYS: stream. Returns the entries its slowest group has not finished: the group's lag (entries
@@ -108,6 +109,12 @@ class BacklogGauge:
             pending.add_done_callback(lambda _: self._inflight.pop(stream, None))
         # shield: one caller's cancellation must not cancel the read the others wait for
         return await asyncio.shield(pending)
+
+    async def total(self, streams: Sequence[str]) -> int:
+        """The backlogs of ``streams`` (the partitions of one stream) summed, read concurrently."""
+        if len(streams) == 1:
+            return await self.of(streams[0])
+        return sum(await asyncio.gather(*(self.of(stream) for stream in streams)))
 
     async def _measure(self, stream: str) -> int:
         started = time.monotonic()

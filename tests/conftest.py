@@ -45,9 +45,14 @@ def mongo_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServe
 
 
 @pytest.fixture
-def settings(redis_srv: ManagedServer, mongo_srv: ManagedServer) -> Settings:
-    """Settings for one test: its own MongoDB database; Redis is flushed by ``redis``."""
-    return Settings(
+def settings(request: pytest.FixtureRequest, redis_srv: ManagedServer, mongo_srv: ManagedServer) -> Settings:
+    """Settings for one test: its own MongoDB database; Redis is flushed by ``redis``.
+
+    On one Redis, or on the 3-master cluster for the ``cluster`` case of a test marked
+    ``tests.helpers.both_redis`` (everything built from ``settings`` follows: ``redis``, ``stack``,
+    ``ingest``).
+    """
+    found = Settings(
         redis_url=redis_srv.url,
         mongo_url=mongo_srv.url,
         mongo_db=f"t{uuid.uuid4().hex[:12]}",
@@ -58,12 +63,29 @@ def settings(redis_srv: ManagedServer, mongo_srv: ManagedServer) -> Settings:
         stream_block_ms=200,
         static_dir=str(Path(__file__).resolve().parent.parent / "static"),
     )
+    if getattr(request, "param", "single") == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster_srv")
+        return found.replace(redis_url=cluster.url, redis_cluster=True)
+    return found
 
 
 @pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+async def redis(settings: Settings) -> AsyncIterator[Any]:
+    """A client of the test's Redis (a cluster client on the cluster), flushed (every master)."""
+    if settings.redis_cluster:
+        async for client in _cluster_client(settings):
+            yield client
+        return
     client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     await client.flushall()
+    yield client
+    await client.aclose()
+
+
+async def _cluster_client(settings: Settings) -> AsyncIterator[aioredis.RedisCluster]:
+    client = aioredis.RedisCluster.from_url(settings.redis_url, decode_responses=True)
+    await client.initialize()
+    await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
     yield client
     await client.aclose()
 
@@ -77,11 +99,8 @@ def cluster_settings(settings: Settings, redis_cluster_srv: RedisCluster) -> Set
 @pytest.fixture
 async def cluster_redis(cluster_settings: Settings) -> AsyncIterator[aioredis.RedisCluster]:
     """A cluster client of the test's cluster, every master flushed before the test."""
-    client = aioredis.RedisCluster.from_url(cluster_settings.redis_url, decode_responses=True)
-    await client.initialize()
-    await client.flushall(target_nodes=aioredis.RedisCluster.PRIMARIES)
-    yield client
-    await client.aclose()
+    async for client in _cluster_client(cluster_settings):
+        yield client
 
 
 @pytest.fixture

@@ -8,9 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 
 from contract.auth import TokenIssuer
+
+# A real-server test that must hold on a Redis Cluster too: it runs twice, on one Redis and on the
+# 3-master cluster (``settings`` and all built from it, see tests/conftest.py).
+both_redis = pytest.mark.parametrize("settings", ["single", "cluster"], indirect=True)
 
 
 @contextlib.asynccontextmanager

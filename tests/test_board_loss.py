@@ -16,11 +16,12 @@ from devstack.processes import Stack
 from ingest.rebuild import rebuild_board
 from store.boards import APPLIED, MISSING, BoardStore
 from tests.eventually import eventually
-from tests.helpers import login, scorer_token
+from tests.helpers import both_redis, login, scorer_token
 from tests.sse_client import SseReader, sse
 from tests.test_worker import board, post
 
 
+@both_redis
 async def test_an_empty_board_exists_and_a_lost_ranking_does_not(redis: Any, mongo: Any) -> None:
     boards = BoardStore(redis)
     k = keys.board_keys("course:none")
@@ -116,6 +117,7 @@ class FlushedWhileStaging(BoardStore):
         await self.redis.delete(*staging)
 
 
+@both_redis
 async def test_a_rebuild_whose_staged_rows_were_lost_commits_nothing(redis: Any) -> None:
     """It committed an empty board and set the guards of the actions it counted, so those
     actions' points were lost for good (found by the audit log of a flaky worker test)."""

@@ -12,11 +12,19 @@ from redis.cluster import key_slot
 
 from contract import keys
 from contract.auth import TokenIssuer
+from contract.messages import CompletionEvent, ScoreAction
+from contract.progress import Ping
 from contract.settings import Settings
 from devstack.cluster import RedisCluster
 from devstack.processes import Stack
+from ingest.anomaly import AnomalyDetector
+from ingest.consumer import Entry, StreamConsumer
+from ingest.flusher import Flusher
 from store import outage
+from store.boards import ALREADY_APPLIED, APPLIED, BoardStore, Profile
 from store.clients import is_cluster, publish_command, redis_client
+from store.progress import CompleteStatus, ProgressStore, emit_completions
+from store.streams import backlog, trim_done
 from tests.eventually import eventually
 from tests.helpers import login, score, scorer_token
 
@@ -111,3 +119,74 @@ async def next_message(pubsub: Any, timeout_s: float = 20.0) -> dict[str, Any]:
             if message is not None:
                 found: dict[str, Any] = message
                 return found
+
+
+async def test_every_script_and_pipeline_stays_in_one_slot_on_the_cluster(
+    cluster_settings: Settings, cluster_redis: aioredis.RedisCluster, mongo: Any
+) -> None:
+    """redis-py refuses a command or script whose keys span slots, and the server a script that
+    touches a key it was not given: each Redis step of the stores, the flusher, the consumers and
+    the anomaly rules runs here on the cluster, over boards and users on every master."""
+    settings = cluster_settings
+    redis = redis_client(settings.redis_url, cluster=True)
+    try:
+        boards = BoardStore(redis)
+        names = ["global", "region:EU", "course:c1", "weekly:2026-W10", "monthly:2026-03"]
+        assert len({cluster_redis.get_node_from_key(keys.board_keys(n).zset).port for n in names}) > 1
+        for name in names:
+            assert await boards.stage_and_commit(
+                name, [("ada", 5, 1)], version=1, force=True, counted=[("a0", 5)]
+            )
+        applied = await boards.apply_many([(name, "e1", "bob", 3) for name in names])
+        assert [(r.status, r.total) for r in applied] == [(APPLIED, 3)] * len(names)
+        again = await boards.apply_many([(name, "e1", "bob", 3) for name in names])
+        assert [r.status for r in again] == [ALREADY_APPLIED] * len(names)
+        for name in names:
+            top = await boards.top(name, 10)
+            assert [(r.user_id, r.score) for r in top.rows] == [("ada", 5), ("bob", 3)]
+            assert (await boards.around(name, "bob", above=1, below=1)).self_row is not None
+            assert await boards.exists(name) and await boards.version(name) > 1
+        standings = await boards.standings({name: ["ada", "bob"] for name in names})
+        assert len(standings) == len(names)
+        profiles = {f"u{i}": Profile(name=f"U{i}", avatar_url=None, region="EU") for i in range(20)}
+        await boards.cache_profiles(profiles, ttl_s=60)
+        assert await boards.profiles(list(profiles)) == profiles
+
+        users = [f"u{i}" for i in range(20)]
+        progress = ProgressStore.of(redis, settings, db=mongo)
+        await progress.save([Ping(u, "c1", "l1", 10.0, 1, 100.0) for u in users], 1000)
+        done = await progress.complete("u0", "c1", "l2", 2000, completable=True)
+        assert done.status == CompleteStatus.NEW
+        await emit_completions(
+            redis,
+            [
+                CompletionEvent(event_id=f"x{u}", user_id=u, course_id="c1", lecture_id="l1", ts_ms=1)
+                for u in users
+            ],
+            partitions=settings.stream_partition_count,
+        )
+        assert await Flusher(redis=redis, db=mongo, settings=settings).flush_once() == len(users)
+
+        handled: list[str] = []
+
+        async def handler(entries: list[Entry]) -> set[str]:
+            handled.extend(entry_id for entry_id, _ in entries)
+            return set()
+
+        for stream in keys.partitions(keys.COMPLETION_STREAM, settings.stream_partition_count):
+            consumer = StreamConsumer.configured(
+                redis, settings, stream=stream, group="g", consumer="c", dead_letter="dead", handler=handler
+            )
+            await consumer.ensure_group()
+            await redis.zadd(keys.consumer_deadlines(stream, "g"), {"gone": 1})  # a dead consumer: forgotten
+            while await consumer.step():
+                pass
+            await trim_done(redis, stream)
+            assert await backlog(redis, stream) == 0
+        # the events emitted, and u0's explicit completion that the flusher found unqueued (p:)
+        assert len(handled) == len(users) + 1
+
+        actions = [ScoreAction(action_id=f"a{u}", user_id=u, name=u, increment=5, ts_ms=1) for u in users]
+        await AnomalyDetector(redis=redis, db=mongo, settings=settings).observe(actions)
+    finally:
+        await redis.aclose()

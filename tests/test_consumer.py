@@ -8,6 +8,7 @@ from typing import Any
 from contract import keys
 from ingest.consumer import Entry, StreamConsumer
 from tests.eventually import eventually
+from tests.helpers import both_redis
 
 STREAM, GROUP, DEAD = "stream:test", "g", "stream:test:dead"
 
@@ -48,6 +49,7 @@ async def test_claimed_poison_is_dead_lettered_among_many_other_pending_entries(
     assert {p["message_id"] for p in pending} == set(busy)
 
 
+@both_redis
 async def test_a_dead_consumers_entries_are_taken_over_at_once_and_it_leaves_the_group(redis: Any) -> None:
     handled: list[str] = []
     survivor = consumer_of(redis, handled, claim_idle_ms=600_000)

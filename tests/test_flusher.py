@@ -24,7 +24,7 @@ from ingest.flusher import Flusher, operations
 from ingest.store import PROGRESS
 from store.progress import ProgressStore
 from tests.eventually import eventually
-from tests.helpers import bearer
+from tests.helpers import bearer, both_redis
 from tests.test_progress import COURSE, progress
 
 COURSE_META = CourseMeta(
@@ -37,7 +37,19 @@ COURSE_META = CourseMeta(
 
 
 def store_of(redis: Any, settings: Settings) -> ProgressStore:
-    return ProgressStore(redis, complete_threshold=0.95, ttl_s=settings.progress_ttl_s)
+    return ProgressStore.of(redis, settings)
+
+
+async def dirty_count(redis: Any, settings: Settings) -> int:
+    """Keys in the dirty set, over all its buckets (one on one Redis, several on a cluster)."""
+    return sum([await redis.scard(bucket) for bucket, _ in keys.dirty_buckets(settings.dirty_bucket_count)])
+
+
+async def dirty_keys(redis: Any, settings: Settings) -> set[str]:
+    found: set[str] = set()
+    for bucket, _ in keys.dirty_buckets(settings.dirty_bucket_count):
+        found |= await redis.smembers(bucket)
+    return found
 
 
 def pings(n_users: int, seq: int, lecture: str = "l1") -> list[Ping]:
@@ -52,6 +64,7 @@ async def assert_flushed(db: Any, n_users: int, seq: int) -> None:
         assert ResumePoint.of_document(doc) == ResumePoint(seq, "l1", float(seq * 10 + i))
 
 
+@both_redis
 async def test_mongodb_down_during_a_flush_then_back_loses_nothing(
     redis: Any, settings: Settings, tmp_path: Path
 ) -> None:
@@ -64,12 +77,12 @@ async def test_mongodb_down_during_a_flush_then_back_loses_nothing(
         mongo.stop()
         with pytest.raises(Exception):  # noqa: B017 - any pymongo error: the server is gone
             await flusher.flush_once()
-        assert await redis.scard(keys.PROGRESS_DIRTY) == 30
+        assert await dirty_count(redis, settings) == 30
         await store.save(pings(30, 2), now_ms=2)  # the gateway keeps accepting pings meanwhile
         mongo.start()
         assert await flusher.flush_once() == 30
         await assert_flushed(client.scorecast, 30, 2)
-        assert await redis.scard(keys.PROGRESS_DIRTY) == 0
+        assert await dirty_count(redis, settings) == 0
     finally:
         await client.close()
         mongo.stop()
@@ -89,13 +102,14 @@ class PingDuringWrite(Flusher):
         await super().write(ops)
 
 
+@both_redis
 async def test_a_ping_that_lands_during_a_flush_stays_dirty(
     redis: Any, mongo: Any, settings: Settings
 ) -> None:
     store = store_of(redis, settings)
     await store.save(pings(3, 1), now_ms=1)
     assert await PingDuringWrite(store, redis=redis, db=mongo, settings=settings).flush_once() == 2
-    assert await redis.smembers(keys.PROGRESS_DIRTY) == {keys.progress("u0", "c1")}
+    assert await dirty_keys(redis, settings) == {keys.progress("u0", "c1")}
     assert await redis.ttl(keys.progress("u0", "c1")) == -1  # dirty: never expires
     assert await redis.ttl(keys.progress("u1", "c1")) > 0  # flushed: may expire
     assert await Flusher(redis=redis, db=mongo, settings=settings).flush_once() == 1

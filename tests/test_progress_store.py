@@ -17,15 +17,22 @@ from contract.settings import Settings
 from gateway import fastpath
 from store.clients import redis_client
 from store.progress import ProgressStore
+from tests.helpers import both_redis
 
 
 @pytest.fixture(params=["fast", "portable"])
 async def store(
     request: pytest.FixtureRequest, settings: Settings, redis: Any
 ) -> AsyncIterator[ProgressStore]:
-    client = redis_client(settings.redis_url)  # the services' own client and pool
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster)  # the services' own client
     round_trip = fastpath.redis_round_trip if request.param == "fast" else None
-    yield ProgressStore(client, complete_threshold=0.95, ttl_s=settings.progress_ttl_s, round_trip=round_trip)
+    yield ProgressStore(
+        client,
+        complete_threshold=0.95,
+        ttl_s=settings.progress_ttl_s,
+        dirty_buckets=settings.dirty_bucket_count,
+        round_trip=round_trip,
+    )
     await client.aclose()
 
 
@@ -38,7 +45,18 @@ async def resume_point(redis: Any, user: str) -> tuple[str, str, str]:
     return found[0], found[1], found[2]
 
 
-async def test_a_batch_reports_each_ping_and_marks_every_key_dirty(store: ProgressStore, redis: Any) -> None:
+async def dirty(redis: Any, settings: Settings) -> set[str]:
+    """Every key in the dirty set, over all its buckets."""
+    found: set[str] = set()
+    for bucket, _ in keys.dirty_buckets(settings.dirty_bucket_count):
+        found |= await redis.smembers(bucket)
+    return found
+
+
+@both_redis
+async def test_a_batch_reports_each_ping_and_marks_every_key_dirty(
+    store: ProgressStore, redis: Any, settings: Settings
+) -> None:
     results = await store.save(
         [ping("ana", 10.0, 1), ping("bo", 96.0, 1), ping("ana", 5.0, 0), ping("ana", 20.0, 2)], 1000
     )
@@ -46,12 +64,33 @@ async def test_a_batch_reports_each_ping_and_marks_every_key_dirty(store: Progre
     assert flags == [(True, False), (True, False), (False, False), (True, False)]
     assert await resume_point(redis, "ana") == ("l1", "20.0", "2")
     assert await resume_point(redis, "bo") == ("l1", "96.0", "1")  # resumes there, completes nothing
-    dirty = {keys.progress("ana", "c1"), keys.progress("bo", "c1")}
-    assert await redis.smembers(keys.PROGRESS_DIRTY) == dirty
+    assert await dirty(redis, settings) == {keys.progress("ana", "c1"), keys.progress("bo", "c1")}
     # Lengths in the protocol are counted in bytes: an id from another token issuer may be UTF-8.
     (result,) = await store.save([ping("zoë", 12.5, 1)], 1000)
     assert result.moved
     assert await resume_point(redis, "zoë") == ("l1", "12.5", "1")
+
+
+@both_redis
+async def test_one_batch_of_many_users_lands_whole_in_one_round_trip(
+    store: ProgressStore, redis: Any, settings: Settings
+) -> None:
+    """On a cluster the users' keys and the dirty buckets live on every master: the batch is split
+    by node (one write each), and every ping lands and is marked dirty in its own bucket."""
+    users = [f"u{i}" for i in range(40)]
+    await store.save([ping(user, 1.0, 1) for user in users], 1000)  # new hashes: refilled first
+    trips = store.round_trips
+    results = await store.save([ping(user, 10.0 + i, 2) for i, user in enumerate(users)], 1000)
+    assert store.round_trips == trips + 1
+    assert all(r.moved for r in results)
+    for i, user in enumerate(users):
+        assert await resume_point(redis, user) == ("l1", f"{10.0 + i}", "2")
+    assert await dirty(redis, settings) == {keys.progress(user, "c1") for user in users}
+    if settings.redis_cluster:
+        nodes = {redis.get_node_from_key(keys.progress(user, "c1")).port for user in users}
+        assert len(nodes) == 3
+        non_empty = [b for b, _ in keys.dirty_buckets(settings.dirty_bucket_count) if await redis.scard(b)]
+        assert len(non_empty) > 1
 
 
 async def test_an_error_reply_fails_the_batch_and_the_connection_stays_in_step(
@@ -74,6 +113,7 @@ async def test_an_error_reply_fails_the_batch_and_the_connection_stays_in_step(
     assert (await redis.info("stats"))["total_connections_received"] == connections
 
 
+@both_redis
 async def test_a_flushed_script_cache_and_a_killed_connection_are_recovered(
     store: ProgressStore, redis: Any
 ) -> None:

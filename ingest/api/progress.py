@@ -48,7 +48,7 @@ async def emit_completion(
     marker and the flusher queues it (same event id)."""
     event = completion_event(claims, meta, lecture_id, now_ms, first_watch_ms=first_watch_ms)
     try:
-        await emit_completions(st.redis, [event])
+        await emit_completions(st.redis, [event], partitions=st.settings.stream_partition_count)
     except Exception:
         log.warning("queueing the completion of %s failed; the flusher will", lecture_id, exc_info=True)
 

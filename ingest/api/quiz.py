@@ -174,7 +174,8 @@ async def quiz_elapsed_ms(st: IngestState, user_id: str, quiz_id: str) -> int | 
 
 
 async def current_tally(st: IngestState, user_id: str, quiz_id: str, *, best: bool) -> Tally:
-    counted, attempts = await st.redis.hmget(keys.quiz_tally(user_id, quiz_id), "best", "n")
+    stream = keys.score_stream(user_id, st.settings.stream_partition_count)
+    counted, attempts = await st.redis.hmget(keys.quiz_tally(user_id, quiz_id, stream=stream), "best", "n")
     if counted is not None and attempts is not None:
         return Tally(int(counted), int(attempts))
     stored = st.mongo[store.QUIZ_ATTEMPTS].find(
@@ -196,6 +197,8 @@ async def count_attempt(
     best = st.settings.quiz_counting == "best"
     max_attempts = int(quiz.get("maxAttempts") or 0)
     script = st.redis.register_script(_COUNT_ATTEMPT)
+    # The user's partition of the score stream: the script's keys share its slot.
+    stream = keys.score_stream(user_id, st.settings.stream_partition_count)
     for _ in range(MAX_TRIES):
         tally = await current_tally(st, user_id, quiz["_id"], best=best)
         counted, delta = tally.after(score, best=best)
@@ -206,9 +209,9 @@ async def count_attempt(
             entry = json_encoder.encode(action).decode()
         reply = await script(
             keys=[
-                keys.quiz_submission(user_id, submission_id),
-                keys.quiz_tally(user_id, quiz["_id"]),
-                keys.SCORE_STREAM,
+                keys.quiz_submission(user_id, submission_id, stream=stream),
+                keys.quiz_tally(user_id, quiz["_id"], stream=stream),
+                stream,
             ],
             args=[
                 tally.counted,

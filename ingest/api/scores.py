@@ -126,12 +126,14 @@ async def check_block(st: IngestState, user_id: str) -> None:
 
 async def queue_has_room(st: IngestState) -> None:
     """Raises TooManyRequests (``queue_full``) when the score stream's backlog (entries not yet
-    delivered or not yet acknowledged by the worker, as read at most ``queue_backlog_max_age_s``
-    ago) has reached ``queue_max_length``. Processed entries do not count (the worker trims them).
+    delivered or not yet acknowledged by the worker, summed over the stream's partitions, as read
+    at most ``queue_backlog_max_age_s`` ago) has reached ``queue_max_length``. Processed entries
+    do not count (the worker trims them).
     Raises Unavailable when Redis refuses the read (the stream key is not a stream, say).
     """
     try:
-        backlog = await st.backlog.of(keys.SCORE_STREAM)
+        partitions = keys.partitions(keys.SCORE_STREAM, st.settings.stream_partition_count)
+        backlog = await st.backlog.total(partitions)
     except ResponseError as exc:
         log.error("the score stream cannot be read: %s", exc)
         raise Unavailable("the score queue cannot be read; retry shortly") from None
@@ -149,8 +151,9 @@ async def enqueue(st: IngestState, action: ScoreAction) -> bool:
     await queue_has_room(st)
     try:
         once = st.redis.register_script(_ENQUEUE_ONCE)
+        stream = keys.score_stream(action.user_id, st.settings.stream_partition_count)
         queued = await once(
-            keys=[keys.action_guard(action.user_id, action.action_id), keys.SCORE_STREAM],
+            keys=[keys.action_guard(action.user_id, action.action_id, stream=stream), stream],
             args=[json_encoder.encode(action), st.settings.action_guard_ttl_s],
         )
     except ResponseError as exc:
@@ -432,7 +435,8 @@ async def rebuild(request: Request) -> Response:
     await authenticate(request, role="admin")
     board = resolve(request.path_params["board"])
     entry = RebuildRequest(board=board, force=True)
-    await st.redis.xadd(keys.SCORE_STREAM, {"d": json_encoder.encode(entry)})
+    stream = keys.partition(keys.SCORE_STREAM, st.settings.stream_partition_count, board)
+    await st.redis.xadd(stream, {"d": json_encoder.encode(entry)})
     return JSONResponse({"status": "queued", "board": board}, status_code=202)
 
 
