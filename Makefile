@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak browser clean
+.PHONY: run run-cluster test lint bench soak browser clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -17,6 +17,11 @@ GATEWAYS ?= 1
 WORKERS ?= 1
 run: $(STAMP)
 	GATEWAYS=$(GATEWAYS) WORKERS=$(WORKERS) $(BIN)/python -m devstack
+
+# The same stack on a local 3-master Redis Cluster (REDIS_CLUSTER=1), two gateways, two workers.
+run-cluster: $(STAMP)
+	REDIS_CLUSTER=1 GATEWAYS=$(if $(filter command line,$(origin GATEWAYS)),$(GATEWAYS),2) \
+	WORKERS=$(if $(filter command line,$(origin WORKERS)),$(WORKERS),2) $(BIN)/python -m devstack
 
 # Headless Chromium for the page tests (Debian package); skipped quietly where apt is unavailable,
 # in which case the browser tests fail loudly rather than being skipped.

@@ -6,6 +6,9 @@ server that dies (reaped, its stale pid file removed, started again on the same 
 Ctrl-C (or SIGTERM) stops everything in order: gateways first (they drain), servers last.
 ``GATEWAYS=n`` / ``WORKERS=n`` (``make run GATEWAYS=2 WORKERS=2``) start n of each: the gateways on
 consecutive free ports from ``GATEWAY_PORT``, every one on the same Redis and MongoDB.
+``REDIS_CLUSTER=1`` without ``REDIS_URL`` (``make run-cluster``) starts a 3-master Redis Cluster
+instead of one Redis (``devstack.cluster``, data in ``.data/cluster``); its masters are restarted
+like any embedded server, with their slots and data.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 from devstack import demo
+from devstack.cluster import RedisCluster, cluster_ports
 from devstack.servers import ManagedServer, ServerError, free_port, mongo_server, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +68,23 @@ class Child:
                 self.process.wait()
 
 
+def _cluster(data_dir: Path) -> RedisCluster:
+    """The local cluster under ``data_dir``, on the ports it was formed on (a cluster remembers its
+    nodes by address, so a restart must use the same ports), chosen free the first time."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    saved = data_dir / "ports"
+    if saved.exists():
+        ports = [int(p) for p in saved.read_text().split()]
+    else:
+        ports = cluster_ports()
+        saved.write_text(" ".join(map(str, ports)))
+    return RedisCluster(ports, data_dir)
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _count(env: dict[str, str], name: str) -> int:
     raw = env.get(name, "1")
     if not raw.isdigit() or not 1 <= int(raw) <= 16:
@@ -85,13 +106,19 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     children: list[Child] = []
+    cluster: RedisCluster | None = None
     try:
         gateways, workers = _count(env, "GATEWAYS"), _count(env, "WORKERS")
     except ValueError as exc:
         print(f"[devstack] {exc}", file=sys.stderr)
         return 2
     try:
-        if not env.get("REDIS_URL"):
+        if not env.get("REDIS_URL") and _flag(env, "REDIS_CLUSTER"):
+            cluster = _cluster(data_dir / "cluster").start(timeout_s=60.0)
+            print(f"[devstack] Redis Cluster of 3 masters on {cluster.ports}", flush=True)
+            servers += cluster.nodes
+            env["REDIS_URL"] = cluster.url
+        elif not env.get("REDIS_URL"):
             port = _port(int(env.get("EMBEDDED_REDIS_PORT", "6379")))
             servers.append(redis_server(port, data_dir / "redis").start())
             env["REDIS_URL"] = servers[-1].url
@@ -143,6 +170,7 @@ def main() -> int:
             f"  ingest API        http://127.0.0.1:{ingest_port}/api/v1",
             f"  workers           {workers}",
             f"  Redis {env['REDIS_URL']}   MongoDB {env['MONGO_URL']}",
+            *([f"  Redis Cluster masters  {'  '.join(n.url for n in cluster.nodes)}"] if cluster else []),
             "Ctrl-C stops everything.",
             "",
         ]

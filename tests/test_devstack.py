@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 from pymongo import MongoClient
 
@@ -169,3 +170,54 @@ def test_make_run_brings_back_a_killed_embedded_mongodb(tmp_path: Path) -> None:
     output = (tmp_path / "devstack.log").read_text()
     assert code == 0, output
     assert "mongo server exited with -9; restarting" in output, output
+
+
+def test_make_run_cluster_starts_three_masters_two_gateways_and_stops_all_on_ctrl_c(tmp_path: Path) -> None:
+    """``make run-cluster``: a 3-master Redis Cluster, both gateways ready on it, every URL printed;
+    a login writes through the cluster; Ctrl-C stops every process and every master."""
+    ingest_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL", "JWT_SECRET")}
+    env.update(
+        DATA_DIR=str(tmp_path / "data"),
+        INGEST_PORT=str(ingest_port),
+        GATEWAY_PORT=str(free_port()),
+        EMBEDDED_MONGO_PORT=str(free_port()),
+        REDIS_CLUSTER="1",
+        GATEWAYS="2",
+        WORKERS="2",
+    )
+    log_path = tmp_path / "devstack.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        _wait_ok(f"http://127.0.0.1:{ingest_port}/healthz", deadline)
+        while "Ctrl-C stops everything" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        output = log_path.read_text()
+        urls = re.findall(r"leaderboard page\s+(http://127\.0\.0\.1:\d+)/", output)
+        assert len(set(urls)) == 2, output
+        masters = re.findall(r"redis://127\.0\.0\.1:(\d+)", output.split("Redis Cluster masters", 1)[1])
+        assert len(set(masters)) == 3, output
+        for url in urls:
+            assert _wait_ok(f"{url}/readyz", deadline).json()["status"] == "ready"
+        login = httpx.post(
+            f"http://127.0.0.1:{ingest_port}/api/v1/auth/login",
+            json={"userId": "ada", "name": "Ada"},
+            timeout=10,
+        )
+        assert login.status_code == 200, login.text
+        for port in masters:
+            info = redis.Redis(port=int(port), decode_responses=True)
+            try:
+                assert "cluster_state:ok" in info.execute_command("CLUSTER INFO")
+            finally:
+                info.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+        log.close()
+    assert code == 0, log_path.read_text()
+    for port in masters:
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=int(port), socket_connect_timeout=1).ping()
