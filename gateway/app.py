@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
 from gateway.presence import Presence
 from gateway.progress import ProgressWriter
+from gateway.sharded import ShardedListener
 from gateway.state import GatewayState, gateway_state
 from store.archive import ArchiveCache
 from store.clients import redis_client
@@ -103,7 +104,12 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             miss_ttl_s=settings.archive_miss_ttl_s,
         )
         hub = Hub(redis=redis, settings=settings, metrics=metrics_, now=now, archives=archives)
-        listener = Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
+        # On a Redis Cluster events travel on sharded Pub/Sub: one subscription per master.
+        listener: Listener | ShardedListener = (
+            ShardedListener(settings.redis_url, hub, probe_interval_s=settings.outage_probe_interval_s)
+            if settings.redis_cluster
+            else Listener(redis, hub, probe_interval_s=settings.outage_probe_interval_s)
+        )
         # MongoDB also refills a progress hash that expired (the lock needs its completions).
         fast = fast_path(settings)
         store = ProgressStore.of(

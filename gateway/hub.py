@@ -344,6 +344,7 @@ class Hub:
     # ------------------------------------------------------------ events from the listener
     def channel_message(self, channel: str, data: str) -> None:
         """An event as it came on ``channel``; a channel no longer followed is ignored."""
+        self.metrics.pubsub_messages.inc()
         try:
             if (board := self.channel_boards.get(channel)) is not None:
                 event = board_event_decoder.decode(data)

@@ -74,6 +74,11 @@ class Metrics:
             "Pub/Sub subscriptions (re)established, after which their boards were read again",
             registry=self.registry,
         )
+        self.pubsub_messages = Counter(
+            "scorecast_gateway_pubsub_messages",
+            "Board and user events received over Pub/Sub (one per event per gateway, never per client)",
+            registry=self.registry,
+        )
         self.shards_subscribed = Gauge(
             "scorecast_gateway_pubsub_shards",
             "Redis Cluster masters this gateway holds a sharded Pub/Sub subscription on (0: classic)",

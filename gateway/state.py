@@ -15,6 +15,7 @@ from gateway.metrics import Metrics
 from gateway.policy import BoardPolicy
 from gateway.presence import Presence
 from gateway.progress import ProgressWriter
+from gateway.sharded import ShardedListener
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -24,7 +25,7 @@ class GatewayState:
     verifier: TokenVerifier
     metrics: Metrics
     hub: Hub
-    listener: Listener
+    listener: Listener | ShardedListener
     writer: ProgressWriter
     policy: BoardPolicy
     presence: Presence
