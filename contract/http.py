@@ -2,7 +2,8 @@
 
 ``{"error": {"code": "<snake_case>", "message": "<human text>"}}`` with a fitting status, for
 every error: Scorecast's own, Starlette's HTTP errors (404, 405), Redis or MongoDB being
-unreachable (503 ``unavailable``) and anything unexpected (500).
+unreachable or a Redis Cluster slot without its master (503 ``unavailable``) and anything
+unexpected (500).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from pymongo.errors import ConnectionFailure
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
@@ -81,7 +83,31 @@ async def _backend_down(request: Request, exc: Exception) -> Response:
     )
 
 
+def leaked_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py 8.1 failing to write to a connection the server closed.
+
+    redis-py#4287: such a write raises the transport's own error (RuntimeError "handler is closed"
+    under uvloop, TypeError/AttributeError under asyncio) instead of ConnectionError, past every
+    retry. A Redis Cluster master that restarted leaves such connections in every pool. It is an
+    unreachable Redis all the same: 503, not 500.
+    """
+    if not isinstance(exc, RuntimeError | TypeError | AttributeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if (
+            code.co_name == "send_packed_command"
+            and tb.tb_frame.f_globals.get("__name__") == "redis.asyncio.connection"
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if leaked_connection_error(exc):
+        return await _backend_down(request, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error")
 
@@ -93,6 +119,11 @@ _HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Awaitable[
     (RedisConnectionError, _backend_down),
     (RedisTimeoutError, _backend_down),
     (ConnectionFailure, _backend_down),
+    # A Redis Cluster without a master for a slot (CLUSTERDOWN while a restarted master rejoins,
+    # a slot no node covers, TRYAGAIN during a resharding): the same, for the keys of that slot.
+    (ClusterError, _backend_down),
+    (SlotNotCoveredError, _backend_down),
+    (TryAgainError, _backend_down),
     (Exception, _unexpected),
 ]
 

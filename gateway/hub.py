@@ -476,12 +476,13 @@ class Hub:
         found = {u: hit[0] for u in user_ids if (hit := self.names.get(u)) and hit[1] > now}
         missing = [u for u in user_ids if u not in found]
         if missing:
-            profiles = await self.store.profiles(missing)
+            profiles, unread = await self.store.profiles_read(missing)
             for user_id in missing:
                 profile = profiles.get(user_id)
                 name = profile.name if profile and profile.name else user_id
                 found[user_id] = name
-                self.names[user_id] = (name, now + NAME_TTL_S)
+                if user_id not in unread:  # its Redis Cluster node down: asked again next time
+                    self.names[user_id] = (name, now + NAME_TTL_S)
             if len(self.names) > 100_000:
                 self.names = {u: v for u, v in self.names.items() if v[1] > now}
         return found

@@ -14,6 +14,7 @@ Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
-from store.clients import queue_script
+from store.clients import is_cluster, queue_script
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 # Users one rank script call looks up at most (4 commands each): Redis runs a script to its end,
@@ -489,34 +490,72 @@ class BoardStore:
         await pipe.execute()
 
     async def cache_profiles(self, profiles: Mapping[str, Profile], *, ttl_s: int) -> None:
-        """Write display details into the ``user:<id>`` hashes (one round trip)."""
+        """Write display details into the ``user:<id>`` hashes (one round trip on one Redis).
+
+        On a Redis Cluster, a profile whose node is down is simply not cached this time.
+        """
         if not profiles:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id, profile in profiles.items():
-            key = user_profile(user_id)
-            mapping = {
+
+        def mapping(profile: Profile) -> dict[str, str]:
+            return {
                 "name": profile.name,
                 "avatarUrl": profile.avatar_url or "",
                 "region": profile.region or "",
             }
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, ttl_s)
+
+        if is_cluster(self.redis):
+
+            async def cache(user_id: str, profile: Profile) -> None:
+                await self.redis.hset(user_profile(user_id), mapping=mapping(profile))
+                await self.redis.expire(user_profile(user_id), ttl_s)
+
+            await asyncio.gather(*(cache(u, p) for u, p in profiles.items()), return_exceptions=True)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id, profile in profiles.items():
+            pipe.hset(user_profile(user_id), mapping=mapping(profile))
+            pipe.expire(user_profile(user_id), ttl_s)
         await pipe.execute()
 
     async def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         """Cached display details of members, from the ``user:<id>`` hashes (one round trip)."""
+        return (await self.profiles_read(user_ids))[0]
+
+    async def profiles_read(self, user_ids: Sequence[str]) -> tuple[dict[str, Profile], set[str]]:
+        """(cached profiles, the members whose profile could not be read).
+
+        One Redis: one pipelined round trip, and a Redis that does not answer raises. A Redis
+        Cluster spreads the ``user:<id>`` hashes over every node: one HMGET each, concurrently,
+        so while a node is down only the members it holds read as not cached (their caller falls
+        back) and a board on a live node still shows. Not a cluster pipeline: one of those fails
+        whole when a node refuses, and its retry closes every connection of the client, cutting
+        the commands other requests have in flight on the live nodes (redis-py 8.1).
+        """
         if not user_ids:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.hmget(user_profile(user_id), "name", "avatarUrl", "region")
-        replies = await pipe.execute()
-        return {
-            user_id: Profile(name=name, avatar_url=avatar or None, region=region or None)
-            for user_id, (name, avatar, region) in zip(user_ids, replies, strict=True)
-            if name is not None
-        }
+            return {}, set()
+        fields = ("name", "avatarUrl", "region")
+        replies: list[Any]
+        if is_cluster(self.redis):
+            replies = await asyncio.gather(
+                *(self.redis.hmget(user_profile(u), *fields) for u in user_ids), return_exceptions=True
+            )
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.hmget(user_profile(user_id), *fields)
+            replies = await pipe.execute()
+        found: dict[str, Profile] = {}
+        unread: set[str] = set()
+        for user_id, reply in zip(user_ids, replies, strict=True):
+            if isinstance(reply, asyncio.CancelledError):
+                raise reply
+            if isinstance(reply, BaseException):
+                unread.add(user_id)
+            elif reply[0] is not None:
+                name, avatar, region = reply
+                found[user_id] = Profile(name=name, avatar_url=avatar or None, region=region or None)
+        return found, unread
 
     async def scoring_profile(self, user_id: str) -> Profile | None:
         """The cached profile of ``user_id`` when it is complete enough to place a score.
