@@ -34,7 +34,8 @@ import httpx
 import redis.asyncio as aioredis
 import uvloop
 
-from bench.sse_fanout import Fanout, connect_all, cpu_split, pct, rss_bytes
+from bench.common import cpu_split, pct, rss_bytes
+from bench.sse_fanout import Fanout, connect_all
 from contract.auth import TokenIssuer
 from contract.settings import Settings
 from devstack.cluster import RedisCluster, cluster_ports
