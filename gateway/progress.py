@@ -123,7 +123,7 @@ class ProgressWriter:
             now_ms = int(time.time() * 1000)
             trips = self.store.round_trips
             try:
-                results = await self.store.save([item for item, _, _, _ in batch], now_ms)
+                outcomes = await self.store.save_each([item for item, _, _, _ in batch], now_ms)
             except Exception:
                 log.warning("saving %d pings failed", len(batch), exc_info=True)
                 for *_, future in batch:
@@ -135,9 +135,20 @@ class ProgressWriter:
             finally:
                 # One per batch, or two when an expired hash was refilled from MongoDB first.
                 self.round_trips.inc(self.store.round_trips - trips)
+            # A ping Redis refused (its cluster node is down) is answered `unavailable`; the rest count.
+            stored = []
+            for entry, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    log.warning("saving a ping failed: %r", outcome)
+                    if not entry[3].done():
+                        entry[3].set_exception(
+                            ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
+                        )
+                else:
+                    stored.append((entry, outcome))
             completions = [
                 completion_event(claims, meta, item.lecture_id, now_ms, first_watch_ms=result.first_watch_ms)
-                for (item, claims, meta, _), result in zip(batch, results, strict=True)
+                for (item, claims, meta, _), result in stored
                 if result.completed
             ]
             try:
@@ -148,7 +159,7 @@ class ProgressWriter:
                     "queueing %d completions failed; the flusher will", len(completions), exc_info=True
                 )
             if self.implausible is not None:
-                self.implausible.inc(sum(result.implausible for result in results))
-            for (*_, future), result in zip(batch, results, strict=True):
+                self.implausible.inc(sum(result.implausible for _, result in stored))
+            for (*_, future), result in stored:
                 if not future.done():
                     future.set_result(result)

@@ -42,7 +42,7 @@ def redis_client(url: str, *, cluster: bool = False) -> RedisClient:
     """
     if not cluster:
         return _single_client(url)
-    return aioredis.RedisCluster.from_url(
+    client = aioredis.RedisCluster.from_url(
         url,
         max_connections=REDIS_CLUSTER_CONNECTIONS_PER_NODE,
         decode_responses=True,
@@ -53,6 +53,28 @@ def redis_client(url: str, *, cluster: bool = False) -> RedisClient:
         require_full_coverage=False,  # the slots of a live master answer while another is down
         driver_info=DRIVER_INFO,
     )
+    _read_command_table_once(client)
+    return client
+
+
+def _read_command_table_once(client: aioredis.RedisCluster) -> None:
+    """Make ``client`` read the COMMAND table once instead of at every re-initialization.
+
+    redis-py 8.1 re-initializes a cluster client after any command met a node it could not reach,
+    and each re-initialization reads the table again from the default node, the master of slot 0.
+    While that master is down, every re-initialization failed, so EVERY command of the process
+    failed, on every master, until it was back (tests/test_cluster_faults.py). The table does not
+    change while a process runs. (``commands_parser`` and its ``initialize``/``commands``: redis-py
+    8.1, bounded below 9 in pyproject.toml.)
+    """
+    parser = client.commands_parser
+    read = parser.initialize
+
+    async def once(node: Any = None) -> None:
+        if not parser.commands:
+            await read(node)
+
+    parser.initialize = once  # type: ignore[method-assign]
 
 
 def is_cluster(redis: object) -> bool:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -306,7 +307,7 @@ class ProgressStore:
         gap_ms = int(coverage_max_gap_s * 1000)
         publish = publish_command(redis)
         self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}\x1f{publish}"
-        self._ping_sha: str | None = None
+        self._ping_sha = hashlib.sha1(_PING.encode()).hexdigest().encode()  # what Redis names it by
         self.round_trips = 0  # pipelined ping round trips, refills included (observable)
         self._complete = redis.register_script(_COMPLETE)
         self.flushed = redis.register_script(_FLUSHED)
@@ -330,41 +331,60 @@ class ProgressStore:
         )
 
     async def save(self, pings: list[Ping], now_ms: int) -> list[PingResult]:
+        """:meth:`save_each`, raising the first ping's failure if any failed."""
+        stored: list[PingResult] = []
+        for result in await self.save_each(pings, now_ms):
+            if isinstance(result, Exception):
+                raise result
+            stored.append(result)
+        return stored
+
+    async def save_each(self, pings: list[Ping], now_ms: int) -> list[PingResult | Exception]:
         """Store pings in ONE pipelined round trip; each is atomic and idempotent by seq.
 
         A ping whose hash is missing is sent again with the hash's fields from MongoDB (a second
-        round trip and one MongoDB read for the whole batch). Raises what Redis or MongoDB raise.
+        round trip and one MongoDB read for the whole batch). A ping that Redis could not store
+        (on a Redis Cluster: its node is down or refused, or so is its dirty bucket's) gets that
+        error in its place, and the others still count. Raises what MongoDB raises, and what Redis
+        raises when the whole batch failed (one Redis down, a timeout).
         """
         replies = await self._save_retrying(pings, now_ms, {})
-        missing = [i for i, r in enumerate(replies) if r[2]]
+        missing = [i for i, r in enumerate(replies) if not isinstance(r, Exception) and r[2]]
         if missing:
             again = [pings[i] for i in missing]
             stored = await self.hydration({keys.progress(p.user_id, p.course_id) for p in again})
             for i, reply in zip(missing, await self._save_retrying(again, now_ms, stored), strict=True):
                 replies[i] = reply
         return [
-            PingResult(
+            r
+            if isinstance(r, Exception)
+            else PingResult(
                 moved=bool(r[0]), completed=bool(r[1]), implausible=bool(r[3]), first_watch_ms=int(r[4])
             )
             for r in replies
         ]
 
     async def _save_retrying(self, pings: list[Ping], now_ms: int, hydration: dict[str, str]) -> list[Any]:
-        try:
-            return await self._save(pings, now_ms, hydration)
-        except NoScriptError:
-            # Redis restarted or flushed its script cache: load it and send the batch again (a
-            # ping already applied is a repeat of its seq, which changes nothing).
-            self._ping_sha = await self.redis.script_load(_PING)
-            return await self._save(pings, now_ms, hydration)
+        replies = await self._save(pings, now_ms, hydration, whole=False)
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            # That Redis (or cluster node) restarted or flushed its script cache: those pings go
+            # again with the script whole, which caches it there (a ping already applied is a
+            # repeat of its seq, which changes nothing). No SCRIPT LOAD: on a cluster it goes to
+            # every master, and fails while one is down.
+            retried = await self._save([pings[i] for i in again], now_ms, hydration, whole=True)
+            for i, reply in zip(again, retried, strict=True):
+                replies[i] = reply
+        return replies
 
-    async def _save(self, pings: list[Ping], now_ms: int, hydration: dict[str, str]) -> list[Any]:
-        if self._ping_sha is None:
-            self._ping_sha = await self.redis.script_load(_PING)
-        sha = self._ping_sha.encode()
+    async def _save(
+        self, pings: list[Ping], now_ms: int, hydration: dict[str, str], *, whole: bool
+    ) -> list[Any]:
+        name, script = (b"EVAL", _PING.encode()) if whole else (b"EVALSHA", self._ping_sha)
         threshold, tail = self.threshold, self._tail
         commands: list[Command] = []
         dirty: dict[str, set[str]] = {}
+        buckets: list[str] = []  # each ping's dirty bucket
         for p in pings:
             duration = "" if p.duration is None else repr(p.duration)
             fields = (
@@ -372,13 +392,15 @@ class ProgressStore:
                 f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}\x1f{p.prev}{tail}"
             ).encode()
             key = keys.progress(p.user_id, p.course_id)
-            dirty.setdefault(keys.dirty_bucket(key, self.dirty_buckets), set()).add(key)
+            bucket = keys.dirty_bucket(key, self.dirty_buckets)
+            buckets.append(bucket)
+            dirty.setdefault(bucket, set()).add(key)
             commands.append(
                 (
                     key,
                     (
-                        b"EVALSHA",
-                        sha,
+                        name,
+                        script,
                         b"3",
                         key.encode(),
                         keys.presence(p.user_id).encode(),
@@ -395,10 +417,15 @@ class ProgressStore:
             for bucket, members in dirty.items()
         ]
         replies = await self._round_trip(commands)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies[: len(pings)]
+        # A ping counts when its step and its bucket's SADD both did (unmarked, the flusher would
+        # never write it to MongoDB); a failed one is sent again by its client (same seq: harmless).
+        added = dict(zip(dirty, replies[len(pings) :], strict=True))
+        return [
+            reply
+            if isinstance(reply, Exception) or not isinstance(added[bucket], Exception)
+            else added[bucket]
+            for reply, bucket in zip(replies, buckets, strict=False)
+        ]
 
     async def _round_trip(self, commands: list[Command]) -> list[Any]:
         """Send ``commands`` in one pipeline (on a cluster: one per node, written concurrently) and

@@ -12,7 +12,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from contract import keys
-from contract.progress import Ping
+from contract.progress import Ping, PingResult
 from contract.settings import Settings
 from gateway import fastpath
 from store.clients import redis_client
@@ -135,3 +135,40 @@ async def test_the_services_redis_client_announces_itself(settings: Settings) ->
     finally:
         await client.aclose()
     assert (info["lib-name"], info["lib-ver"]) == ("redis-py", redis.__version__)
+
+
+@pytest.mark.parametrize("settings", ["cluster"], indirect=True)
+async def test_on_a_cluster_a_refusing_node_fails_only_its_own_pings(
+    store: ProgressStore, redis: Any, settings: Settings
+) -> None:
+    """One master refusing writes (out of memory here; a master down is the same for the batch)
+    fails the pings of its slots, and the pings of the other masters in the same batch count."""
+    node_of = redis.get_node_from_key
+    users = [f"u{i}" for i in range(64)]
+    down = node_of(keys.progress(users[0], "c1"))
+    up = [
+        u
+        for u in users
+        if node_of(keys.progress(u, "c1")) != down
+        and node_of(keys.dirty_bucket(keys.progress(u, "c1"), settings.dirty_bucket_count)) != down
+    ][:3]
+    assert up, "no user whose key and dirty bucket are both on another master"
+    await store.save([ping(u, 1.0, 1) for u in [users[0], *up]], 1000)  # hashes exist, scripts loaded
+    await redis.config_set("maxmemory-policy", "noeviction", target_nodes=down)
+    await redis.config_set("maxmemory", "1", target_nodes=down)
+    try:
+        outcomes = await store.save_each([ping(users[0], 10.0, 2), *(ping(u, 10.0, 2) for u in up)], 1000)
+    finally:
+        await redis.config_set("maxmemory", "0", target_nodes=down)
+    assert isinstance(outcomes[0], ResponseError), outcomes[0]
+    assert all(isinstance(o, PingResult) and o.moved for o in outcomes[1:]), outcomes
+    assert await resume_point(redis, users[0]) == ("l1", "1.0", "1")
+    for u in up:
+        assert await resume_point(redis, u) == ("l1", "10.0", "2")
+    assert {keys.progress(u, "c1") for u in up} <= await dirty(redis, settings)
+    await redis.config_set("maxmemory", "1", target_nodes=down)
+    try:
+        with pytest.raises(ResponseError):  # save() raises a failed ping's error
+            await store.save([ping(users[0], 20.0, 3), ping(up[0], 20.0, 3)], 1000)
+    finally:
+        await redis.config_set("maxmemory", "0", target_nodes=down)
