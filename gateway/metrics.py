@@ -69,6 +69,22 @@ class Metrics:
             "Viewers whose own score changed, waiting for rank lookup budget",
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "scorecast_gateway_auth_failures",
+            "Connections refused for a missing, bad or expired token, and sessions ended by expiry",
+            ["transport", "code"],
+            registry=self.registry,
+        )
+        self.violations = Counter(
+            "scorecast_gateway_ws_violations",
+            "WebSocket messages refused: rate_limited, too_large, too_many_boards, bad messages",
+            ["code"],
+            registry=self.registry,
+        )
+        for transport in ("sse", "ws"):  # exported at 0 before the first one
+            for code in ("unauthorized", "invalid_token", "token_expired"):
+                self.auth_failures.labels(transport, code)
+        self.violations.labels("rate_limited")
         self.resyncs = Counter(
             "scorecast_gateway_pubsub_resyncs",
             "Pub/Sub subscriptions (re)established, after which their boards were read again",

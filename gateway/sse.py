@@ -186,9 +186,13 @@ def open_stream(request: Request) -> EventStream:
     headers = Headers(raw=request.scope["headers"])
     query = request.query_params
     token = token_from_request(headers, query, cookie_parser(headers.get("cookie", "")))
-    if not token:
-        raise AuthError("a bearer token is required", code="unauthorized")
-    claims = st.verifier.verify(token)
+    try:
+        if not token:
+            raise AuthError("a bearer token is required", code="unauthorized")
+        claims = st.verifier.verify(token)
+    except AuthError as exc:
+        st.metrics.auth_failures.labels("sse", exc.code).inc()
+        raise
     raw = query.get("board", "global")
     board = st.policy.name(raw)
     last_event_id = headers.get("last-event-id") or query.get("lastEventId")

@@ -75,6 +75,7 @@ def refusal(st: GatewayState, token: str | None) -> tuple[Claims | None, str, in
             raise AuthError("a bearer token is required", code="unauthorized")
         return st.verifier.verify(token), "", 0, ""
     except AuthError as exc:
+        st.metrics.auth_failures.labels("ws", exc.code).inc()
         return None, encode(ErrorMessage(code=exc.code, message=exc.message)), CLOSE_UNAUTHORIZED, exc.code
 
 
@@ -141,6 +142,7 @@ class Session:
         if self.closing is not None or self.conn.life.state is not State.OPEN:
             return
         if self.conn.expired():
+            self.st.metrics.auth_failures.labels("ws", EXPIRED.code).inc()
             self.send(EXPIRED)
             self.close(CLOSE_UNAUTHORIZED, "token_expired")
             return
@@ -279,6 +281,7 @@ class Session:
 
     def violation(self, code: str, message: str, *, seq: int | None = None) -> None:
         self.violations += 1
+        self.st.metrics.violations.labels(code).inc()
         self.send(ErrorMessage(code=code, message=message, seq=seq))
         if self.violations >= self.st.settings.ws_max_violations:
             self.send(ErrorMessage(code="too_many_errors", message="closing after repeated bad messages"))

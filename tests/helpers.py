@@ -12,6 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from contract.auth import TokenIssuer
+from devstack.processes import Stack
 
 # A real-server test that must hold on a Redis Cluster too: it runs twice, on one Redis and on the
 # 3-master cluster (``settings`` and all built from it, see tests/conftest.py).
@@ -67,3 +68,14 @@ async def score(
         **extra,
     }
     return await http.post("/api/v1/scores/update", json=body, headers=bearer(scorer))
+
+
+async def metric_value(stack: Stack, series: str) -> float:
+    """The value of one series (name and labels, as exposed) on the test's gateway's /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{stack.gateway_url}/metrics")).text
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    raise AssertionError(f"{series} not in /metrics:\n{text}")

@@ -16,6 +16,7 @@ from contract.settings import Settings
 from devstack.processes import Stack
 from store.boards import BoardStore
 from tests.eventually import eventually
+from tests.helpers import metric_value
 from tests.sse_client import SseReader, sse
 
 
@@ -84,6 +85,9 @@ async def test_tokens_in_query_and_cookie_and_errors(stack: Stack, redis: Any, v
         assert r.json()["error"]["code"] == "unauthorized"
         r = await client.get(url, headers={"authorization": "Bearer nope"})
         assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_token")
+        for code in ("unauthorized", "invalid_token"):
+            series = f'scorecast_gateway_auth_failures_total{{code="{code}",transport="sse"}}'
+            assert await metric_value(stack, series) == 1
         r = await client.get(url, params={"board": "nonsense", "access_token": viewer})
         assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_board")
         async with client.stream("GET", url, params={"access_token": viewer}) as response:

@@ -24,6 +24,7 @@ from contract.settings import Settings
 from devstack.processes import Stack
 from tests.browser import open_connections
 from tests.conftest import TEST_SECRET
+from tests.helpers import metric_value
 from tests.test_gateway_sse import apply, make_board, publish
 
 pytestmark = pytest.mark.usefixtures("ws_path")
@@ -125,6 +126,7 @@ async def test_a_flood_gets_errors_then_a_policy_close(stack: Stack, token: str)
     assert codes[:3] == ["pong", "pong", "pong"]
     assert codes.count("rate_limited") == 5
     assert codes[-1] == "too_many_errors"
+    assert await metric_value(stack, 'scorecast_gateway_ws_violations_total{code="rate_limited"}') == 5
 
 
 @pytest.mark.parametrize("kind", ["missing", "expired", "forged"])
@@ -146,6 +148,8 @@ async def test_bad_tokens_close_with_4401(stack: Stack, kind: str) -> None:
     assert error == {"type": "error", "code": want, "message": error["message"]}
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, want)
+    counted = f'scorecast_gateway_auth_failures_total{{code="{want}",transport="ws"}}'
+    assert await metric_value(stack, counted) == 1
 
 
 async def test_errors_about_a_ping_carry_its_seq(stack: Stack, token: str) -> None:
