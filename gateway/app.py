@@ -7,6 +7,7 @@ Redis client close.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -33,6 +34,7 @@ from gateway.presence import Presence
 from gateway.progress import ProgressWriter
 from gateway.sharded import ShardedListener
 from gateway.state import GatewayState, gateway_state
+from store import outage
 from store.archive import ArchiveCache
 from store.clients import redis_client
 from store.courses import CourseCatalog
@@ -46,15 +48,23 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+READY_TIMEOUT_S = 2.0  # a readiness probe's answer, every master probed at once
+
+
 async def readyz(request: Request) -> Response:
     st = gateway_state(request)
     if st.hub.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
-        await st.redis.ping()
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            answering, masters = await outage.masters_answering(st.redis)
     except Exception:
+        answering, masters = 0, 0
+    if not answering:
         return JSONResponse({"status": "redis unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready", "connections": len(st.hub.connections)})
+    return JSONResponse(
+        {"status": "ready", "connections": len(st.hub.connections), "redisMasters": f"{answering}/{masters}"}
+    )
 
 
 async def metrics(request: Request) -> Response:

@@ -77,6 +77,21 @@ async def _probe_cluster(redis: Any) -> None:
         raise
 
 
+async def masters_answering(redis: Any) -> tuple[int, int]:
+    """(how many masters answer a probe, how many there are): one Redis is one master. On a Redis
+    Cluster a process still serves the slots of the masters that answer, so readiness asks for
+    one, not all (with one master down, every pod out of its Service would be a full outage)."""
+    if not is_cluster(redis):
+        pool = redis.connection_pool
+        probes = [_probe(pool.connection_class, pool.connection_kwargs)]
+    else:
+        if not redis.get_primaries():
+            await redis.initialize()
+        probes = [_probe(node.connection_class, node.connection_kwargs) for node in redis.get_primaries()]
+    answers = await asyncio.gather(*probes, return_exceptions=True)
+    return sum(not isinstance(a, BaseException) for a in answers), len(answers)
+
+
 def mongo_service(client: Any) -> Service:
     """MongoDB behind the pymongo ``client``: a ``ping`` under a short deadline (server selection
     included), which also makes the client's monitor look at the server again at once."""

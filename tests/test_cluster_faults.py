@@ -188,6 +188,15 @@ async def test_a_killed_master_answers_503_for_its_slots_and_everything_comes_ba
             assert theirs.status_code == 200, theirs.text
             # Writes: accepted (202) or refused as unavailable (503), nothing else.
             await ledger.post(http, 1)
+            # Every process stays ready (it serves the other masters' slots): a readiness that
+            # asked one random master failed a third of the time, and Kubernetes would have taken
+            # every pod out of its Service.
+            for url in (stack.ingest_url, *(g.url for g in gateways)):
+                async with httpx.AsyncClient(base_url=url, timeout=10) as probe:
+                    for _ in range(10):
+                        ready = await probe.get("/readyz")
+                        assert ready.status_code == 200, ready.text
+                        assert ready.json()["redisMasters"] == "2/3", ready.text
 
             for gateway in gateways:
                 # SSE: a board of the killed master is refused, another one streams.

@@ -15,7 +15,7 @@ from tests.helpers import asgi_client
 async def test_ready_while_redis_and_mongodb_answer(ingest: Any) -> None:
     ready = await ingest.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready"}
+    assert ready.json() == {"status": "ready", "redisMasters": "1/1"}
     assert (await ingest.get("/healthz")).status_code == 200
 
 

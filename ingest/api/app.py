@@ -25,6 +25,7 @@ from ingest.api.graph_http import GraphView
 from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
 from ingest.api.state import IngestState, state
 from ingest.api.users import KnownUsers
+from store import outage
 from store.boards import BoardStore
 from store.clients import redis_client
 from store.courses import CourseCatalog
@@ -37,15 +38,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready while Redis and MongoDB both answer (Kubernetes stops routing here otherwise)."""
+    """Ready while MongoDB and Redis answer (on a Redis Cluster: one master at least, see
+    ``store.outage.masters_answering``); Kubernetes stops routing here otherwise."""
     st = state(request)
-    for name, check in (("redis", st.redis.ping), ("mongodb", lambda: st.mongo.command("ping"))):
-        try:
-            # Bounded: pymongo would wait 30 s for a server, far past any probe's timeout.
-            await asyncio.wait_for(check(), READY_TIMEOUT_S)
-        except Exception:
-            return JSONResponse({"status": f"{name} unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready"})
+    try:
+        answering, masters = await asyncio.wait_for(outage.masters_answering(st.redis), READY_TIMEOUT_S)
+    except Exception:
+        answering, masters = 0, 0
+    if not answering:
+        return JSONResponse({"status": "redis unreachable"}, status_code=503)
+    try:
+        # Bounded: pymongo would wait 30 s for a server, far past any probe's timeout.
+        await asyncio.wait_for(st.mongo.command("ping"), READY_TIMEOUT_S)
+    except Exception:
+        return JSONResponse({"status": "mongodb unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "redisMasters": f"{answering}/{masters}"})
 
 
 MONGO_MIN_POOL_SIZE = 16
