@@ -36,7 +36,7 @@ from gateway.sharded import ShardedListener
 from gateway.state import GatewayState, gateway_state
 from store import outage
 from store.archive import ArchiveCache
-from store.clients import redis_client
+from store.clients import initialized, redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+        redis = await initialized(redis_client(settings.redis_url, cluster=settings.redis_cluster))
         # MongoDB for course metadata on a cache miss (see contract.courses) and for progress
         # hashes that expired.
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)

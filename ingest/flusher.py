@@ -48,7 +48,7 @@ from ingest.ops import FlusherMetrics
 from ingest.ops import serve as serve_ops
 from ingest.store import PROGRESS, progress_id, progress_on_insert
 from store import outage
-from store.clients import queue_script, redis_client
+from store.clients import initialized, queue_script, redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 
@@ -275,7 +275,7 @@ class Flusher:
 
 
 async def main(settings: Settings) -> None:
-    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    redis = await initialized(redis_client(settings.redis_url, cluster=settings.redis_cluster))
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         settings.mongo_url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
     )

@@ -52,7 +52,7 @@ from ingest.rebuild import rebuild_board
 from ingest.seasons import Seasons
 from store import archive, outage
 from store.boards import APPLIED, CLOSED, MISSING, ApplyResult, BoardStore, Profile
-from store.clients import publish_command, redis_client
+from store.clients import initialized, publish_command, redis_client
 
 log = logging.getLogger("scorecast.worker")
 
@@ -290,7 +290,7 @@ def event_doc(action: ScoreAction) -> dict[str, Any]:
 
 
 async def main(settings: Settings) -> None:
-    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    redis = await initialized(redis_client(settings.redis_url, cluster=settings.redis_cluster))
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
     db = client[settings.mongo_db]
     stop = asyncio.Event()

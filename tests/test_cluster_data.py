@@ -22,7 +22,7 @@ from ingest.consumer import Entry, StreamConsumer
 from ingest.flusher import Flusher
 from store import outage
 from store.boards import ALREADY_APPLIED, APPLIED, BoardStore, Profile
-from store.clients import is_cluster, publish_command, redis_client
+from store.clients import initialized, is_cluster, publish_command, redis_client
 from store.progress import CompleteStatus, ProgressStore, emit_completions
 from store.streams import backlog, trim_done
 from tests.eventually import eventually
@@ -190,3 +190,22 @@ async def test_every_script_and_pipeline_stays_in_one_slot_on_the_cluster(
         await AnomalyDetector(redis=redis, db=mongo, settings=settings).observe(actions)
     finally:
         await redis.aclose()
+
+
+async def test_a_process_client_serves_a_burst_of_first_commands(
+    cluster_settings: Settings, cluster_redis: Any
+) -> None:
+    """What a worker's consumers (or a gateway's first clients) do at start-up: many commands at
+    once on a fresh client. Before the client read its slot map first, most of them failed."""
+    streams = keys.partitions(keys.SCORE_STREAM, 8)
+    for stream in streams:
+        await cluster_redis.xgroup_create(stream, "g", id="0", mkstream=True)
+    client = await initialized(redis_client(cluster_settings.redis_url, cluster=True))
+    try:
+        replies = await asyncio.gather(
+            *(client.xreadgroup("g", f"c{i}", {streams[i % 8]: ">"}, count=1, block=50) for i in range(34)),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+    assert [r for r in replies if isinstance(r, BaseException)] == []

@@ -27,7 +27,7 @@ from ingest.api.state import IngestState, state
 from ingest.api.users import KnownUsers
 from store import outage
 from store.boards import BoardStore
-from store.clients import redis_client
+from store.clients import initialized, redis_client
 from store.courses import CourseCatalog
 from store.progress import ProgressStore
 from store.streams import BacklogGauge
@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+        redis = await initialized(redis_client(settings.redis_url, cluster=settings.redis_cluster))
         # Connections kept open ahead of need: pymongo opens at most two at a time, so a first
         # burst of concurrent requests would otherwise queue behind connection handshakes.
         mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
