@@ -120,20 +120,16 @@ class Achievements:
 
     def consumers(self, name: str) -> list[StreamConsumer]:
         """One consumer per partition of the completion stream (one on one Redis)."""
-        return [
-            StreamConsumer.configured(
-                self.redis,
-                self.settings,
-                stream=stream,
-                group=keys.ACHIEVEMENT_GROUP,
-                consumer=name,
-                dead_letter=keys.COMPLETION_DEAD_LETTER,
-                handler=self.handle,
-                services=[outage.mongo_service(self.db.client)],
-                family=keys.COMPLETION_STREAM,
-            )
-            for stream in keys.partitions(keys.COMPLETION_STREAM, self.settings.stream_partition_count)
-        ]
+        return StreamConsumer.partitioned(
+            self.redis,
+            self.settings,
+            family=keys.COMPLETION_STREAM,
+            group=keys.ACHIEVEMENT_GROUP,
+            consumer=name,
+            dead_letter=keys.COMPLETION_DEAD_LETTER,
+            handler=self.handle,
+            services=[outage.mongo_service(self.db.client)],
+        )
 
     async def handle(self, entries: list[Entry]) -> Collection[str]:
         poison: set[str] = set()

@@ -163,6 +163,36 @@ class StreamConsumer:
             family=family,
         )
 
+    @classmethod
+    def partitioned(
+        cls,
+        redis: Any,
+        settings: Settings,
+        *,
+        family: str,
+        group: str,
+        consumer: str,
+        dead_letter: str,
+        handler: Handler,
+        services: Sequence[outage.Service] = (),
+    ) -> list[StreamConsumer]:
+        """One :meth:`configured` consumer per partition of the stream ``family`` (one on one
+        Redis: ``settings.stream_partition_count``), all with the same group and handler."""
+        return [
+            cls.configured(
+                redis,
+                settings,
+                stream=stream,
+                group=group,
+                consumer=consumer,
+                dead_letter=dead_letter,
+                handler=handler,
+                services=services,
+                family=family,
+            )
+            for stream in keys.partitions(family, settings.stream_partition_count)
+        ]
+
     async def ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)

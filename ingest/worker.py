@@ -74,20 +74,16 @@ class ScoreWorker:
 
     def consumers(self, name: str) -> list[StreamConsumer]:
         """One consumer per partition of the score stream (one on one Redis)."""
-        return [
-            StreamConsumer.configured(
-                self.redis,
-                self.settings,
-                stream=stream,
-                group=keys.WORKER_GROUP,
-                consumer=name,
-                dead_letter=keys.SCORE_DEAD_LETTER,
-                handler=self.handle,
-                services=[outage.mongo_service(self.db.client)],
-                family=keys.SCORE_STREAM,
-            )
-            for stream in keys.partitions(keys.SCORE_STREAM, self.settings.stream_partition_count)
-        ]
+        return StreamConsumer.partitioned(
+            self.redis,
+            self.settings,
+            family=keys.SCORE_STREAM,
+            group=keys.WORKER_GROUP,
+            consumer=name,
+            dead_letter=keys.SCORE_DEAD_LETTER,
+            handler=self.handle,
+            services=[outage.mongo_service(self.db.client)],
+        )
 
     def rebuild_consumer(self, name: str) -> StreamConsumer:
         """The consumer of the gateways' rebuild requests (``keys.REBUILD_STREAM``)."""
