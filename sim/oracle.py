@@ -201,7 +201,10 @@ class Oracle:
         if p.kind == "play":
             counts = Tri.YES
         elif p.kind == "seek":
-            counts = pol.seek_counts(self.policy, p.position - prev.position, p.gap_s)
+            assert p.acked_at is not None and prev.acked_at is not None
+            counts = pol.seek_counts(
+                self.policy, p.position - prev.position, p.gap_s, p.acked_at - prev.sent_at
+            )
         else:
             counts = Tri.MAYBE
         if before is None or (before in sure_at and sure_at[before] < p.sent_at):

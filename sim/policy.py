@@ -78,17 +78,26 @@ def completion_points(policy: Policy, marks: int) -> int:
     return max(marks, policy.completion_score)
 
 
-def seek_counts(policy: Policy, advance_s: float, gap_s: float) -> Tri:
-    """Whether a forward seek of ``advance_s`` seconds, ``gap_s`` seconds (sender's clock) after
-    the ping before it, counts as watched. The server measures the gap on its own clock, which
-    may differ by transit delays (up to a second allowed here): in between, either is correct."""
+def seek_counts(policy: Policy, advance_s: float, least_gap_s: float, most_gap_s: float) -> Tri:
+    """Whether a forward seek of ``advance_s`` seconds counts as watched, when the server's clock
+    saw between ``least_gap_s`` and ``most_gap_s`` seconds between it and the ping before it.
+
+    The server takes a ping's time when it handles it, somewhere between its send and its ack:
+    the gap it measures lies between (this send - that ack) and (this ack - that send). A seek
+    sent at once after a slow ack (an outage delays acks by seconds) may thus be seen long after
+    the previous ping was: within that gap's credit it counts; either verdict is then correct.
+    """
     if policy.completion_by == "playhead":
         return Tri.YES
-    if advance_s > (gap_s + 1.0) * policy.max_playback_rate + policy.coverage_slack_s:
+    if advance_s > most_gap_s * policy.max_playback_rate + policy.coverage_slack_s + CLOCK_MARGIN_S:
         return Tri.NO
-    if advance_s <= gap_s:
+    if advance_s <= least_gap_s:
         return Tri.YES
     return Tri.MAYBE
+
+
+# The server's clock in whole milliseconds, and the floating-point sums on both sides.
+CLOCK_MARGIN_S = 0.01
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
