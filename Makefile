@@ -41,11 +41,13 @@ test: $(STAMP) browser lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout --clients 1000 --updates 5
 
-# A long simulation with faults (see sim/): SOAK_MINUTES of school, SEED to replay a schedule.
+# A long simulation with faults (see sim/): SOAK_MINUTES of school, SEED to replay a schedule;
+# CLUSTER=1 on a 3-master Redis Cluster with two workers (a master among the faults).
 SOAK_MINUTES ?= 10
 SEED ?=
+CLUSTER ?=
 soak: $(STAMP)
-	$(BIN)/python -m sim --seconds $$(( $(SOAK_MINUTES) * 60 )) --learners 30 --subscribers 14 $(if $(SEED),--seed $(SEED))
+	$(BIN)/python -m sim --seconds $$(( $(SOAK_MINUTES) * 60 )) --learners 30 --subscribers 14 $(if $(SEED),--seed $(SEED)) $(if $(CLUSTER),--cluster --workers 2)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -3,11 +3,16 @@
 Each check compares what the system shows (the REST API, MongoDB, Redis, the subscribers' last
 frames) with what the oracle derives from what the simulation was told, and reports every
 difference as a violation: one line naming the user, board or document and both values.
+
+Redis is read with its own client (a cluster client on a Redis Cluster), by the key names of the
+contract: every partition of the score and completion streams, every dirty bucket and its
+in-flight twin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from typing import Any
@@ -27,13 +32,40 @@ CONVERGE_TIMEOUT_S = 20.0
 STREAMS = ((keys.SCORE_STREAM, keys.WORKER_GROUP), (keys.COMPLETION_STREAM, keys.ACHIEVEMENT_GROUP))
 
 
+@dataclasses.dataclass(frozen=True)
+class RedisLayout:
+    """Where the stack keeps what the checks read: one Redis or a cluster, and how many parts
+    the streams and the dirty set are split into (``Settings.stream_partition_count`` /
+    ``dirty_bucket_count`` of the stack)."""
+
+    url: str
+    cluster: bool = False
+    stream_partitions: int = 1
+    dirty_buckets: int = 1
+
+    def client(self) -> Any:
+        if self.cluster:
+            return aioredis.RedisCluster.from_url(self.url, decode_responses=True)
+        return aioredis.Redis.from_url(self.url, decode_responses=True)
+
+    def streams(self) -> list[tuple[str, str]]:
+        """Every partition of the score and completion streams, with its consumer group."""
+        return [
+            (part, group) for base, group in STREAMS for part in keys.partitions(base, self.stream_partitions)
+        ]
+
+    def dirty_sets(self) -> list[str]:
+        """Every dirty bucket and its in-flight set."""
+        return [key for pair in keys.dirty_buckets(self.dirty_buckets) for key in pair]
+
+
 class Checker:
     def __init__(
         self,
         oracle: Oracle,
         recorder: Recorder,
         *,
-        redis_url: str,
+        redis: RedisLayout,
         mongo_url: str,
         mongo_db: str,
         learners: dict[str, Identity],
@@ -43,7 +75,8 @@ class Checker:
     ) -> None:
         self.oracle = oracle
         self.recorder = recorder
-        self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.layout = redis
+        self.redis = redis.client()
         self.mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
         self.db = self.mongo_client[mongo_db]
         self.learners = learners
@@ -72,9 +105,10 @@ class Checker:
 
     # ------------------------------------------------------------ quiescence
     async def backlog(self) -> dict[str, int]:
-        """Undelivered plus pending entries per stream, and the dirty progress keys."""
+        """Undelivered plus pending entries per stream partition, and the dirty progress keys
+        (waiting or in flight) per set."""
         out: dict[str, int] = {}
-        for stream, group in STREAMS:
+        for stream, group in self.layout.streams():
             if not await self.redis.exists(stream):
                 out[stream] = 0
                 continue
@@ -85,7 +119,8 @@ class Checker:
                 continue
             lag = info.get("lag")
             out[stream] = int(info["pending"]) + (int(lag) if lag is not None else 1)
-        out[keys.PROGRESS_DIRTY] = await self.redis.scard(keys.PROGRESS_DIRTY)
+        for dirty in self.layout.dirty_sets():
+            out[dirty] = await self.redis.scard(dirty)
         return out
 
     async def quiesce(self) -> None:
@@ -95,6 +130,7 @@ class Checker:
             if not any(left.values()):
                 break
             if time.monotonic() > deadline:
+                left = {k: v for k, v in left.items() if v}
                 self.violation(f"the system did not quiesce within {QUIESCE_TIMEOUT_S}s: backlog {left}")
                 break
             await asyncio.sleep(0.25)
@@ -105,10 +141,11 @@ class Checker:
         bound = self.oracle.policy.stream_len_bound
         if bound is None:
             return
-        for stream, _ in STREAMS:
-            length = await self.redis.xlen(stream)
+        for base, _ in STREAMS:  # all partitions of a stream together
+            parts = keys.partitions(base, self.layout.stream_partitions)
+            length = sum([await self.redis.xlen(part) for part in parts])
             if length > bound:
-                self.violation(f"{stream} holds {length} entries after processing (bound {bound})")
+                self.violation(f"{base} holds {length} entries after processing (bound {bound})")
 
     # ------------------------------------------------------------ progress, completions, resume
     async def progress(self) -> None:

@@ -1,13 +1,21 @@
 """The real stack of one simulation: its own valkey (AOF) and nx-27017, the ingest API, a worker,
 the flusher and two gateways, each a process on a free port that a fault can kill and restart on
-the same port (Redis from its AOF, nx-27017 from its data directory)."""
+the same port (Redis from its AOF, nx-27017 from its data directory).
+
+With ``redis_cluster`` the one valkey is a 3-master Redis Cluster (``devstack.cluster``) and
+every process runs with ``REDIS_CLUSTER=1``; a fault then kills one master (``redis-<i>``) and
+starts it again with its data and its slots, as a master that crashed and came back."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
+import httpx
+
 from contract.settings import Settings
+from devstack.cluster import RedisCluster, cluster_ports
 from devstack.processes import Proc
 from devstack.servers import ManagedServer, free_port, mongo_server, redis_server
 
@@ -15,18 +23,37 @@ GATEWAYS = ("A", "B")
 
 
 class Cluster:
-    """Start with :meth:`start`, stop with :meth:`close`. Process names: ``redis``, ``mongo``,
-    ``api``, ``worker``, ``flusher``, ``gateway-A``, ``gateway-B``."""
+    """Start with :meth:`start`, stop with :meth:`close`. Process names: ``redis`` (on a Redis
+    Cluster its masters ``redis-0`` .. ``redis-2``), ``mongo``, ``api``, ``worker`` (with several,
+    ``worker-1`` ..), ``flusher``, ``gateway-A``, ``gateway-B``."""
 
-    def __init__(self, workdir: Path, *, flush_interval_s: float, access_token_ttl_s: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        flush_interval_s: float,
+        access_token_ttl_s: int,
+        redis_cluster: bool = False,
+        workers: int = 1,
+    ) -> None:
         self.workdir = workdir
-        self.redis = redis_server(free_port(), workdir / "redis")
+        self.redis_cluster: RedisCluster | None = None
+        self.redis_servers: dict[str, ManagedServer]
+        if redis_cluster:
+            self.redis_cluster = RedisCluster(cluster_ports(), workdir / "redis")
+            self.redis_servers = {f"redis-{i}": node for i, node in enumerate(self.redis_cluster.nodes)}
+            redis_url = self.redis_cluster.url
+        else:
+            single = redis_server(free_port(), workdir / "redis")
+            self.redis_servers = {"redis": single}
+            redis_url = single.url
         self.mongo = mongo_server(free_port(), workdir / "mongo")
         ingest_port = free_port()
         self.gateway_ports = {name: free_port() for name in GATEWAYS}
         origins = ",".join(f"http://127.0.0.1:{p}" for p in self.gateway_ports.values())
         self.settings = Settings(
-            redis_url=self.redis.url,
+            redis_url=redis_url,
+            redis_cluster=redis_cluster,
             mongo_url=self.mongo.url,
             mongo_db="sim",
             ingest_port=ingest_port,
@@ -42,11 +69,11 @@ class Cluster:
         )
         logs = workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, Proc] = {
-            "api": Proc("ingest.api", self.settings, logs, ingest_port),
-            "worker": Proc("ingest.worker", self.settings, logs),
-            "flusher": Proc("ingest.flusher", self.settings, logs),
-        }
+        self.procs: dict[str, Proc] = {"api": Proc("ingest.api", self.settings, logs, ingest_port)}
+        self.workers = ("worker",) if workers == 1 else tuple(f"worker-{i}" for i in range(1, workers + 1))
+        for name in self.workers:
+            self.procs[name] = Proc("ingest.worker", self.settings, logs)
+        self.procs["flusher"] = Proc("ingest.flusher", self.settings, logs)
         for name, port in self.gateway_ports.items():
             self.procs[f"gateway-{name}"] = Proc(
                 "gateway", self.settings.replace(gateway_port=port), logs, port
@@ -60,10 +87,13 @@ class Cluster:
         return f"http://127.0.0.1:{self.gateway_ports[name]}"
 
     def servers(self) -> dict[str, ManagedServer]:
-        return {"redis": self.redis, "mongo": self.mongo}
+        return {**self.redis_servers, "mongo": self.mongo}
 
     def start(self) -> Cluster:
-        self.redis.start()
+        if self.redis_cluster is not None:
+            self.redis_cluster.start()
+        else:
+            self.redis_servers["redis"].start()
         self.mongo.start()
         for proc in self.procs.values():
             proc.start(timeout_s=60.0)
@@ -77,13 +107,31 @@ class Cluster:
         else:
             self.procs[name].kill()
 
-    def restart(self, name: str) -> None:
-        """Start ``name`` again on its port (after :meth:`kill`)."""
+    def restart(self, name: str) -> float:
+        """Start ``name`` again on its port (after :meth:`kill`); a cluster master, until the
+        cluster is ok again. Returns when it answered (``time.monotonic()``)."""
         server = self.servers().get(name)
-        if server is not None:
-            server.start(timeout_s=60.0)
-        else:
+        if server is None:
             self.procs[name].start(timeout_s=60.0)
+            return time.monotonic()
+        server.start(timeout_s=60.0)
+        answered = time.monotonic()
+        if self.redis_cluster is not None and name in self.redis_servers:
+            self.redis_cluster.wait_ok(timeout_s=60.0)  # back with its slots
+        return answered
+
+    def gateway_metrics(self, name: str) -> dict[str, float]:
+        """The unlabelled metrics of gateway ``name`` from its ``/metrics`` (empty: no answer)."""
+        try:
+            text = httpx.get(f"{self.gateway_url(name)}/metrics", timeout=5.0).text
+        except httpx.HTTPError:
+            return {}
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            head, _, value = line.partition(" ")
+            if head and not head.startswith("#") and "{" not in head:
+                found[head] = float(value)
+        return found
 
     def dead(self) -> list[str]:
         """Processes that exited without being asked to (a crash the simulation did not inject)."""
@@ -99,4 +147,7 @@ class Cluster:
         for proc in reversed(list(self.procs.values())):
             proc.stop(timeout_s=10.0)
         self.mongo.stop()
-        self.redis.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+        else:
+            self.redis_servers["redis"].stop()

@@ -1,7 +1,9 @@
 """One simulation run: the cluster, the school, the faults, the quiescence and the checks.
 
-``python -m sim --seed N --seconds S [--learners L] [--subscribers K]`` runs one and exits 1 when
-an invariant failed; the report names the seed and the exact command that replays the schedule.
+``python -m sim --seed N --seconds S [--learners L] [--subscribers K] [--cluster] [--workers W]``
+runs one and exits 1 when an invariant failed; the report names the seed and the exact command
+that replays the schedule. ``--cluster`` runs it on a 3-master Redis Cluster (``REDIS_CLUSTER=1``
+for every process) whose fault is one master killed and started again with its data.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from sim import faults as fault_mod
 from sim.actors import Context, Device, LearnerActor, ScorerActor, Subscriber
-from sim.checks import Checker
+from sim.checks import Checker, RedisLayout
 from sim.cluster import Cluster
 from sim.oracle import Course, Learner, Oracle, Quiz
 from sim.policy import CURRENT, Policy
@@ -45,12 +47,19 @@ class Config:
     access_token_ttl_s: int = 30
     progress_every_s: float = 10.0
     policy: Policy = CURRENT
+    redis_cluster: bool = False  # a 3-master Redis Cluster instead of one Redis
+    workers: int = 1  # ingest worker processes
 
     def replay(self) -> str:
-        return (
+        line = (
             f".venv/bin/python -m sim --seed {self.seed} --seconds {self.seconds:g} "
             f"--learners {self.learners} --subscribers {self.subscribers}"
         )
+        if self.redis_cluster:
+            line += " --cluster"
+        if self.workers != 1:
+            line += f" --workers {self.workers}"
+        return line
 
 
 @dataclasses.dataclass
@@ -171,7 +180,11 @@ async def simulate(config: Config, *, workdir: Path | None = None) -> Report:
     recorder = Recorder(policy)
     oracle = Oracle(policy)
     cluster = Cluster(
-        workdir, flush_interval_s=config.flush_interval_s, access_token_ttl_s=config.access_token_ttl_s
+        workdir,
+        flush_interval_s=config.flush_interval_s,
+        access_token_ttl_s=config.access_token_ttl_s,
+        redis_cluster=config.redis_cluster,
+        workers=config.workers,
     )
     hard_deadline = started + config.seconds + FINISH_TIMEOUT_S + 120.0
     await asyncio.to_thread(cluster.start)
@@ -215,6 +228,8 @@ async def simulate(config: Config, *, workdir: Path | None = None) -> Report:
             rng_for(config.seed, "faults"),
             duration_s=config.seconds,
             flush_interval_s=config.flush_interval_s,
+            hits=fault_mod.targets(cluster),
+            early=("redis",) if config.redis_cluster else (),  # a short run surely kills a master
         )
         injector = asyncio.create_task(fault_mod.inject(cluster, schedule, recorder, run_started))
         workers = [asyncio.create_task(a.run()) for a in actors]
@@ -243,7 +258,12 @@ async def simulate(config: Config, *, workdir: Path | None = None) -> Report:
         checker = Checker(
             oracle,
             recorder,
-            redis_url=cluster.settings.redis_url,
+            redis=RedisLayout(
+                cluster.settings.redis_url,
+                cluster=cluster.settings.redis_cluster,
+                stream_partitions=cluster.settings.stream_partition_count,
+                dirty_buckets=cluster.settings.dirty_bucket_count,
+            ),
             mongo_url=cluster.settings.mongo_url,
             mongo_db=cluster.settings.mongo_db,
             learners=identities,
@@ -310,9 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the school runs")
     parser.add_argument("--learners", type=int, default=16)
     parser.add_argument("--subscribers", type=int, default=10)
+    parser.add_argument("--cluster", action="store_true", help="on a 3-master Redis Cluster")
+    parser.add_argument("--workers", type=int, default=1, help="ingest worker processes")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
-    config = Config(seed=seed, seconds=args.seconds, learners=args.learners, subscribers=args.subscribers)
+    config = Config(
+        seed=seed,
+        seconds=args.seconds,
+        learners=args.learners,
+        subscribers=args.subscribers,
+        redis_cluster=args.cluster,
+        workers=args.workers,
+    )
     print(f"simulation seed={seed}: replay with {config.replay()}", flush=True)
     import uvloop
 
