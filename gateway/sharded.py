@@ -15,6 +15,7 @@ lost for good, exactly as the classic listener does after a reconnect.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Iterable
@@ -71,6 +72,9 @@ class _Shard:
         self.listener = listener
         self.channels: set[str] = set()
         self.up = False
+        # Our own SUNSUBSCRIBEs not answered yet, per channel, on the current connection: their
+        # answers are not a slot that moved (the channel may be followed again meanwhile).
+        self._leaving: collections.Counter[str] = collections.Counter()
         self._commands: asyncio.Queue[tuple[str, list[str], bool]] = asyncio.Queue()
         self._retired = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -107,6 +111,7 @@ class _Shard:
                 try:
                     while not self._commands.empty():  # what is wanted now is in self.channels
                         self._commands.get_nowait()
+                    self._leaving.clear()
                     await pubsub.connect()  # type: ignore[no-untyped-call]
                     for group in by_slot(self.channels):
                         await pubsub.ssubscribe(*group)
@@ -120,8 +125,12 @@ class _Shard:
                             continue
                         if message["type"] == "smessage":
                             hub.channel_message(message["channel"], message["data"])
-                        elif message["type"] == "sunsubscribe" and message["channel"] in self.channels:
-                            raise _SlotMoved(message["channel"])
+                        elif message["type"] == "sunsubscribe":
+                            channel = message["channel"]
+                            if self._leaving[channel] > 0:
+                                self._leaving[channel] -= 1  # the answer to our own
+                            elif channel in self.channels:
+                                raise _SlotMoved(channel)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -172,6 +181,7 @@ class _Shard:
                     if reread:
                         self.listener.hub.resync(set(group))
                 else:
+                    self._leaving.update(group)
                     await pubsub.sunsubscribe(*group)
             except Exception:
                 log.warning("%s %s on %s failed; the reconnect restores it", command, group, self.address)

@@ -153,3 +153,43 @@ async def test_one_connection_per_master_follows_each_channel_and_comes_back_aft
     finally:
         await listener.close()
         cluster.wait_ok()
+
+
+@pytest.mark.timeout(120)
+async def test_a_channel_left_and_followed_again_at_once_keeps_its_subscription(
+    redis_cluster_srv: RedisCluster, publisher: Any
+) -> None:
+    """The last follower of a board leaves and a new one comes before the master answered the
+    SUNSUBSCRIBE (a WebSocket reconnecting with a fresh token does this for its user's channel):
+    the answer to our own SUNSUBSCRIBE is not a slot that moved away, so the subscription on
+    that master stays (it was dropped and opened again, and every board of the master re-read:
+    the cluster simulation's gateway logged ``_SlotMoved`` for its own unsubscribe)."""
+    cluster = redis_cluster_srv
+    settings = Settings(redis_url=cluster.url, outage_probe_interval_s=0.2)
+    hub = RecordingHub(redis=publisher, settings=settings, metrics=Metrics())
+    listener = ShardedListener(cluster.url, hub, probe_interval_s=0.2)
+    boards = one_board_per_master(cluster)
+    for channel in boards.values():
+        listener.follow(channel)
+    listener.start()
+
+    async def delivered(channel: str, payload: str) -> bool:
+        await publisher.spublish(channel, payload)
+        await asyncio.sleep(0.05)
+        return (channel, payload) in hub.received
+
+    try:
+        await eventually(lambda: asyncio.sleep(0, listener.shards_up), until=lambda n: n == 3, timeout_s=30)
+        for channel in boards.values():
+            await eventually(lambda c=channel: delivered(c, f"hello {c}"), timeout_s=30)
+        hub.resynced.clear()
+        for round_ in range(3):
+            for channel in boards.values():
+                listener.unfollow(channel)
+                listener.follow(channel)
+            for channel in boards.values():
+                await eventually(lambda c=channel, r=round_: delivered(c, f"round {r} {c}"), timeout_s=30)
+        assert hub.resynced == []  # no subscription was lost and opened again
+        assert listener.shards_up == 3
+    finally:
+        await listener.close()
