@@ -9,8 +9,9 @@ marks an action applied only after its total reached MongoDB). A user with an ac
 flight (``applied: false``: a worker is between its Redis step and MongoDB, or died there, or
 Redis lost the stream entry) may or may not be counted there, so that user's total is summed from
 ``score_events`` instead, and the commit sets the guards of those in-flight actions: whichever
-worker finishes them later finds them applied. So a rebuild racing a batch neither loses nor
-doubles an action.
+worker finishes them later finds them applied. An action stored after the in-flight read is left
+out of that sum (it has no guard: its worker applies it to the rebuilt board). So a rebuild racing
+a batch neither loses nor doubles an action.
 
 A closed period board that was archived (``ingest.seasons``) is never rebuilt: its archive is
 its final truth, and a rebuild would bring back keys meant to expire.
@@ -62,8 +63,12 @@ async def rebuild_board(boards: BoardStore, db: Any, board: str, *, force: bool)
         history = [
             d
             async for d in events.find(
-                {"userId": {"$in": users}, "boards": board}, {"userId": 1, "increment": 1, "tsMs": 1}
+                {"userId": {"$in": users}, "boards": board},
+                {"userId": 1, "increment": 1, "tsMs": 1, "applied": 1},
             )
+            # An action stored after the in-flight read (another worker's new batch) is not
+            # counted: the commit sets no guard for it, so its worker applies it afterwards.
+            if d.get("applied") or d["_id"] in pending
         ]
         for d in sorted(history, key=lambda d: (int(d["tsMs"]), str(d["_id"]))):
             score, last = summed.get(d["userId"], (0, 0))

@@ -326,6 +326,59 @@ async def test_rebuild_counts_an_action_in_flight_exactly_once(
     assert await rebuild_board(boards, mongo, "global", force=False) == 0
 
 
+class StoresAfterTheFirstRead:
+    """The test's real MongoDB database, where another worker stores ``doc`` in ``score_events``
+    right after the first query of that collection returned: the interleaving of a rebuild (its
+    read of the in-flight actions) with a worker storing a new batch's events before it applies
+    them."""
+
+    def __init__(self, db: Any, doc: dict[str, Any]) -> None:
+        self.db = db
+        self.doc: dict[str, Any] | None = doc
+
+    def __getitem__(self, name: str) -> Any:
+        return self if name == store.SCORE_EVENTS else self.db[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db[store.SCORE_EVENTS], name)
+
+    async def find(self, *args: Any, **kwargs: Any) -> Any:
+        async for doc in self.db[store.SCORE_EVENTS].find(*args, **kwargs):
+            yield doc
+        if self.doc is not None:
+            doc, self.doc = self.doc, None
+            await self.db[store.SCORE_EVENTS].insert_one(doc)
+
+
+@both_redis
+async def test_an_action_stored_while_a_rebuild_reads_is_counted_once(redis: Any, mongo: Any) -> None:
+    """A board missing, two workers: one rebuilds it while the other stores a new action of the
+    same user (``applied: false``) between the rebuild's read of the in-flight actions and its
+    read of that user's history. The rebuild must not count the new action: it sets no guard for
+    it, so the worker that stored it applies it once more (found by the cluster simulation,
+    seed 16, two workers: a quiz's 75 points counted twice on region:EU)."""
+    await store.ensure_indexes(mongo)
+    boards = BoardStore(redis)
+    await mongo[store.SCORE_EVENTS].insert_many(
+        [
+            {"_id": "a1", "userId": "ada", "increment": 10, "boards": ["global"], "tsMs": 1, "applied": True},
+            {"_id": "a2", "userId": "ada", "increment": 5, "boards": ["global"], "tsMs": 2, "applied": False},
+        ]
+    )
+    await mongo[store.BOARD_TOTALS].insert_one(
+        {"_id": "global|ada", "board": "global", "userId": "ada", "score": 10, "seq": 1}
+    )
+    late = {"_id": "a3", "userId": "ada", "increment": 4, "boards": ["global"], "tsMs": 3, "applied": False}
+    assert await rebuild_board(boards, StoresAfterTheFirstRead(mongo, late), "global", force=False)
+    top = await boards.top("global", 10)
+    assert [(r.user_id, r.score) for r in top.rows] == [("ada", 15)]  # a1 and the in-flight a2
+    # The other worker applies its batch: a3 counts now, once; a2 was counted by the rebuild.
+    applied = await boards.apply_many([("global", "a3", "ada", 4), ("global", "a2", "ada", 5)])
+    assert [(r.status, r.total) for r in applied] == [(APPLIED, 19), (ALREADY_APPLIED, 19)]
+    top = await boards.top("global", 10)
+    assert [(r.user_id, r.score) for r in top.rows] == [("ada", 19)]
+
+
 async def test_worker_stops_cleanly_on_sigterm(stack: Stack) -> None:
     worker = stack.start("ingest.worker")
     # A SIGTERM before the interpreter has installed its handlers is the default kill; wait until it runs.
