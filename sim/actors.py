@@ -406,6 +406,17 @@ class LearnerActor:
                 token=await self.identity.token(),
                 on_lost=lost,
             )
+            if r.status_code == 401:
+                # The token expired while the mark was retried through an outage (a 401 marks
+                # nothing): refresh and mark again, as Identity.send does.
+                await self.identity.refresh()
+                r = await self.identity.api.send(
+                    "POST",
+                    "/api/v1/progress/heatmap/mark",
+                    "heatmap/mark",
+                    token=self.identity.access,
+                    on_lost=lost,
+                )
         except Unresolved:
             return
         if r.status_code == 200:

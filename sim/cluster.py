@@ -9,7 +9,6 @@ starts it again with its data and its slots, as a master that crashed and came b
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 
 import httpx
@@ -107,18 +106,26 @@ class Cluster:
         else:
             self.procs[name].kill()
 
-    def restart(self, name: str) -> float:
+    def restart(self, name: str) -> None:
         """Start ``name`` again on its port (after :meth:`kill`); a cluster master, until the
-        cluster is ok again. Returns when it answered (``time.monotonic()``)."""
+        cluster is ok again."""
         server = self.servers().get(name)
         if server is None:
             self.procs[name].start(timeout_s=60.0)
-            return time.monotonic()
+            return
         server.start(timeout_s=60.0)
-        answered = time.monotonic()
         if self.redis_cluster is not None and name in self.redis_servers:
             self.redis_cluster.wait_ok(timeout_s=60.0)  # back with its slots
-        return answered
+
+    def start_master(self, name: str) -> None:
+        """Start cluster master ``name`` again (after :meth:`kill`): returns once it answers, the
+        cluster may not be ok yet (see :meth:`wait_ok`)."""
+        self.redis_servers[name].start(timeout_s=60.0)
+
+    def wait_ok(self) -> None:
+        """Wait until every master of the cluster reports ``cluster_state:ok``."""
+        if self.redis_cluster is not None:
+            self.redis_cluster.wait_ok(timeout_s=60.0)
 
     def gateway_metrics(self, name: str) -> dict[str, float]:
         """The unlabelled metrics of gateway ``name`` from its ``/metrics`` (empty: no answer)."""

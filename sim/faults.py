@@ -103,11 +103,18 @@ async def inject(cluster: Cluster, faults: list[Fault], recorder: Recorder, star
         recorder.faults += 1
         await asyncio.to_thread(cluster.kill, fault.target)
         await asyncio.sleep(fault.down_s)
-        answered = await asyncio.to_thread(cluster.restart, fault.target)
+        if master:
+            await asyncio.to_thread(cluster.start_master, fault.target)
+            answered = time.monotonic()
+            polling = asyncio.create_task(resynced(cluster, fault, resyncs, recorder, answered))
+            await asyncio.to_thread(cluster.wait_ok)
+            ok_s = time.monotonic() - answered
+            await polling
+            fault.note = f"cluster ok {ok_s:.2f}s after the master answered; {fault.note}"
+        else:
+            await asyncio.to_thread(cluster.restart, fault.target)
         if window is not None:
             window.end = time.monotonic()
-        if master:
-            await resynced(cluster, fault, resyncs, recorder, answered)
 
 
 async def resync_counts(cluster: Cluster) -> dict[str, float]:
@@ -121,8 +128,9 @@ async def resynced(
 ) -> None:
     """Wait until every gateway subscribed again on every master and re-read its boards after
     ``fault`` (a cluster master's restart, which answered at ``answered``, a monotonic time);
-    note how long it took. Timing is reported, not judged (the machine may be loaded); a gateway
-    that did not within RESYNC_TIMEOUT_S is a violation."""
+    note how long it took (to within one poll of both gateways' ``/metrics``). Timing is
+    reported, not judged (the machine may be loaded); a gateway that did not within
+    RESYNC_TIMEOUT_S is a violation."""
     masters = len(cluster.redis_servers)
     waiting = set(GATEWAYS)
     took: dict[str, float] = {}
