@@ -1,13 +1,15 @@
 """Every use of a library's private internals in Scorecast, and the check of their shape.
 
 Checked against uvicorn 0.54.0, websockets 17.4 and redis-py 8.1.0 (``pyproject.toml`` bounds
-them above).
+them above), and CPython 3.11's asyncio.
 :func:`unavailable` looks at the shapes this module relies on, at start-up; where one is missing
 (another version, another server) or with ``FAST_PATH=0`` the gateway logs why and serves
 everything through the portable paths (ASGI for SSE and WebSocket, redis-py's ``Pipeline``).
 
 - :class:`DirectSink` (SSE): uvicorn's httptools request cycle — the owner of the ASGI ``send``
-  bound method — holds the socket; broadcast frames are written to it without a coroutine switch.
+  bound method — holds the socket; broadcast frames are written to it without a coroutine switch,
+  and the cycle's idle queues are slimmed (:func:`slim`: ``asyncio.Event._waiters``, uvicorn's
+  ``pipeline``).
 - :class:`FastWebSocket` (WebSocket): a uvicorn ``ws`` protocol class on websockets' Sans-I/O
   ``ServerProtocol``. For ``/api/v1/ws`` it runs the handshake and feeds ``gateway.ws.Session``
   from its socket callbacks: no ASGI task, queue or write loop per connection, and every board
@@ -23,6 +25,7 @@ everything through the portable paths (ASGI for SSE and WebSocket, redis-py's ``
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -58,6 +61,7 @@ def unavailable() -> str | None:
     try:
         import redis.asyncio.connection as rc
         from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from uvicorn.protocols.http.flow_control import FlowControl
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from uvicorn.server import ServerState
@@ -77,6 +81,17 @@ def unavailable() -> str | None:
             "uvicorn's httptools cycle keeps transport, flow, disconnected, response_complete",
             {"transport", "flow", "disconnected", "response_complete", "chunked_encoding"}
             <= set(RequestResponseCycle.__init__.__code__.co_names),
+        ),
+        (
+            "asyncio.Event keeps its waiters in _waiters (append, remove, iteration); uvicorn's "
+            "cycle its message_event and on_response, its protocol a pipeline (appendleft, pop)",
+            isinstance(asyncio.Event()._waiters, collections.deque)
+            and {"_waiters", "append", "remove"} <= set(asyncio.Event.wait.__code__.co_names)
+            and {"message_event", "on_response"} <= set(RequestResponseCycle.__init__.__code__.co_names)
+            and "pipeline" in HttpToolsProtocol.__init__.__code__.co_names
+            and "appendleft" in HttpToolsProtocol.on_headers_complete.__code__.co_names
+            and "pop" in HttpToolsProtocol.on_response_complete.__code__.co_names
+            and "_is_writable_event" in FlowControl.__init__.__code__.co_names,
         ),
         ("uvicorn has its websockets-sansio protocol", hasattr(WebSocketsSansIOProtocol, "data_received")),
         (
@@ -135,6 +150,7 @@ class DirectSink:
         cycle = send_owner(send, "transport", "flow", "disconnected", "response_complete")
         if cycle is None or getattr(cycle, "chunked_encoding", None) is not True:
             return None
+        slim(cycle)
         return cls(cycle)
 
     def writable(self) -> bool:
@@ -151,6 +167,31 @@ class DirectSink:
         """Whether the client closed the connection (the hub's sweep looks, in place of a task
         per stream waiting for ``http.disconnect``)."""
         return bool(self.cycle.disconnected)
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (``appendleft``, ``pop``, truth) as a list: empty, a
+    list holds no storage, where an empty ``deque`` holds a 64-slot block."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+def slim(cycle: Any) -> None:
+    """Give up what an idle stream's connection holds for nothing: uvicorn's two
+    ``asyncio.Event`` objects (its request body, its socket's flow control) and its pipeline queue
+    each hold an empty ``deque`` — a 64-slot block, ~0.7 KiB each, ~2 KiB of a stream's ~10.
+    Lists serve the same calls (``append``/``remove``/iteration; ``appendleft``/``pop``) in 56
+    bytes. Only empty ones are replaced: nothing waits on them at that moment."""
+    for event in (cycle.message_event, cycle.flow._is_writable_event):
+        if isinstance(event._waiters, collections.deque) and not event._waiters:
+            event._waiters = []
+    protocol = getattr(cycle.on_response, "__self__", None)
+    pipeline = getattr(protocol, "pipeline", None)
+    if isinstance(pipeline, collections.deque) and not pipeline:
+        protocol.pipeline = _Pipeline()  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------ WebSocket

@@ -198,3 +198,30 @@ async def test_a_stream_ends_with_reconnect_when_its_token_expires(
         await eventually(lambda: asyncio.sleep(0, reader.ended), timeout_s=20)
     assert [e["event"] for e in reader.events] == ["snapshot", "reconnect"]
     assert reader.events[-1]["data"] == {"afterMs": 0}  # at once: the client has a fresh token
+
+
+async def test_a_request_pipelined_behind_a_stream_is_answered_when_the_stream_ends(
+    stack: Stack, redis: Any, settings: Settings
+) -> None:
+    # uvicorn queues a request that arrives while a response is still streaming; on the fast path
+    # that queue of an SSE connection is slimmed (gateway.fastpath.slim) and must still work.
+    await make_board(redis, scores={"ada": 2})
+    stack.start("gateway")
+    short = TokenIssuer(settings.replace(access_token_ttl_s=2)).access_token(user_id="viewer", name="V")
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.settings.gateway_port)
+    writer.write(f"GET /api/v1/leaderboard/stream?access_token={short} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    got = b""
+    async with asyncio.timeout(30):
+        while b"event: snapshot" not in got:
+            chunk = await reader.read(65536)
+            assert chunk, got
+            got += chunk
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # while the stream is open
+        while b'{"status":"ok"}' not in got:
+            chunk = await reader.read(65536)
+            assert chunk, got
+            got += chunk
+    writer.close()
+    stream, _, health = got.partition(b"event: reconnect")
+    assert b"event: snapshot" in stream and b'"ada"' in stream
+    assert b"HTTP/1.1 200" in health  # after the stream's last chunk, the queued request's answer
