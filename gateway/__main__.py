@@ -23,7 +23,6 @@ from gateway.fastpath import FastWebSocket
 from gateway.sse import SlowClientError, serve
 from gateway.state import GatewayState
 
-
 # A young collection after this many more tracked objects than the last one left (CPython: 700).
 GC_YOUNG_THRESHOLD = 50_000
 
