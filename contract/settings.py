@@ -161,7 +161,7 @@ class Settings:
     ws_max_violations: int = 20
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
-    # The gateway's fast paths (gateway/fastpath.py: frames written straight to sockets, the
+    # The gateway's fast paths (gateway/fastpath/: frames written straight to sockets, the
     # WebSocket served from socket callbacks, the ping pipeline packed by hand), used when the
     # libraries have the shape they were checked against; 0 forces the portable ASGI/redis-py paths.
     fast_path: bool = True

@@ -91,7 +91,7 @@ def fast_path(settings: Settings, *, say: bool = True) -> bool:
         return False
     if say:
         checked = ", ".join(f"{name} {version}" for name, version in fastpath.CHECKED.items())
-        log.info("fast path on (gateway/fastpath.py, checked against %s)", checked)
+        log.info("fast path on (gateway/fastpath/, checked against %s)", checked)
     return True
 
 

@@ -137,7 +137,7 @@ def stack(settings: Settings, redis: aioredis.Redis, tmp_path: Path) -> Iterator
 @pytest.fixture(params=["fast", "portable"])
 def ws_path(request: pytest.FixtureRequest, stack: Stack) -> str:
     """Serve the WebSocket both ways, for tests that ask: every gateway the test starts runs the
-    fast path (gateway/fastpath.py) or, with ``FAST_PATH=0``, the portable ASGI path."""
+    fast path (gateway/fastpath/) or, with ``FAST_PATH=0``, the portable ASGI path."""
     stack.settings = stack.settings.replace(fast_path=request.param == "fast")
     path: str = request.param
     return path

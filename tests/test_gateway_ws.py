@@ -1,6 +1,6 @@
 """The gateway's WebSocket on a real gateway process: boards, keepalive, every bad message kind.
 
-Every test runs twice (the ``ws_path`` fixture): on the fast path (gateway/fastpath.py, uvicorn
+Every test runs twice (the ``ws_path`` fixture): on the fast path (gateway/fastpath/, uvicorn
 protocol on websockets' Sans-I/O) and on the portable one (``FAST_PATH=0``: uvicorn's own protocol
 and the ASGI endpoint), which a server without the fast path's shape gets.
 """
@@ -212,7 +212,7 @@ async def test_the_gateway_says_which_path_serves(stack: Stack, token: str, ws_p
         assert await recv(ws) == {"type": "pong"}
     log = gateway.log()
     if ws_path == "fast":
-        assert "fast path on (gateway/fastpath.py, checked against uvicorn" in log, log
+        assert "fast path on (gateway/fastpath/, checked against uvicorn" in log, log
     else:
         assert "fast path off (FAST_PATH=0)" in log, log
 
