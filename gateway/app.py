@@ -139,6 +139,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             store,
             catalog,
             round_trips=metrics_.ping_round_trips,
+            stored=metrics_.pings,
             implausible=metrics_.implausible_advances,
         )
         app.state.gateway = GatewayState(

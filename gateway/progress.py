@@ -1,9 +1,10 @@
 """The WebSocket autosave path: pings from every connection, batched into pipelined round trips.
 
-``submit()`` validates the ping against the course (cached metadata), queues it and hands back a
-future that resolves once Redis stored it. While one pipeline is in flight, pings from every
+``submit()`` validates the ping against the course (cached metadata) and queues it with a
+callback, called once Redis stored it. While one pipeline is in flight, pings from every
 connection gather; the next pipeline takes them all — no timers, so a lone ping costs one round
-trip and a crowd shares them.
+trip and a crowd shares them. The callbacks of a batch are called in order straight from the
+batch's task: no future, no scheduled callback per ping.
 A ping that moved the resume point is published on the user's channel by the same Lua step, so
 the user's other devices follow at once. A lecture that just completed is queued on the
 completion stream before the ping is acked; should that fail, the completion stays marked in the
@@ -18,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter
 
 from contract.auth import Claims
 from contract.courses import CourseMeta
 from contract.messages import ProgressPing
-from contract.progress import Ping, PingResult, completion_event, who
+from contract.progress import Ping, PingResult, completion_event
 from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 
@@ -43,6 +45,11 @@ class ProgressRejected(Exception):
         self.message = message
 
 
+# Called once per ping: with its result when Redis stored it, or with ProgressRejected
+# ``unavailable`` when a backing service is down.
+Done = Callable[[PingResult | ProgressRejected], None]
+
+
 class ProgressWriter:
     def __init__(
         self,
@@ -50,13 +57,15 @@ class ProgressWriter:
         catalog: CourseCatalog,
         *,
         round_trips: Counter,
+        stored: Counter | None = None,
         implausible: Counter | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
-        self._pending: list[tuple[Ping, Claims, CourseMeta, asyncio.Future[PingResult]]] = []
+        self._pending: list[tuple[Ping, Claims, CourseMeta, Done]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = round_trips
+        self.stored = stored
         self.implausible = implausible
 
     async def start(self) -> None:
@@ -66,32 +75,34 @@ class ProgressWriter:
         if self._flusher is not None:
             await asyncio.wait([self._flusher], timeout=5)
 
-    async def submit(self, claims: Claims, ping: ProgressPing, *, origin: str) -> asyncio.Future[PingResult]:
-        """Queue ``ping`` for ``claims.sub``: the future resolves once Redis has it, or fails with
-        ProgressRejected ``unavailable`` when a backing service is down (not the client's fault).
+    async def submit(self, claims: Claims, ping: ProgressPing, *, origin: str, who: str, done: Done) -> None:
+        """Queue ``ping`` of ``claims.sub`` (``who``: :func:`contract.progress.who` of ``claims``):
+        ``done`` is called once, with the ping's result once Redis has it, or with ProgressRejected
+        ``unavailable`` when a backing service is down (not the client's fault).
 
-        Raises ProgressRejected for the client's mistakes: ``unknown_course``, ``unknown_lecture``.
+        Raises ProgressRejected for the client's mistakes: ``unknown_course``, ``unknown_lecture``
+        (``done`` is not called then).
         """
         try:
             meta = await self.catalog.get(ping.course_id)
         except Exception:
             log.warning("course lookup failed", exc_info=True)
-            future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
-            future.set_exception(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry"))
-            return future
-        return self._queue(claims, ping, origin, meta)
+            done(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now; retry"))
+            return
+        self._queue(claims, ping, origin, who, meta, done)
 
-    def submit_cached(
-        self, claims: Claims, ping: ProgressPing, *, origin: str
-    ) -> asyncio.Future[PingResult] | None:
-        """:meth:`submit` without waiting: None when the course is not in this process's cache
-        (then call :meth:`submit`). Raises as :meth:`submit` does."""
+    def submit_cached(self, claims: Claims, ping: ProgressPing, *, origin: str, who: str, done: Done) -> bool:
+        """:meth:`submit` without waiting: False (nothing queued) when the course is not in this
+        process's cache (then call :meth:`submit`). Raises as :meth:`submit` does."""
         hit = self.catalog.cached(ping.course_id)
-        return None if hit is None else self._queue(claims, ping, origin, hit[0])
+        if hit is None:
+            return False
+        self._queue(claims, ping, origin, who, hit[0], done)
+        return True
 
     def _queue(
-        self, claims: Claims, ping: ProgressPing, origin: str, meta: CourseMeta | None
-    ) -> asyncio.Future[PingResult]:
+        self, claims: Claims, ping: ProgressPing, origin: str, who: str, meta: CourseMeta | None, done: Done
+    ) -> None:
         if meta is None:
             raise ProgressRejected("unknown_course", f"no course {ping.course_id!r}")
         duration = meta.durations.get(ping.lecture_id)
@@ -99,7 +110,6 @@ class ProgressWriter:
             raise ProgressRejected(
                 "unknown_lecture", f"course {ping.course_id!r} has no lecture {ping.lecture_id!r}"
             )
-        future: asyncio.Future[PingResult] = asyncio.get_running_loop().create_future()
         item = Ping(
             user_id=claims.sub,
             course_id=ping.course_id,
@@ -110,12 +120,11 @@ class ProgressWriter:
             origin=origin,
             min_presence=2,
             prev=meta.previous_lecture(ping.lecture_id),
-            who=who(claims),
+            who=who,
         )
-        self._pending.append((item, claims, meta, future))
+        self._pending.append((item, claims, meta, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return future
 
     async def _flush(self) -> None:
         while self._pending:
@@ -126,40 +135,50 @@ class ProgressWriter:
                 outcomes = await self.store.save_each([item for item, _, _, _ in batch], now_ms)
             except Exception:
                 log.warning("saving %d pings failed", len(batch), exc_info=True)
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(
-                            ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
-                        )
+                self._tell(
+                    batch, [ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")] * len(batch)
+                )
                 continue
             finally:
                 # One per batch, or two when an expired hash was refilled from MongoDB first.
                 self.round_trips.inc(self.store.round_trips - trips)
             # A ping Redis refused (its cluster node is down) is answered `unavailable`; the rest count.
-            stored = []
-            for entry, outcome in zip(batch, outcomes, strict=True):
+            answers: list[PingResult | ProgressRejected] = []
+            stored: list[tuple[Ping, Claims, CourseMeta, PingResult]] = []
+            for (item, claims, meta, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Exception):
                     log.warning("saving a ping failed: %r", outcome)
-                    if not entry[3].done():
-                        entry[3].set_exception(
-                            ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")
-                        )
+                    answers.append(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now"))
                 else:
-                    stored.append((entry, outcome))
+                    answers.append(outcome)
+                    stored.append((item, claims, meta, outcome))
             completions = [
                 completion_event(claims, meta, item.lecture_id, now_ms, first_watch_ms=result.first_watch_ms)
-                for (item, claims, meta, _), result in stored
+                for item, claims, meta, result in stored
                 if result.completed
             ]
+            if completions:
+                try:
+                    await emit_completions(
+                        self.store.redis, completions, partitions=self.store.stream_partitions
+                    )
+                except Exception:
+                    # Stored with its marker: the flusher queues it (same event id), nothing is lost.
+                    log.warning(
+                        "queueing %d completions failed; the flusher will", len(completions), exc_info=True
+                    )
+            if self.stored is not None:
+                self.stored.inc(len(stored))
+            if self.implausible is not None and any(result.implausible for *_, result in stored):
+                self.implausible.inc(sum(result.implausible for *_, result in stored))
+            self._tell(batch, answers)
+
+    @staticmethod
+    def _tell(
+        batch: list[tuple[Ping, Claims, CourseMeta, Done]], outcomes: Sequence[PingResult | ProgressRejected]
+    ) -> None:
+        for (*_, done), outcome in zip(batch, outcomes, strict=True):
             try:
-                await emit_completions(self.store.redis, completions, partitions=self.store.stream_partitions)
-            except Exception:
-                # Stored with its marker: the flusher queues it (same event id), nothing is lost.
-                log.warning(
-                    "queueing %d completions failed; the flusher will", len(completions), exc_info=True
-                )
-            if self.implausible is not None:
-                self.implausible.inc(sum(result.implausible for _, result in stored))
-            for (*_, future), result in stored:
-                if not future.done():
-                    future.set_result(result)
+                done(outcome)
+            except Exception:  # one connection's failure never keeps the others' acks
+                log.exception("answering a stored ping failed")

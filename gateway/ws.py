@@ -31,7 +31,6 @@ from contract.auth import Claims, token_from_request
 from contract.boards import resolve
 from contract.errors import AuthError, BoardNameError, ScorecastError, UnknownBoard
 from contract.messages import (
-    Ack,
     ErrorMessage,
     Ping,
     Pong,
@@ -44,7 +43,7 @@ from contract.messages import (
     json_encoder,
     ping_seq_decoder,
 )
-from contract.progress import PingResult
+from contract.progress import PingResult, who
 from contract.seasons import alias_of
 from gateway.hub import Connection
 from gateway.progress import ProgressRejected
@@ -104,6 +103,7 @@ class Session:
         # Pings behind a course lookup: they keep their order (coverage counts consecutive pings).
         self.waiting: collections.deque[ProgressPing] = collections.deque()
         self.subscribing: dict[str, asyncio.Task[None]] = {}  # boards waited for, by name
+        self.who = who(claims)  # what a completion by this connection's user records
 
     @property
     def saturated(self) -> bool:
@@ -186,12 +186,16 @@ class Session:
         self.in_flight += 1
         if not self.waiting:
             try:
-                saved = self.st.writer.submit_cached(self.claims, ping, origin=self.conn.id)
+                if self.st.writer.submit_cached(
+                    self.claims,
+                    ping,
+                    origin=self.conn.id,
+                    who=self.who,
+                    done=functools.partial(self._saved, ping.seq),
+                ):
+                    return
             except ProgressRejected as exc:
                 self._rejected(ping, exc)
-                return
-            if saved is not None:
-                saved.add_done_callback(functools.partial(self._saved, ping.seq))
                 return
         self.waiting.append(ping)
         if len(self.waiting) == 1:
@@ -203,11 +207,15 @@ class Session:
         while self.waiting:
             ping = self.waiting[0]
             try:
-                saved = await self.st.writer.submit(self.claims, ping, origin=self.conn.id)
+                await self.st.writer.submit(
+                    self.claims,
+                    ping,
+                    origin=self.conn.id,
+                    who=self.who,
+                    done=functools.partial(self._saved, ping.seq),
+                )
             except ProgressRejected as exc:
                 self._rejected(ping, exc)
-            else:
-                saved.add_done_callback(functools.partial(self._saved, ping.seq))
             if self.waiting and self.waiting[0] is ping:
                 self.waiting.popleft()
 
@@ -220,18 +228,14 @@ class Session:
         if self.in_flight == MAX_PINGS_IN_FLIGHT - 1 and self.counted:
             self.on_room()
 
-    def _saved(self, seq: int, saved: asyncio.Future[PingResult]) -> None:
+    def _saved(self, seq: int, outcome: PingResult | ProgressRejected) -> None:
         self._release()
-        if saved.cancelled():
-            return
-        exc = saved.exception()  # retrieved even when no one is left to tell
         if self.conn.life.state is not State.OPEN:
             return
-        if isinstance(exc, ProgressRejected):  # a backing service is down: not a violation
-            self.send(ErrorMessage(code=exc.code, message=exc.message, seq=seq))
-        elif exc is None:
-            self.st.metrics.pings.inc()
-            self.send(Ack(seq=seq))
+        if isinstance(outcome, ProgressRejected):  # a backing service is down: not a violation
+            self.send(ErrorMessage(code=outcome.code, message=outcome.message, seq=seq))
+        elif not self.conn.push(ack_text(seq)):
+            self.st.hub.kick(self.conn)
 
     def _subscribe(self, name: str) -> None:
         try:
@@ -302,6 +306,11 @@ class Session:
 def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("looking up a ping's course failed", exc_info=task.exception())
+
+
+def ack_text(seq: int) -> str:
+    """``encode(Ack(seq=seq))``, without building the Struct: one per stored ping."""
+    return f'{{"type":"ack","seq":{seq}}}'
 
 
 def ping_seq(raw: str | bytes) -> int | None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from contract.messages import FrameEntry
+from contract.messages import Ack, FrameEntry
 from gateway.protocol import (
     BoardFrames,
     IllegalTransition,
@@ -17,6 +17,7 @@ from gateway.protocol import (
     TokenBucket,
     ws_text_frame,
 )
+from gateway.ws import ack_text, encode
 
 
 def test_throttle_leading_edge_then_at_most_once_per_interval() -> None:
@@ -122,3 +123,8 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert bucket.allow(0.5) is True  # one token back after 0.5 s at 2/s
     assert bucket.allow(100.0) and bucket.allow(100.0) and bucket.allow(100.0)
     assert bucket.allow(100.0) is False  # never more than the burst
+
+
+def test_an_ack_is_the_encoded_message() -> None:
+    for seq in (0, 7, 2**31, 2**53):
+        assert ack_text(seq) == encode(Ack(seq=seq))

@@ -307,3 +307,87 @@ async def test_frames_are_the_same_bytes_for_snapshot_update_and_reconnect(
         assert await ws.frame() == b"\x88\x02" + struct.pack("!H", 1012)  # close, 1012, no reason
     finally:
         ws.close()
+
+
+def client_frame(
+    payload: bytes, *, opcode: int = 0x1, fin: bool = True, mask: bytes = b"\x5a\x13\xc4\x7e"
+) -> bytes:
+    """A client frame (RFC 6455 5.2): masked with ``mask``, the shortest length encoding."""
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([(0x80 if fin else 0) | opcode]) + length + mask + masked
+
+
+PONG = text_frame({"type": "pong"})
+
+
+async def test_frames_split_or_coalesced_in_any_way_are_all_answered(stack: Stack, token: str) -> None:
+    stack.start("gateway")
+    ws = await RawWebSocket.open(stack.settings.gateway_port, token)
+    try:
+        ping = b'{"type":"ping"}'
+        padded = b'{"type":"ping"' + b" " * 300 + b"}"  # a 16-bit length
+        ws.writer.write(client_frame(ping) * 3 + client_frame(padded))  # in one write
+        for _ in range(4):
+            assert await ws.frame() == PONG
+        stream = client_frame(padded) + client_frame(ping)
+        for i in range(len(stream)):  # a byte at a time: every frame arrives in pieces
+            ws.writer.write(stream[i : i + 1])
+            await ws.writer.drain()
+            await asyncio.sleep(0.001)
+        assert await ws.frame() == PONG
+        assert await ws.frame() == PONG
+        # A control frame between messages: the client's ping gets its pong, messages go on.
+        ws.writer.write(client_frame(b"hi", opcode=0x9) + client_frame(ping))
+        assert await ws._frame() == b"\x8a\x02hi"
+        assert await ws.frame() == PONG
+        # A message in fragments is reassembled, and the messages after it are answered.
+        ws.writer.write(
+            client_frame(ping[:5], fin=False) + client_frame(ping[5:], opcode=0x0) + client_frame(ping)
+        )
+        assert await ws.frame() == PONG
+        assert await ws.frame() == PONG
+        ws.writer.write(client_frame(ping))
+        assert await ws.frame() == PONG
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize(
+    ("why", "frame", "code"),
+    [
+        ("unmasked", bytes([0x81, 15]) + b'{"type":"ping"}', 1002),
+        ("reserved bit", bytes([0xC1]) + client_frame(b'{"type":"ping"}')[1:], 1002),
+        ("too large", bytes([0x81, 0x80 | 127]) + struct.pack("!Q", 70000) + b"\0" * 4, 1009),
+        ("unknown opcode", client_frame(b"{}", opcode=0x3), 1002),
+        ("continuation first", client_frame(b"{}", opcode=0x0), 1002),
+    ],
+)
+async def test_a_frame_against_the_protocol_closes_the_connection(
+    stack: Stack, token: str, why: str, frame: bytes, code: int
+) -> None:
+    stack.start("gateway")
+    ws = await RawWebSocket.open(stack.settings.gateway_port, token)
+    try:
+        ws.writer.write(client_frame(b'{"type":"ping"}'))
+        assert await ws.frame() == PONG
+        ws.writer.write(frame)
+        close = await ws._frame()
+        assert close[0] == 0x88, why
+        assert struct.unpack("!H", close[2:4])[0] == code, why
+    finally:
+        ws.close()
+
+
+async def test_a_close_from_the_client_is_answered_and_ends_the_connection(stack: Stack, token: str) -> None:
+    stack.start("gateway")
+    ws = await RawWebSocket.open(stack.settings.gateway_port, token)
+    try:
+        ws.writer.write(client_frame(b'{"type":"ping"}'))
+        assert await ws.frame() == PONG
+        ws.writer.write(client_frame(struct.pack("!H", 1000), opcode=0x8))
+        assert await ws._frame() == b"\x88\x02" + struct.pack("!H", 1000)
+        assert await ws.reader.read() == b""  # the server closed the socket
+    finally:
+        ws.close()

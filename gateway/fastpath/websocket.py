@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import urllib.parse
 from typing import Any, ClassVar
@@ -15,6 +16,11 @@ from websockets.http11 import Request
 from websockets.protocol import Protocol
 from websockets.protocol import State as WsState
 from websockets.server import ServerProtocol
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from contract.auth import token_from_request
 from gateway.protocol import BoardFrames, State, ws_text_frame
@@ -39,8 +45,10 @@ class FastWebSocket(asyncio.Protocol):
 
     __slots__ = (
         "app_state",
+        "buffer",
         "close_timer",
         "config",
+        "heard",
         "held",
         "parts",
         "paused",
@@ -72,6 +80,10 @@ class FastWebSocket(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         self.ping_payload: bytes | None = None
         self.ping_at = 0.0
+        self.heard = False  # whether the client sent anything since the last keepalive check
+        # Bytes of an OPEN connection not parsed yet, from a frame's first byte (see _frames);
+        # None while frames go through ServerProtocol's parser.
+        self.buffer: bytes | None = None
 
     # ---------------------------------------------------------------- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,6 +114,10 @@ class FastWebSocket(asyncio.Protocol):
             self._notify()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
+        if self.buffer is not None:
+            self._frames(self.buffer + data if self.buffer else data)
+            return
         if self.raw is not None:
             self.raw.append(data)
         self.ws.receive_data(data)
@@ -131,6 +147,68 @@ class FastWebSocket(asyncio.Protocol):
             else:
                 self._frame(event)
 
+    def _frames(self, buf: bytes) -> None:
+        """Parse the complete frames of ``buf`` (starting at a frame's first byte) here, not in
+        ServerProtocol's generators: a whole text or binary message goes to the session; a whole
+        control frame goes to ServerProtocol (pongs, the close handshake), which therefore stays
+        at a frame boundary. What this does not take — a fragment, reserved bits, an unmasked or
+        too large frame, a connection no longer OPEN — goes to ServerProtocol from that frame on,
+        for good (it answers as it would have). A partial frame waits for the rest, and the rest
+        waits while the session is saturated (reading paused)."""
+        self.buffer = b""
+        ws, session, transport = self.ws, self.session, self.transport
+        assert session is not None and transport is not None
+        limit = ws.max_message_size or math.inf
+        pos, n = 0, len(buf)
+        while pos < n:
+            if self.transport is None:
+                return  # lost meanwhile
+            if ws.state is not WsState.OPEN:
+                self._slow(buf[pos:])
+                return
+            if session.saturated:
+                self.buffer = buf[pos:]
+                transport.pause_reading()
+                return
+            if n - pos < 2:
+                break
+            head, second = buf[pos], buf[pos + 1]
+            length, at = second & 0x7F, pos + 2
+            if length == 126:
+                if n - at < 2:
+                    break
+                length, at = (buf[at] << 8) | buf[at + 1], at + 2
+            if length == 127 or length > limit or not second & 0x80 or head & 0x70:
+                self._slow(buf[pos:])  # too large, unmasked or reserved bits: ServerProtocol fails it
+                return
+            end = at + 4 + length
+            if end > n:
+                break
+            op = head & 0x0F
+            if head & 0x80 and (op == 1 or op == 2):  # a whole text or binary message
+                data = apply_mask(buf[at + 4 : end], buf[at : at + 4])
+                pos = end
+                session.received(data)
+            elif op >= 8:  # close, ping, pong: whole, as ServerProtocol would have parsed it
+                ws.receive_data(buf[pos:end])
+                pos = end
+                for event in ws.events_received():
+                    if isinstance(event, Frame):
+                        self._frame(event)
+                self._flush()
+            else:  # a fragment: ServerProtocol reassembles from here on
+                self._slow(buf[pos:])
+                return
+        self.buffer = buf[pos:]
+
+    def _slow(self, rest: bytes) -> None:
+        """From here on every frame goes through ServerProtocol (at a frame boundary now)."""
+        self.buffer = None
+        if rest:
+            self.ws.receive_data(rest)
+            self._feed(self.ws.events_received())
+        self._flush()
+
     def _frame(self, frame: Frame) -> None:
         op = frame.opcode
         if op is Opcode.TEXT or op is Opcode.BINARY:
@@ -152,9 +230,16 @@ class FastWebSocket(asyncio.Protocol):
             self.session.received(data)
 
     def _room(self) -> None:
-        """The session may be fed again: the held events first, then the socket."""
+        """The session may be fed again: the held bytes or events first, then the socket."""
         if self.transport is None:
             return
+        if self.buffer is not None:
+            self._frames(self.buffer)
+            if self.buffer is not None:
+                session = self.session
+                if self.transport is not None and session is not None and not session.saturated:
+                    self.transport.resume_reading()
+                return
         held, self.held = self.held, []
         self._feed(held)
         if not self.held and self.transport is not None:
@@ -183,7 +268,8 @@ class FastWebSocket(asyncio.Protocol):
         )
         ws.send_response(response)
         self._flush()  # before any frame written straight to the socket
-        if not ws.reader.buffer:
+        synced = not ws.reader.buffer
+        if synced:
             # Nothing came after the request yet, so the parser waits for a frame's first byte: a
             # fresh frame parser takes its place, and the handshake's generator frame, which held
             # the Request (headers, token: ~3.7 KB) for the connection's life, is freed.
@@ -209,6 +295,8 @@ class FastWebSocket(asyncio.Protocol):
         session = self.session = Session(st, claims, on_room=self._room)
         session.conn.sink = self
         session.conn.notify = self._notify
+        if synced:
+            self.buffer = b""  # frames are parsed here from now on (_frames)
         session.start()
 
     def _hand_over(self) -> None:
@@ -237,9 +325,10 @@ class FastWebSocket(asyncio.Protocol):
         self.transport.write(ws_text_frame(text.encode()))  # type: ignore[union-attr]
 
     def gone(self, now: float) -> bool:
-        """The keepalive, from the hub's sweep: a ping every ``ws_ping_interval``; one left
-        unanswered for ``ws_ping_timeout`` fails the connection (1011). Answers whether the
-        socket is closing."""
+        """The keepalive, from the hub's sweep: a ping after ``ws_ping_interval`` in which nothing
+        came from the client (an autosave or keepalive message proves it alive as well as a pong);
+        one left unanswered for ``ws_ping_timeout`` fails the connection (1011). Answers whether
+        the socket is closing."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return True
@@ -253,6 +342,9 @@ class FastWebSocket(asyncio.Protocol):
                 transport.close()
                 return True
         elif interval and now - self.ping_at >= interval:
+            if self.heard:  # the client spoke within the interval: alive, no ping needed
+                self.heard, self.ping_at = False, now
+                return False
             self.ping_payload, self.ping_at = secrets.token_bytes(4), now
             self.ws.send_ping(self.ping_payload)
             self._flush()
