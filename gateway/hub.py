@@ -47,6 +47,8 @@ log = logging.getLogger("scorecast.gateway")
 
 SSE_PING = b": ping\n\n"
 NAME_TTL_S = 60.0
+# Subscribers handed a board's frames between two yields to the event loop.
+FAN_OUT_CHUNK = 256
 # How often the hub looks whether a period followed by its alias has ended.
 PERIOD_CHECK_S = 1.0
 # A version no frame reaches: held by a connection being moved to a new period, so the board's
@@ -415,7 +417,7 @@ class Hub:
                 if not board.ready.done() and board.frames is not None:
                     board.ready.set_result(None)
             if changed:
-                self._fan_out(board)
+                await self._fan_out(board)
                 board.throttle.sent(loop.time())
                 self.metrics.broadcast_seconds.observe(time.perf_counter() - started)
 
@@ -487,12 +489,19 @@ class Hub:
                 self.names = {u: v for u, v in self.names.items() if v[1] > now}
         return found
 
-    def _fan_out(self, board: Board) -> None:
+    async def _fan_out(self, board: Board) -> None:
+        """Hand the board's frames to every subscriber, at most ``FAN_OUT_CHUNK`` between two
+        yields to the event loop: at 10,000 subscribers a fan-out writes to as many sockets, and a
+        ping's ack or another board waits for one chunk, not for all of them."""
         frames = board.frames
         assert frames is not None
+        subscribers = board.subscribers
         drops = handed = 0
-        for conn in board.subscribers:
-            if conn.life.open:
+        for i, conn in enumerate(list(subscribers) if len(subscribers) > FAN_OUT_CHUNK else subscribers):
+            if i and not i % FAN_OUT_CHUNK:
+                await asyncio.sleep(0)
+            # After a yield a connection may have left the board (or closed): it is skipped.
+            if conn.life.state is State.OPEN and (i < FAN_OUT_CHUNK or conn in subscribers):
                 handed += 1
                 if conn.push_board(frames):
                     drops += 1
@@ -582,12 +591,14 @@ class Hub:
             await asyncio.sleep(period)
             now = asyncio.get_running_loop().time()
             wall = time.time()
+            stuck_s = self.settings.slow_client_timeout_s
+            # Every connection every period: attributes compared inline, not through methods.
             for conn in list(self.connections):
-                if conn.sending_since and now - conn.sending_since > self.settings.slow_client_timeout_s:
+                if conn.sending_since and now - conn.sending_since > stuck_s:
                     self.kick(conn)
                 elif conn.sink is not None and conn.sink.gone(now):
                     conn.close()  # the client left: its endpoint wakes up and ends
-                elif conn.life.open and conn.expired(wall):
+                elif conn.expires_at <= wall and conn.life.state is State.OPEN:
                     conn.drain()  # its endpoint says why and ends
 
     def kick(self, conn: Connection, *, slow: bool = True) -> None:

@@ -31,6 +31,11 @@ from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 
 log = logging.getLogger("scorecast.gateway.progress")
+# Pings per round trip: a burst (after a stall, a reconnect storm) is packed, stored and acked in
+# bounded steps, and the event loop runs between the steps.
+MAX_BATCH = 512
+# Pings answered between two yields to the event loop.
+ANSWER_CHUNK = 128
 
 
 UNAVAILABLE = "unavailable"
@@ -128,14 +133,14 @@ class ProgressWriter:
 
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             now_ms = int(time.time() * 1000)
             trips = self.store.round_trips
             try:
                 outcomes = await self.store.save_each([item for item, _, _, _ in batch], now_ms)
             except Exception:
                 log.warning("saving %d pings failed", len(batch), exc_info=True)
-                self._tell(
+                await self._tell(
                     batch, [ProgressRejected(UNAVAILABLE, "progress cannot be saved right now")] * len(batch)
                 )
                 continue
@@ -171,13 +176,15 @@ class ProgressWriter:
                 self.stored.inc(len(stored))
             if self.implausible is not None and any(result.implausible for *_, result in stored):
                 self.implausible.inc(sum(result.implausible for *_, result in stored))
-            self._tell(batch, answers)
+            await self._tell(batch, answers)
 
     @staticmethod
-    def _tell(
+    async def _tell(
         batch: list[tuple[Ping, Claims, CourseMeta, Done]], outcomes: Sequence[PingResult | ProgressRejected]
     ) -> None:
-        for (*_, done), outcome in zip(batch, outcomes, strict=True):
+        for i, ((*_, done), outcome) in enumerate(zip(batch, outcomes, strict=True)):
+            if i and not i % ANSWER_CHUNK:
+                await asyncio.sleep(0)
             try:
                 done(outcome)
             except Exception:  # one connection's failure never keeps the others' acks

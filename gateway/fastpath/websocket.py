@@ -332,9 +332,11 @@ class FastWebSocket(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return True
+        interval, timeout = self.config.ws_ping_interval, self.config.ws_ping_timeout
+        if self.ping_payload is None and (not interval or now - self.ping_at < interval):
+            return False  # the common case, every connection every sweep: nothing to do
         if self.ws.state is not WsState.OPEN:
             return False
-        interval, timeout = self.config.ws_ping_interval, self.config.ws_ping_timeout
         if self.ping_payload is not None:
             if timeout is not None and now - self.ping_at > timeout:
                 self.ws.fail(1011, "keepalive ping timeout")
