@@ -9,5 +9,8 @@ sse.py        GET /api/v1/leaderboard/stream
 ws.py         GET /api/v1/ws (boards, autosave pings, cross-device progress)
 progress.py   the autosave writer (pipelined Redis, Pub/Sub to the user's other devices)
 metrics.py    Prometheus metrics (the HPA scales on open connections)
+fastpath/     every use of uvicorn's, websockets' and redis-py's internals, checked at start-up:
+              sse.py (a stream's socket), websocket.py (/api/v1/ws from socket callbacks),
+              roundtrip.py (hand-packed ping batches); without their shape, the portable paths
 app.py        the Starlette app and its lifespan; __main__.py runs uvicorn with drain on shutdown
 """
