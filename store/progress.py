@@ -144,7 +144,16 @@ local pos, seq, now = tonumber(pos_s), tonumber(seq_s), tonumber(now_s)
 local got = redis.call('HMGET', h, 'seq', 'rev', 'c:' .. lecture, 'i:' .. lecture, 'w:' .. lecture,
   'f:' .. lecture, 'c:' .. prev)
 local current = tonumber(got[1] or '-1')
-if seq == current then return {{0, 0, 0, 0, 0}} end
+if seq == current then
+  -- A retransmission changes nothing, but a resend on a new connection is that device's first
+  -- ping: what it watches next counts from here.
+  local seen = redis.call('GET', dev)
+  if not seen or seq > tonumber(split(seen)[4]) then
+    local state = lecture .. '\\31' .. pos_s .. '\\31' .. now_s .. '\\31' .. seq_s .. '\\31' .. slack
+    redis.call('SET', dev, state, 'PX', gap_ms)
+  end
+  return {{0, 0, 0, 0, 0}}
+end
 local sets = {{}}
 local function put(field, value) sets[#sets + 1] = field; sets[#sets + 1] = value end
 local changed, moved, completed, implausible = 0, 0, 0, 0

@@ -172,3 +172,26 @@ async def test_on_a_cluster_a_refusing_node_fails_only_its_own_pings(
             await store.save([ping(users[0], 20.0, 3), ping(up[0], 20.0, 3)], 1000)
     finally:
         await redis.config_set("maxmemory", "0", target_nodes=down)
+
+
+@both_redis
+async def test_a_ping_resent_on_a_new_connection_is_where_that_connection_counts_from(
+    store: ProgressStore, redis: Any
+) -> None:
+    """A player whose connection dropped before the ack resends the ping in hand (same seq) on
+    the new connection: the server had stored it (a retransmission: the resume point stays), and
+    it is still the new device's first ping, so what it watches next counts from there. Found by
+    the cluster simulation (seed 17): the resent ping left the new connection without a baseline,
+    the second it watched next was never covered, and a lecture watched to the end stayed
+    incomplete (86 % covered) and locked the next one."""
+
+    def on(device: str, position: float, seq: int) -> Ping:
+        return Ping("ana", "c1", "l1", position, seq, 100.0, device=device)
+
+    assert [r.moved for r in await store.save([on("conn1", 0.0, 1)], 1_000)] == [True]
+    # The ack was lost with conn1; conn2 resends the same ping, then plays on at real pace.
+    assert [r.moved for r in await store.save([on("conn2", 0.0, 1)], 2_000)] == [False]
+    await store.save([on("conn2", 0.9, 2)], 2_900)
+    await store.save([on("conn2", 1.8, 3)], 3_800)
+    progress = await redis.hmget(keys.progress("ana", "c1"), "i:l1", "w:l1", "x:l1")
+    assert progress == ["0-1.8", "1.8", None]
