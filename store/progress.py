@@ -3,7 +3,8 @@
 Redis hash ``progress:{user:<id>}:<courseId>`` (one cluster slot per user):
 
 - ``lecture``, ``pos``, ``seq``: the resume point, last-writer-wins by ``seq`` (an older seq
-  never moves it; a repeat of the current seq is a retransmission and changes nothing; both
+  never moves it; a repeat of the current seq is a retransmission and changes nothing, except
+  that a device that had not sent it — a resend on a new connection — counts on from it; both
   are acked);
 - ``i:<lectureId>``: what was actually watched, merged ``start-end`` intervals in seconds
   rounded down to 0.1 s (``0-12.5,20-30``), at most ``MAX_INTERVALS`` of them;
