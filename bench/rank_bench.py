@@ -19,6 +19,13 @@ viewers through the ingest API, and the probes are scored one after another. Rep
 - with ranks on: the time from a probe's score write answered 202 to that viewer's own rank
   event showing the new score (p50/p99), split at the board event naming the viewer (this
   process follows the board's Pub/Sub channel): ingest and worker before it, the gateway after.
+  A probe waits a random 0.2-0.7 s before its next write, so its writes do not fall into step
+  with the gateway's rank ticks;
+- with ranks on: for ``--watchers`` viewers held by this process and never scored (only others'
+  scores move them), the time from the board event after which their true place changed (from
+  a copy of the board kept here, ``bench.rank_mirror``) to their rank event of that version or
+  a newer one (p50/p99/max; the goal is 5 s), and the changes never delivered. The bench's own
+  reads for that copy are left out of the Redis figures.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.common import cpu_split
+from bench.rank_mirror import BoardMirror, TruePlace
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.messages import board_event_decoder
@@ -61,8 +69,10 @@ def viewer_id(i: int) -> str:
 class Stream(asyncio.Protocol):
     """An SSE stream that counts board frames and rank events and keeps the newest rank data."""
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, *, keep_log: bool = False) -> None:
         self.request = request
+        # (version, arrival) of every rank event, for the streams this process measures.
+        self.log: list[tuple[int, float]] | None = [] if keep_log else None
         self.ok = False
         self.closed = False
         self.frames = 0
@@ -91,6 +101,8 @@ class Stream(asyncio.Protocol):
                 self.ranks += 1
                 self.rank = json.loads(event[at + len(RANK_EVENT) :].split(b"\r\n")[0])
                 self.rank_at = time.perf_counter()
+                if self.log is not None:
+                    self.log.append((self.rank["version"], self.rank_at))
                 self.changed.set()
             elif b"event: snapshot" in event or b"event: update" in event:
                 self.frames += 1
@@ -102,7 +114,9 @@ class Stream(asyncio.Protocol):
         self.closed = True
 
 
-async def open_streams(port: int, tokens: list[str], first_source: int) -> list[Stream]:
+async def open_streams(
+    port: int, tokens: list[str], first_source: int, *, keep_log: bool = False
+) -> list[Stream]:
     loop = asyncio.get_running_loop()
     streams: list[Stream] = []
     for start in range(0, len(tokens), 500):
@@ -112,7 +126,7 @@ async def open_streams(port: int, tokens: list[str], first_source: int) -> list[
                 f"GET /api/v1/leaderboard/stream?board=global HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 f"Authorization: Bearer {tokens[i]}\r\nAccept: text/event-stream\r\n\r\n"
             ).encode()
-            stream = Stream(request)
+            stream = Stream(request, keep_log=keep_log)
             streams.append(stream)
             source = SOURCE_ADDRESSES[(first_source + i) % len(SOURCE_ADDRESSES)]
             coros.append(
@@ -172,12 +186,14 @@ async def phase(
     assert gateway is not None
     port = settings.gateway_port
     probes = list(range(args.probes))
-    held = args.viewers - args.probes
+    watchers = [viewer_id(i) for i in range(args.probes, args.probes + args.watchers)]
+    first_held = args.probes + args.watchers
+    held = args.viewers - first_held
     per = -(-held // args.generators)
     gens = [
         await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "bench.rank_bench", "--generate", "--port", str(port)],
-            *["--secret", settings.jwt_secret, "--first", str(args.probes + g * per)],
+            *["--secret", settings.jwt_secret, "--first", str(first_held + g * per)],
             *["--count", str(min(per, held - g * per)), "--seconds", str(args.seconds + 15)],
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
@@ -188,7 +204,10 @@ async def phase(
     try:
         issuer = TokenIssuer(settings)
         probe_streams = await open_streams(
-            port, [issuer.access_token(user_id=viewer_id(i), name=viewer_id(i)) for i in probes], 0
+            port,
+            [issuer.access_token(user_id=viewer_id(i), name=viewer_id(i)) for i in range(first_held)],
+            0,
+            keep_log=True,
         )
         for g in gens:
             assert g.stdout is not None
@@ -206,6 +225,9 @@ async def phase(
             tcount0 = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_count")
             bsum0 = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_sum")
             bcount0 = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_count")
+            own0 = await gateway_metric(gw, "scorecast_gateway_rank_own_lookups_total")
+            osum0 = await gateway_metric(gw, "scorecast_gateway_rank_own_seconds_sum")
+            ocount0 = await gateway_metric(gw, "scorecast_gateway_rank_own_seconds_count")
             calls0 = await redis_calls(redis)
             cpu0 = sum(cpu_split(gateway.pid))
             t0 = time.perf_counter()
@@ -220,14 +242,34 @@ async def phase(
             pubsub = redis.pubsub()
             await pubsub.subscribe(keys.board_channel("global"))
             watched = {viewer_id(i) for i in probes}
+            # The watchers' true places: after the subscription, so no event is missed.
+            mirror = BoardMirror(redis, "global")
+            await mirror.load()
+            events: asyncio.Queue[tuple[float, int, list[str]]] = asyncio.Queue()
+            true_place: dict[str, TruePlace] = {w: mirror.place(w) for w in watchers}
+            # Per watcher: (board version, board event time) of each change of its true place.
+            moves: dict[str, list[tuple[int, float]]] = {w: [] for w in watchers}
 
             async def listen() -> None:
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         now = time.perf_counter()
-                        for user in board_event_decoder.decode(message["data"]).users:
+                        event = board_event_decoder.decode(message["data"])
+                        for user in event.users:
                             if user in watched:
                                 applied[user] = now
+                        events.put_nowait((now, event.version, event.users))
+
+            async def follow_mirror() -> None:
+                while True:
+                    at, version, users = await events.get()
+                    await mirror.apply(version, users)
+                    for w in watchers:
+                        now_place = mirror.place(w)
+                        if now_place != true_place[w]:
+                            true_place[w] = now_place
+                            moves[w].append((mirror.version, at))
+                    events.task_done()
 
             async def write(user: str, increment: int) -> float:
                 r = await api.post(
@@ -255,7 +297,7 @@ async def phase(
                 step = 1 / args.rate
                 at = time.perf_counter()
                 while at < end:
-                    user = viewer_id(rng.randrange(args.probes, args.viewers))
+                    user = viewer_id(rng.randrange(first_held, args.viewers))
                     tasks.append(asyncio.create_task(one(user, rng.randint(1, 500))))
                     at += step
                     await asyncio.sleep(max(0.0, at - time.perf_counter()))
@@ -264,6 +306,7 @@ async def phase(
             async def probe(lane: int) -> None:
                 nonlocal missed
                 mine = probes[lane :: args.lanes]
+                pause = random.Random(lane)
                 n = 0
                 while time.perf_counter() < end - 2:
                     i = mine[n % len(mine)]
@@ -294,23 +337,54 @@ async def phase(
                             event_to_frames.append((user, applied[user]))
                     else:
                         missed += 1
-                    await asyncio.sleep(0.2)
+                    # Random: a fixed pause puts the writes in step with the gateway's ticks.
+                    await asyncio.sleep(pause.uniform(0.2, 0.7))
 
             listening = asyncio.create_task(listen())
+            mirroring = asyncio.create_task(follow_mirror())
             await asyncio.gather(flow(), *(probe(lane) for lane in range(args.lanes)))
-            listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listening
-            await pubsub.aclose()
             window = time.perf_counter() - t0
             cpu = sum(cpu_split(gateway.pid)) - cpu0
             calls1 = await redis_calls(redis)
+            mirror_commands = mirror.commands  # this process's own reads, all after calls0
             lookups = await gateway_metric(gw, "scorecast_gateway_rank_lookups_total") - lookups0
             frames = await gateway_metric(gw, "scorecast_gateway_rank_frames_total") - frames0
             tsum = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_sum") - tsum0
             tcount = await gateway_metric(gw, "scorecast_gateway_rank_tick_seconds_count") - tcount0
             bsum = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_sum") - bsum0
             bcount = await gateway_metric(gw, "scorecast_gateway_broadcast_seconds_count") - bcount0
+            own = await gateway_metric(gw, "scorecast_gateway_rank_own_lookups_total") - own0
+            osum = await gateway_metric(gw, "scorecast_gateway_rank_own_seconds_sum") - osum0
+            ocount = await gateway_metric(gw, "scorecast_gateway_rank_own_seconds_count") - ocount0
+            # The moves of the last seconds get their refresh time to arrive (no writes now).
+            await asyncio.sleep(settings.rank_refresh_s + 2.0 if ranks_on else 0.0)
+            await asyncio.wait_for(events.join(), 30)
+            for task in (listening, mirroring):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await pubsub.aclose()
+        moved: list[float] = []
+        undelivered = 0
+        for i, w in enumerate(watchers):
+            log = probe_streams[args.probes + i].log
+            assert log is not None
+            for version, at in moves[w]:
+                got = next((t for v, t in log if v >= version), None)
+                if got is None:
+                    undelivered += 1
+                else:
+                    moved.append((got - at) * 1000)
+        result.update(
+            moved_changes=sum(len(m) for m in moves.values()),
+            moved_undelivered=undelivered,
+            moved_p50_ms=pct(moved, 50) if moved else None,
+            moved_p99_ms=pct(moved, 99) if moved else None,
+            moved_max_ms=max(moved) if moved else None,
+            own_lookups_per_s=own / window,
+            own_lane_passes=ocount,
+            own_lane_mean_ms=(osum / ocount * 1000) if ocount else None,
+        )
         # For comparison, the shared frame over the same connections: from each board event above
         # to the next board frame the same probe client received.
         to_frame = []
@@ -323,10 +397,12 @@ async def phase(
             event_to_frame_p99_ms=pct(to_frame, 99) if to_frame else None,
         )
         delta = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0) > 0}
+        ops = sum(delta.values()) - mirror_commands
         result.update(
             window_s=window,
-            redis_ops_per_s=sum(delta.values()) / window,
-            redis_ops=sum(delta.values()),
+            redis_ops_per_s=ops / window,
+            redis_ops=ops,
+            bench_ops=mirror_commands,
             writes=written[0],
             evalsha_per_s=delta.get("evalsha", 0) / window,
             zrevrank_per_s=delta.get("zrevrank", 0) / window,
@@ -354,7 +430,7 @@ async def phase(
         for g in gens:
             out, _ = await asyncio.wait_for(g.communicate(), args.seconds + 60)
             summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
-        result["viewers"] = args.probes + sum(s["streams"] for s in summaries)
+        result["viewers"] = first_held + sum(s["streams"] for s in summaries)
         result["failed"] = sum(s["failed"] for s in summaries) + sum(1 for s in probe_streams if s.closed)
         return result
     finally:
@@ -457,6 +533,19 @@ async def run(args: argparse.Namespace) -> None:
             f"p99 {on['to_event_p99_ms']:.0f} ms;  board event -> rank event (gateway) "
             f"p50 {on['event_to_rank_p50_ms']:.0f} ms  p99 {on['event_to_rank_p99_ms']:.0f} ms"
         )
+        if on["own_lane_passes"]:
+            print(
+                f"  own lane       {on['own_lookups_per_s']:.0f} lookups/s in "
+                f"{on['own_lane_passes'] / on['window_s']:.1f} passes/s, "
+                f"mean {on['own_lane_mean_ms']:.1f} ms (first board event waiting -> rank events handed over)"
+            )
+        if on["moved_changes"]:
+            print(
+                f"others moved it  board event -> rank event p50 {on['moved_p50_ms']:.0f} ms  "
+                f"p99 {on['moved_p99_ms']:.0f} ms  max {on['moved_max_ms']:.0f} ms  "
+                f"({on['moved_changes']} changes of {args.watchers} watchers' places, "
+                f"{on['moved_undelivered']} never delivered)"
+            )
         print(
             f"  compare        board event -> next shared frame at the same clients "
             f"p50 {on['event_to_frame_p50_ms']:.0f} ms  p99 {on['event_to_frame_p99_ms']:.0f} ms"
@@ -482,6 +571,9 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--generators", type=int, default=2)
     parser.add_argument("--lanes", type=int, default=4, help="probe viewers scored concurrently")
+    parser.add_argument(
+        "--watchers", type=int, default=200, help="viewers held here, never scored, whose moves are timed"
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=20.0, help="score writes per second to random viewers")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
