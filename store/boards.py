@@ -25,7 +25,7 @@ from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode
 from store.clients import is_cluster, queue_script
 
 APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
-# Users one rank script call looks up at most (4 commands each): Redis runs a script to its end,
+# Users one rank script call looks up at most (3 commands each): Redis runs a script to its end,
 # so a tick's lookups of a board go as several calls in the same round trip.
 STANDINGS_PER_CALL = 500
 # A period board that closed (see ingest.seasons): its standings are final, the step changes nothing.
@@ -114,7 +114,8 @@ return rows
 # KEYS: zset, version, members, empty. ARGV: userId1, userId2, ...
 # Returns {version, rank0, score, scoreAbove, ...} with three values per user (rank0 -1 and ''
 # scores when unranked; scoreAbove '' at #1), or {-1} when the board is missing. Per user: HGET
-# (its member), ZREVRANK, ZSCORE and the one-row ZREVRANGE of the member one rank up.
+# (its member), ZREVRANK, and one ZREVRANGE of the member one rank up and the user's own row
+# (both scores in one command; at #1 the own row alone).
 _RANKS = (
     _EXISTS_FN
     + """
@@ -124,11 +125,15 @@ for i = 1, #ARGV do
   local member = redis.call('HGET', KEYS[3], ARGV[i])
   local rank = member and redis.call('ZREVRANK', KEYS[1], member)
   if rank then
-    local above = ''
-    if rank > 0 then above = redis.call('ZREVRANGE', KEYS[1], rank - 1, rank - 1, 'WITHSCORES')[2] end
     out[#out + 1] = rank
-    out[#out + 1] = redis.call('ZSCORE', KEYS[1], member)
-    out[#out + 1] = above
+    if rank > 0 then
+      local rows = redis.call('ZREVRANGE', KEYS[1], rank - 1, rank, 'WITHSCORES')
+      out[#out + 1] = rows[4]
+      out[#out + 1] = rows[2]
+    else
+      out[#out + 1] = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+      out[#out + 1] = ''
+    end
   else
     out[#out + 1] = -1
     out[#out + 1] = ''
