@@ -176,9 +176,10 @@ class Settings:
     rebuild_stream_max_length: int = 10_000
     # Rank events (each viewer's own place on the boards it follows). Redis lookups of one
     # gateway are bounded by rank_lookups_per_s (one lookup = one viewer on one board; 0 turns
-    # rank events off). Viewers whose own score changed go first; every other viewer is looked
-    # up again within rank_refresh_s while the budget covers (viewers / rank_refresh_s) per second.
-    # The lookups of one tick (rank_tick_s) go to Redis in one script call per board.
+    # rank events off). Viewers whose own score changed go first, read at once by the own lane
+    # (gateway.rank_push); every other viewer is looked up again within rank_refresh_s while the
+    # budget covers (viewers / rank_refresh_s) per second. The other lookups of one tick
+    # (rank_tick_s) go to Redis in one script call per board.
     rank_lookups_per_s: float = 5000.0
     rank_refresh_s: float = 5.0
     rank_tick_s: float = 0.25

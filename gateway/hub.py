@@ -359,7 +359,7 @@ class Hub:
     def board_event(self, name: str, version: int, users: list[str] | None = None) -> None:
         """Board ``name`` is at ``version`` now; ``users`` changed their scores on it."""
         if users:
-            self.ranks.planner.changed(name, users)
+            self.ranks.changed(name, users)
         board = self.boards.get(name)
         if board is not None and (board.frames is None or board.frames.version != version):
             board.changed.set()

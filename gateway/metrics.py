@@ -64,6 +64,18 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.rank_own_lookups = Counter(
+            "scorecast_gateway_rank_own_lookups",
+            "Lookups of the own lane (viewers whose own score changed, read at once; also counted "
+            "in scorecast_gateway_rank_lookups)",
+            registry=self.registry,
+        )
+        self.rank_own_seconds = Histogram(
+            "scorecast_gateway_rank_own_seconds",
+            "One pass of the own lane: from the first board event it serves to its rank events handed over",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
         self.rank_backlog = Gauge(
             "scorecast_gateway_rank_backlog",
             "Viewers whose own score changed, waiting for rank lookup budget",

@@ -1,16 +1,22 @@
 """Who gets a ``rank`` event, when, and what it says — without sockets, Redis or an event loop.
 
 A viewer (a user on a board, however many of their connections follow it) is one *pair*. The
-:class:`RankPlanner` decides, tick by tick, which pairs the gateway looks up in Redis, within a
-budget of ``lookups_per_s`` (a token bucket holding at most ``burst_s`` of lookups, so one
-late tick cannot take a long run of the event loop):
+:class:`RankPlanner` decides which pairs the gateway looks up in Redis, within one budget of
+``lookups_per_s`` (a token bucket holding at most ``burst_s`` of lookups, so one late tick
+cannot take a long run of the event loop) shared by two lanes:
 
-1. pairs whose own score changed (the board event names them), in the order they changed;
-2. pairs a connection just started to follow;
-3. then every other pair in turn (round-robin): each is due ``refresh_s`` after its last lookup
-   (whatever caused it) — what catches viewers that other users passed. The turns are paced at
-   (pairs / ``refresh_s``) per second, taken early from the front of the queue when none is due,
-   so a crowd that arrived at once spreads out instead of coming due in one tick.
+- the own lane (:meth:`RankPlanner.plan_own`), asked as soon as a board event names viewers whose
+  own score changed (:meth:`RankPlanner.changed` answers whether it did): those pairs alone, in
+  the order they changed, without waiting for the next tick or behind its round-robin reads;
+- the tick (:meth:`RankPlanner.plan`), every ``rank_tick_s``:
+
+  1. pairs whose own score changed that the own lane left (budget, a failed read);
+  2. pairs a connection just started to follow;
+  3. then every other pair in turn (round-robin): each is read again within ``refresh_s`` of its
+     last lookup (whatever caused it) — what catches viewers that other users passed. A turn
+     comes due one tick (``tick_s``) early, as it may wait that long to be planned. The turns are
+     paced at (pairs / that interval) per second, taken early from the front of the queue when
+     none is due, so a crowd that arrived at once spreads out instead of coming due in one tick.
 
 A pair is looked up once whatever the number of its connections. Each connection is sent a
 place only when it differs from the last place that connection was sent on that board (the
@@ -96,11 +102,20 @@ class RankPlanner(Generic[C]):
     """The rank bookkeeping of one gateway. ``now`` arguments are monotonic seconds."""
 
     def __init__(
-        self, *, lookups_per_s: float, refresh_s: float, burst_s: float = 0.5, now: float = 0.0
+        self,
+        *,
+        lookups_per_s: float,
+        refresh_s: float,
+        tick_s: float = 0.0,
+        burst_s: float = 0.5,
+        now: float = 0.0,
     ) -> None:
         self.lookups_per_s = lookups_per_s
         self.burst = lookups_per_s * burst_s
         self.refresh_s = refresh_s
+        # A pair's turn: due this long after its lookup, so that with the wait for a tick it is
+        # read again within refresh_s.
+        self.turn_s = max(tick_s, refresh_s - tick_s)
         self.viewers: dict[Pair, _Viewer[C]] = {}
         # Ordered sets: first asked, first looked up.
         self._own: dict[Pair, None] = {}  # own score changed
@@ -109,8 +124,9 @@ class RankPlanner(Generic[C]):
         # (due, pair), stale entries included (skipped and dropped as they surface).
         self._turns: list[tuple[float, Pair]] = []
         self._turn_credit = 0.0
+        self._turns_at = now  # when the turn credit was last added to
         self._tokens = self.burst
-        self._last = now
+        self._tokens_at = now  # when the bucket was last filled
 
     @property
     def enabled(self) -> bool:
@@ -147,21 +163,45 @@ class RankPlanner(Generic[C]):
             self._replay.pop(pair, None)
             # Its round-robin entry is dropped when it surfaces.
 
-    def changed(self, board: str, user_ids: Iterable[str]) -> None:
-        """These users' scores on ``board`` changed: look them up first."""
+    def changed(self, board: str, user_ids: Iterable[str]) -> bool:
+        """These users' scores on ``board`` changed: look them up first. Answers whether any of
+        them views ``board`` here (then :meth:`plan_own` has work)."""
+        queued = False
         for user_id in user_ids:
             pair = (board, user_id)
             if pair in self.viewers:
                 self._own[pair] = None
+                queued = True
+        return queued
 
-    # ------------------------------------------------------------ one tick
+    # ------------------------------------------------------------ the lanes
+    def _fill(self, now: float) -> int:
+        """Refill the bucket up to ``now``; the whole lookups it holds."""
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._tokens_at) * self.lookups_per_s)
+        self._tokens_at = max(self._tokens_at, now)
+        return int(self._tokens)
+
+    def plan_own(self, now: float) -> dict[str, list[str]]:
+        """The own lane: the pairs whose own score changed, {board: [userId, ...]}, as far as the
+        budget allows now (the rest wait for the next tick, which takes them first). Like
+        :meth:`plan`, each planned pair counts as looked up at ``now``."""
+        budget = self._fill(now)
+        lookups: dict[str, list[str]] = {}
+        chosen = 0
+        while self._own and chosen < budget:
+            pair = next(iter(self._own))
+            del self._own[pair]
+            self._new.pop(pair, None)
+            chosen += self._take(pair, now, lookups)
+        self._tokens -= chosen
+        return lookups
+
     def plan(self, now: float) -> dict[str, list[str]]:
         """The lookups of this tick, {board: [userId, ...]}, within the budget; each planned
         pair counts as looked up at ``now`` (its result is expected through :meth:`looked_up`)."""
-        elapsed = max(0.0, now - self._last)
-        self._last = now
-        self._tokens = min(self.burst, self._tokens + elapsed * self.lookups_per_s)
-        budget = int(self._tokens)
+        budget = self._fill(now)
+        elapsed = max(0.0, now - self._turns_at)
+        self._turns_at = max(self._turns_at, now)
         lookups: dict[str, list[str]] = {}
         chosen = 0
         for urgent in (self._own, self._new):
@@ -172,9 +212,9 @@ class RankPlanner(Generic[C]):
                 chosen += self._take(pair, now, lookups)
         # Round-robin: every due pair, and early ones while the pace allows. Each turn costs a
         # credit (due ones even without: the credit goes negative and early turns wait), so
-        # over time the turns average (pairs / refresh_s) per second.
+        # over time the turns average (pairs / turn_s) per second.
         self._turn_credit = min(
-            float(len(self.viewers)), self._turn_credit + len(self.viewers) * elapsed / self.refresh_s
+            float(len(self.viewers)), self._turn_credit + len(self.viewers) * elapsed / self.turn_s
         )
         turns = self._turns
         while turns and chosen < budget:
@@ -199,13 +239,14 @@ class RankPlanner(Generic[C]):
         if viewer is None or viewer.looked_up == now:
             return 0
         viewer.looked_up = now
-        viewer.due = now + self.refresh_s
+        viewer.due = now + self.turn_s
         heapq.heappush(self._turns, (viewer.due, pair))
         lookups.setdefault(pair[0], []).append(pair[1])
         return 1
 
     def retry(self, lookups: dict[str, list[str]]) -> None:
-        """Planned lookups that failed: asked again first (the budget still paces them)."""
+        """Planned lookups that failed: asked again first by the next tick (the budget still
+        paces them; the own lane is not woken for them, so an outage is not read in a loop)."""
         for board, user_ids in lookups.items():
             for user_id in user_ids:
                 pair = (board, user_id)
