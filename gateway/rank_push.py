@@ -43,7 +43,7 @@ log = logging.getLogger("scorecast.gateway.ranks")
 HAND_OVER_CHUNK = 256
 # The own lane's passes are at least this far apart: board events that come closer together share
 # one pass (one script call per board), which bounds its calls, not its lookups (the budget does).
-OWN_GAP_S = 0.05
+OWN_GAP_S = 0.1
 
 
 def outbox_key(board: str) -> str:
