@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from contract import keys
 from store.boards import STANDINGS_PER_CALL, BoardStore, Standing
 from tests.test_gateway_sse import apply, make_board
@@ -68,3 +70,54 @@ async def test_missing_and_lost_boards(redis: Any) -> None:
     await make_board(redis, "weekly:2026-W47")  # a board without members exists
     [empty] = await store.standings({"weekly:2026-W47": ["ada"]})
     assert empty.exists and empty.places == {"ada": Standing(rank=None, score=None, above=None)}
+
+
+async def test_on_a_redis_cluster_each_board_is_read_on_the_master_of_its_slot(
+    cluster_redis: aioredis.RedisCluster,
+) -> None:
+    """One board is one slot: its script calls (one per STANDINGS_PER_CALL users) go to the master
+    owning it, and only there, in the same pipelined call; the places are those of one Redis."""
+    names = [f"course:c{i}" for i in range(9)]
+    masters = {cluster_redis.get_node_from_key(keys.board_keys(n).zset).port for n in names}
+    assert len(masters) == 3  # boards on every master
+    for name in names:
+        await make_board(cluster_redis, name, {"ada": 50, "bo": 30, "cy": 30})
+    crowd = {f"u{i:04d}": 2000 - i for i in range(STANDINGS_PER_CALL + 10)}
+    store = await make_board(cluster_redis, "global", crowd)
+    lookups = {name: ["cy", "nobody", "ada", "bo"] for name in names} | {"global": list(crowd)}
+    calls: dict[int, int] = {}  # master port -> script calls it should run
+    for board, users in lookups.items():
+        port = cluster_redis.get_node_from_key(keys.board_keys(board).zset).port
+        calls[port] = calls.get(port, 0) + -(-len(users) // STANDINGS_PER_CALL)
+    before = await script_calls(cluster_redis)
+    found = await store.standings(lookups)
+    after = await script_calls(cluster_redis)
+    assert {port: after[port] - before[port] for port in after} == {p: calls.get(p, 0) for p in after}
+    assert [f.board for f in found] == [*names, "global", "global"]
+    for f in found[: len(names)]:
+        assert f.exists and f.version == int(await cluster_redis.get(keys.board_keys(f.board).version))
+        assert f.places == {
+            "ada": Standing(rank=1, score=50, above=None),
+            "bo": Standing(rank=2, score=30, above=50),
+            "cy": Standing(rank=3, score=30, above=30),
+            "nobody": Standing(rank=None, score=None, above=None),
+        }
+    merged = {u: s for f in found[len(names) :] for u, s in f.places.items()}
+    assert len(merged) == len(crowd)
+    assert merged["u0000"] == Standing(rank=1, score=2000, above=None)
+    assert merged[f"u{STANDINGS_PER_CALL + 9:04d}"] == Standing(
+        rank=STANDINGS_PER_CALL + 10, score=2000 - STANDINGS_PER_CALL - 9, above=2000 - STANDINGS_PER_CALL - 8
+    )
+
+
+async def script_calls(cluster: aioredis.RedisCluster) -> dict[int, int]:
+    """Script calls (EVAL and EVALSHA) each master has run, by port."""
+    found = {}
+    for node in cluster.get_primaries():
+        direct = aioredis.Redis(host=node.host, port=node.port, decode_responses=True)
+        try:
+            stats = await direct.info("commandstats")
+        finally:
+            await direct.aclose()
+        found[node.port] = sum(stats.get(f"cmdstat_{c}", {"calls": 0})["calls"] for c in ("eval", "evalsha"))
+    return found

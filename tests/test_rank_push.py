@@ -1,5 +1,6 @@
 """The rank loops of one gateway (gateway/rank_push.py) in process, on the real Redis-protocol
-server: the real hub and connections, board events handed to the hub as its listener does."""
+server and on a Redis Cluster: the real hub and connections, board events handed to the hub as
+its listener does."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from contract.settings import Settings
 from gateway.hub import Connection, Hub
 from gateway.metrics import Metrics
 from tests.eventually import eventually
+from tests.helpers import both_redis
 from tests.test_gateway_sse import apply, make_board
+
+pytestmark = [both_redis]
 
 RANK_HEAD = b"event: rank\ndata: "
 
