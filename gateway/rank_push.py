@@ -124,21 +124,26 @@ class RankPusher:
 
     async def _look_up(self, lookups: dict[str, list[str]]) -> bool:
         """Read the planned places and hand their frames over; False (and the pairs asked again
-        by the next tick) when Redis failed."""
+        by the next tick) when Redis failed. On a Redis Cluster with a master down, the boards of
+        its slots are asked again and the others' frames go out."""
         try:
             results = await self.store.standings(lookups)
-            self._failures = 0
         except Exception as exc:
-            self._failures += 1
-            if self._failures == 1:
-                log.warning("rank lookups failed; retrying", exc_info=True)
-            else:  # an outage: one traceback is enough
-                log.debug("rank lookups failed again: %s", exc)
-            self.planner.retry(lookups)
+            self._failed(exc, lookups)
             return False
-        self.metrics.rank_lookups.inc(sum(len(users) for users in lookups.values()))
+        unread: dict[str, list[str]] = {}
         for found in results:
-            if not found.exists:  # a missing board: the board loop asks for its rebuild
+            if found.unread:
+                unread.setdefault(found.board, []).extend(found.unread)
+        if unread:
+            self._failed(None, unread)
+        else:
+            self._failures = 0
+        self.metrics.rank_lookups.inc(
+            sum(len(users) for users in lookups.values()) - sum(len(users) for users in unread.values())
+        )
+        for found in results:
+            if not found.exists:  # a missing board (the board loop asks for its rebuild), or unread
                 continue
             items = list(found.places.items())
             for start in range(0, len(items), HAND_OVER_CHUNK):
@@ -150,6 +155,15 @@ class RankPusher:
                 }
                 self._send(self.planner.looked_up(found.board, found.version, places))
         return True
+
+    def _failed(self, exc: Exception | None, lookups: dict[str, list[str]]) -> None:
+        self._failures += 1
+        what = exc or f"no answer for the boards {sorted(lookups)}"
+        if self._failures == 1:
+            log.warning("rank lookups failed; retrying: %s", what, exc_info=exc)
+        else:  # an outage: one line is enough
+            log.debug("rank lookups failed again: %s", what)
+        self.planner.retry(lookups)
 
     def _send(self, deliveries: list[tuple[RankFrames, list[Connection]]]) -> None:
         sent = 0

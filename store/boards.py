@@ -28,6 +28,8 @@ APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 # Users one rank script call looks up at most (3 commands each): Redis runs a script to its end,
 # so a tick's lookups of a board go as several calls in the same round trip.
 STANDINGS_PER_CALL = 500
+# On a Redis Cluster, the script calls of one standings read in flight at once (each its own command).
+CLUSTER_CALLS_IN_FLIGHT = 16
 # A period board that closed (see ingest.seasons): its standings are final, the step changes nothing.
 CLOSED = -2
 STAGING_TTL_S = 3600
@@ -268,12 +270,17 @@ class Standing:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Standings:
-    """The places of several users on one board, read atomically at ``version``."""
+    """The places of several users on one board, read atomically at ``version``.
+
+    ``unread``: on a Redis Cluster, the users of a call whose node did not answer (a master down,
+    its slots moving): no places then; ask again later. Empty otherwise.
+    """
 
     board: str
     version: int
     exists: bool
     places: dict[str, Standing]
+    unread: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -390,10 +397,16 @@ class BoardStore:
         )
 
     async def standings(self, lookups: Mapping[str, Sequence[str]]) -> list[Standings]:
-        """The places of users on boards ({board: [userId, ...]}), in one pipelined round trip:
-        one script call per board (and per :data:`STANDINGS_PER_CALL` users, so no call holds
-        Redis long), so on a Redis Cluster each call stays in its board's slot. One
+        """The places of users on boards ({board: [userId, ...]}): one script call per board (and
+        per :data:`STANDINGS_PER_CALL` users, so no call holds Redis long). One
         :class:`Standings` per call, in order: a board's calls may read different versions.
+
+        One Redis: one pipelined round trip, and a Redis that does not answer raises. A Redis
+        Cluster: a board is one slot, so each call is a batch of its slot, sent whole (EVAL) to
+        the master owning it, as its own command (at most :data:`CLUSTER_CALLS_IN_FLIGHT` at
+        once): while a master is down only the calls of its slots fail, answered ``unread``,
+        and the others' places still count. Not a cluster pipeline: one of those fails whole
+        when a node refuses, and its retry closes every connection of the client (redis-py 8.1).
 
         A missing board (see the module docstring) answers ``exists=False`` and no places.
         """
@@ -404,6 +417,8 @@ class BoardStore:
         ]
         if not boards:
             return []
+        if is_cluster(self.redis):
+            return await self._cluster_standings(boards)
         if len(boards) == 1:
             # One call (a gateway's own lane, usually): the script alone, one round trip, where a
             # pipeline of scripts first asks SCRIPT EXISTS in a round trip of its own.
@@ -420,6 +435,31 @@ class BoardStore:
         return [
             _standings(board, users, reply) for (board, users), reply in zip(boards, replies, strict=True)
         ]
+
+    async def _cluster_standings(self, calls: list[tuple[str, Sequence[str]]]) -> list[Standings]:
+        # The slot map first, once (a no-op when it is current): left to the concurrent calls, a
+        # client reading it (its first command, or after a node failed) has been seen to hand one
+        # of them a connection it was closing (AttributeError on its writer, redis-py 8.1).
+        await self.redis.initialize()
+        gate = asyncio.Semaphore(CLUSTER_CALLS_IN_FLIGHT)
+
+        async def call(board: str, users: Sequence[str]) -> Any:
+            keys = board_keys(board)
+            async with gate:
+                return await self.redis.execute_command(
+                    "EVAL", _RANKS, 4, keys.zset, keys.version, keys.members, keys.empty, *users
+                )
+
+        replies = await asyncio.gather(*(call(b, u) for b, u in calls), return_exceptions=True)
+        found = []
+        for (board, users), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, asyncio.CancelledError):
+                raise reply
+            if isinstance(reply, BaseException):
+                found.append(Standings(board=board, version=0, exists=False, places={}, unread=tuple(users)))
+            else:
+                found.append(_standings(board, users, reply))
+        return found
 
     async def exists(self, board: str) -> bool:
         """Whether the board is in Redis (see the module docstring: a lost ranking is missing)."""

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from contract import keys
+from devstack.cluster import RedisCluster
+from gateway.shards import slot_of
 from store.boards import STANDINGS_PER_CALL, BoardStore, Standing
+from store.clients import redis_client
+from tests.eventually import eventually
 from tests.test_gateway_sse import apply, make_board
 
 
@@ -108,6 +113,44 @@ async def test_on_a_redis_cluster_each_board_is_read_on_the_master_of_its_slot(
     assert merged[f"u{STANDINGS_PER_CALL + 9:04d}"] == Standing(
         rank=STANDINGS_PER_CALL + 10, score=2000 - STANDINGS_PER_CALL - 9, above=2000 - STANDINGS_PER_CALL - 8
     )
+
+
+@pytest.mark.timeout(120)
+async def test_on_a_redis_cluster_a_master_down_leaves_only_its_boards_unread(
+    cluster_redis: aioredis.RedisCluster, redis_cluster_srv: RedisCluster
+) -> None:
+    cluster = redis_cluster_srv
+    names = [f"course:c{i}" for i in range(9)]
+    for name in names:
+        await make_board(cluster_redis, name, {"ada": 50, "bo": 30})
+    victim = cluster.node_of_slot(slot_of(keys.board_keys(names[0]).zset))
+    down = {n for n in names if cluster.node_of_slot(slot_of(keys.board_keys(n).zset)).port == victim.port}
+    assert 0 < len(down) < len(names)
+    lookups = {name: ["ada", "bo"] for name in names}
+    places = {"ada": Standing(rank=1, score=50, above=None), "bo": Standing(rank=2, score=30, above=50)}
+    redis = redis_client(cluster.url, cluster=True)  # the client every process uses
+    store = BoardStore(redis)
+    try:
+        first = await store.standings(lookups)
+        assert all(f.places == places and not f.unread for f in first), first
+        victim.kill()
+        try:
+            found = await store.standings(lookups)
+            assert [f.board for f in found] == names
+            for f in found:
+                if f.board in down:
+                    assert (f.exists, f.places, f.unread) == (False, {}, ("ada", "bo")), f
+                else:
+                    assert (f.exists, f.places, f.unread) == (True, places, ()), f
+        finally:
+            victim.start()
+            cluster.wait_ok()
+        back = await eventually(
+            lambda: store.standings(lookups), until=lambda got: not any(f.unread for f in got)
+        )
+        assert all(f.places == places for f in back)
+    finally:
+        await redis.aclose()
 
 
 async def script_calls(cluster: aioredis.RedisCluster) -> dict[int, int]:

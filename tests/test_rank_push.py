@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 
+from contract import keys
 from contract.settings import Settings
+from devstack.cluster import RedisCluster
 from gateway.hub import Connection, Hub
 from gateway.metrics import Metrics
+from gateway.shards import slot_of
+from store.clients import redis_client
 from tests.eventually import eventually
 from tests.helpers import both_redis
 from tests.test_gateway_sse import apply, make_board
-
-pytestmark = [both_redis]
 
 RANK_HEAD = b"event: rank\ndata: "
 
@@ -45,10 +47,11 @@ async def hub(redis: Any, settings: Settings) -> AsyncIterator[Hub]:
     await running.close()
 
 
-async def follow(hub: Hub, user_id: str) -> Viewer:
+async def follow(hub: Hub, user_id: str, *boards: str) -> Viewer:
     viewer = Viewer(user_id)
     hub.register(viewer.conn)
-    await hub.subscribe(viewer.conn, "global")
+    for board in boards or ("global",):
+        await hub.subscribe(viewer.conn, board)
     return viewer
 
 
@@ -60,6 +63,7 @@ def lookups(hub: Hub) -> float | None:
     return hub.metrics.registry.get_sample_value("scorecast_gateway_rank_lookups_total")
 
 
+@both_redis
 async def test_an_own_change_is_read_at_once_not_at_the_next_tick(redis: Any, hub: Hub) -> None:
     store = await make_board(redis, "global", {"ada": 50, "bo": 30, "cy": 10})
     bo, cy = await follow(hub, "bo"), await follow(hub, "cy")
@@ -80,6 +84,7 @@ async def test_an_own_change_is_read_at_once_not_at_the_next_tick(redis: Any, hu
     ]
 
 
+@both_redis
 async def test_an_event_naming_no_viewer_reads_nothing(redis: Any, hub: Hub) -> None:
     store = await make_board(redis, "global", {"ada": 50, "bo": 30})
     bo = await follow(hub, "bo")
@@ -91,3 +96,48 @@ async def test_an_event_naming_no_viewer_reads_nothing(redis: Any, hub: Hub) -> 
     # One lookup in all (bo's): the first event woke no pass.
     assert own_lookups(hub) == 1
     assert lookups(hub) == 1
+
+
+@pytest.mark.timeout(120)
+async def test_on_a_redis_cluster_a_master_down_holds_back_only_the_places_of_its_boards(
+    cluster_settings: Settings, cluster_redis: Any, redis_cluster_srv: RedisCluster
+) -> None:
+    cluster = redis_cluster_srv
+
+    def master(board: str) -> int:
+        return cluster.node_of_slot(slot_of(keys.board_keys(board).zset)).port
+
+    names = [f"course:c{i}" for i in range(12)]
+    down = names[0]
+    up = next(n for n in names if master(n) != master(down))
+    stores = {n: await make_board(cluster_redis, n, {"ada": 10, "bo": 30}) for n in (down, up)}
+    redis = redis_client(cluster.url, cluster=True)  # the client a gateway uses
+    hub = Hub(redis=redis, settings=cluster_settings.replace(rank_tick_s=3600.0), metrics=Metrics())
+    hub.start()
+    victim = cluster.node_of_slot(slot_of(keys.board_keys(down).zset))
+    try:
+        ada = await follow(hub, "ada", down, up)
+        versions = {n: await apply(stores[n], n, {"ada": 30}) for n in (down, up)}  # ada #1: 40
+        victim.kill()
+        try:
+            for n in (down, up):
+                hub.board_event(n, versions[n], ["ada"])
+            # The board of a live master: its place. The other: asked again (not lost, not sent).
+            got = await eventually(ada.received)
+            assert got == [{"board": up, "version": versions[up], "rank": 1, "score": 40, "gapToNext": None}]
+            assert hub.ranks.planner.backlog == 1
+        finally:
+            victim.start()
+            cluster.wait_ok()
+        hub.board_event(down, versions[down], ["ada"])  # the next event of that board
+        await eventually(ada.received, until=lambda got: len(got) == 2)
+        assert ada.ranks[1] == {
+            "board": down,
+            "version": versions[down],
+            "rank": 1,
+            "score": 40,
+            "gapToNext": None,
+        }
+    finally:
+        await hub.close()
+        await redis.aclose()
