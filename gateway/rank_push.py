@@ -108,7 +108,8 @@ class RankPusher:
 
     async def _ticks(self) -> None:
         # At a fixed rate (a tick that ran late is not made up for): a due turn waits at most
-        # one tick_s to be planned, which the planner's turns allow for.
+        # one tick_s to be planned, which the planner's turns allow for (with one more for the
+        # tick's read and hand-over).
         next_at = time.monotonic()
         while True:
             next_at = max(next_at + self.tick_s, time.monotonic())

@@ -14,9 +14,10 @@ cannot take a long run of the event loop) shared by two lanes:
   2. pairs a connection just started to follow;
   3. then every other pair in turn (round-robin): each is read again within ``refresh_s`` of its
      last lookup (whatever caused it) — what catches viewers that other users passed. A turn
-     comes due one tick (``tick_s``) early, as it may wait that long to be planned. The turns are
-     paced at (pairs / that interval) per second, taken early from the front of the queue when
-     none is due, so a crowd that arrived at once spreads out instead of coming due in one tick.
+     comes due two ticks (``tick_s``) early: it may wait one to be planned, and its read and
+     hand-over take up to another. The turns are paced at (pairs / that interval) per second,
+     taken early from the front of the queue when none is due, so a crowd that arrived at once
+     spreads out instead of coming due in one tick.
 
 A pair is looked up once whatever the number of its connections. Each connection is sent a
 place only when it differs from the last place that connection was sent on that board (the
@@ -113,9 +114,9 @@ class RankPlanner(Generic[C]):
         self.lookups_per_s = lookups_per_s
         self.burst = lookups_per_s * burst_s
         self.refresh_s = refresh_s
-        # A pair's turn: due this long after its lookup, so that with the wait for a tick it is
-        # read again within refresh_s.
-        self.turn_s = max(tick_s, refresh_s - tick_s)
+        # A pair's turn: due this long after its lookup, so that with the wait for a tick and the
+        # tick's read and hand-over its new place is out within refresh_s.
+        self.turn_s = max(tick_s, refresh_s - 2 * tick_s)
         self.viewers: dict[Pair, _Viewer[C]] = {}
         # Ordered sets: first asked, first looked up.
         self._own: dict[Pair, None] = {}  # own score changed

@@ -121,7 +121,8 @@ def test_a_late_tick_takes_no_more_than_the_burst() -> None:
 
 
 def test_round_robin_refreshes_every_viewer_within_refresh_s() -> None:
-    # Planned every tick_s: a turn comes due a tick early, so no gap exceeds refresh_s.
+    # Planned every tick_s: a turn comes due two ticks early (one to be planned, one for the
+    # tick's read and hand-over), so no gap exceeds refresh_s less one tick.
     p = RankPlanner(lookups_per_s=1000.0, refresh_s=5.0, tick_s=0.25, now=0.0)
     users = [f"u{i}" for i in range(40)]
     for user in users:
@@ -138,8 +139,8 @@ def test_round_robin_refreshes_every_viewer_within_refresh_s() -> None:
             seen[user].append(now)
     for user, times in seen.items():
         gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)] + [now - times[-1]]
-        assert max(gaps) <= 5.0, (user, times)
-    # Spread evenly (40 viewers / 4.75 s: about 2 per 0.25 s tick), not all at once.
+        assert max(gaps) <= 5.0 - 0.25, (user, times)
+    # Spread evenly (40 viewers / 4.5 s: about 2 per 0.25 s tick), not all at once.
     assert max(per_tick) <= 3
 
 
