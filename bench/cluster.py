@@ -151,11 +151,7 @@ async def one_run(mode: str, args: argparse.Namespace, work: Path, mongo: Manage
                 accepted = await write("climber", 7)
                 if not await fanout.all_at_least(before + 1, timeout_s=30):
                     raise SystemExit(f"{mode}: an update did not reach every client within 30 s")
-                arrivals = sorted(
-                    min(t for v, t in c.seen.items() if v > before) - accepted
-                    for c in fanout.clients
-                    if not c.closed
-                )
+                arrivals = fanout.arrivals(before, accepted)
                 last_ms.append(arrivals[-1] * 1000)
                 median_ms.append(arrivals[len(arrivals) // 2] * 1000)
                 await asyncio.sleep(stack.settings.broadcast_interval_s + 0.2)

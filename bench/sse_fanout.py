@@ -77,6 +77,14 @@ class Fanout:
         finally:
             self.waiting = None
 
+    def arrivals(self, after_version: int, since: float) -> list[float]:
+        """Each open client's delay (s, sorted) from ``since`` to its first version past ``after_version``."""
+        return sorted(
+            min(t for v, t in c.seen.items() if v > after_version) - since
+            for c in self.clients
+            if not c.closed
+        )
+
 
 async def connect_all(fanout: Fanout, n: int, port: int, token: str) -> None:
     request = (
@@ -128,11 +136,7 @@ async def run(args: argparse.Namespace) -> None:
                 accepted = time.perf_counter()
                 if not await fanout.all_at_least(before + 1, timeout_s=30):
                     raise SystemExit("an update did not reach every client within 30 s")
-                arrivals = sorted(
-                    min(t for v, t in c.seen.items() if v > before) - accepted
-                    for c in fanout.clients
-                    if not c.closed
-                )
+                arrivals = fanout.arrivals(before, accepted)
                 last_ms.append(arrivals[-1] * 1000)
                 median_ms.append(arrivals[len(arrivals) // 2] * 1000)
                 await asyncio.sleep(stack.settings.broadcast_interval_s + 0.2)
