@@ -152,13 +152,16 @@ class ProgressWriter:
             # A ping Redis refused (its cluster node is down) is answered `unavailable`; the rest count.
             answers: list[PingResult | ProgressRejected] = []
             stored: list[tuple[Ping, Claims, CourseMeta, PingResult]] = []
+            refused: Exception | None = None
             for (item, claims, meta, _), outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Exception):
-                    log.warning("saving a ping failed: %r", outcome)
+                    refused = outcome
                     answers.append(ProgressRejected(UNAVAILABLE, "progress cannot be saved right now"))
                 else:
                     answers.append(outcome)
                     stored.append((item, claims, meta, outcome))
+            if refused is not None:  # once per batch: an outage refuses thousands a second
+                log.warning("saving %d of %d pings failed: %r", len(batch) - len(stored), len(batch), refused)
             completions = [
                 completion_event(claims, meta, item.lecture_id, now_ms, first_watch_ms=result.first_watch_ms)
                 for item, claims, meta, result in stored
