@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import pymongo
@@ -65,12 +65,19 @@ async def _probe(connection_class: Any, connection_kwargs: dict[str, Any]) -> No
         await conn.disconnect(nowait=True)
 
 
-async def _probe_cluster(redis: Any) -> None:
+async def _master_probes(redis: Any) -> list[Coroutine[Any, Any, None]]:
+    """One probe per master: of one Redis, or of every master in a cluster client's slot map."""
+    if not is_cluster(redis):
+        pool = redis.connection_pool
+        return [_probe(pool.connection_class, pool.connection_kwargs)]
     if not redis.get_primaries():
         await redis.initialize()  # the client finds the nodes at its first command
+    return [_probe(node.connection_class, node.connection_kwargs) for node in redis.get_primaries()]
+
+
+async def _probe_cluster(redis: Any) -> None:
     try:
-        masters = redis.get_primaries()
-        await asyncio.gather(*(_probe(node.connection_class, node.connection_kwargs) for node in masters))
+        await asyncio.gather(*await _master_probes(redis))
     except Exception:
         with contextlib.suppress(Exception):
             await redis.nodes_manager.initialize()
@@ -81,14 +88,7 @@ async def masters_answering(redis: Any) -> tuple[int, int]:
     """(how many masters answer a probe, how many there are): one Redis is one master. On a Redis
     Cluster a process still serves the slots of the masters that answer, so readiness asks for
     one, not all (with one master down, every pod out of its Service would be a full outage)."""
-    if not is_cluster(redis):
-        pool = redis.connection_pool
-        probes = [_probe(pool.connection_class, pool.connection_kwargs)]
-    else:
-        if not redis.get_primaries():
-            await redis.initialize()
-        probes = [_probe(node.connection_class, node.connection_kwargs) for node in redis.get_primaries()]
-    answers = await asyncio.gather(*probes, return_exceptions=True)
+    answers = await asyncio.gather(*await _master_probes(redis), return_exceptions=True)
     return sum(not isinstance(a, BaseException) for a in answers), len(answers)
 
 
