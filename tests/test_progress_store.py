@@ -4,6 +4,7 @@ own Pipeline (the portable path, the ingest API's); every test runs on both."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -195,3 +196,45 @@ async def test_a_ping_resent_on_a_new_connection_is_where_that_connection_counts
     await store.save([on("conn2", 1.8, 3)], 3_800)
     progress = await redis.hmget(keys.progress("ana", "c1"), "i:l1", "w:l1", "x:l1")
     assert progress == ["0-1.8", "1.8", None]
+
+
+@both_redis
+async def test_a_round_trip_that_timed_out_never_hands_its_late_replies_to_the_next(
+    settings: Settings, redis: Any
+) -> None:
+    """The fast path reads replies on a socket taken over from redis-py: a batch that timed out
+    leaves its replies unread, so that socket is closed and the next batch gets its own replies."""
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster)
+    command = [("k", b"*2\r\n$4\r\nECHO\r\n$5\r\nfirst\r\n")]
+    try:
+        assert await fastpath.redis_round_trip(client, command, 5.0) == ["first"]
+        pause = ("CLIENT PAUSE", "300", "ALL")
+        where = {"target_nodes": redis.get_node_from_key("k")} if settings.redis_cluster else {}
+        await redis.execute_command(*pause, **where)
+        with pytest.raises(TimeoutError):
+            await fastpath.redis_round_trip(client, [("k", b"*2\r\n$4\r\nECHO\r\n$4\r\nlate\r\n")], 0.05)
+        # At once, Redis still paused: the late reply comes first, then this batch's own.
+        again = [("k", b"*2\r\n$4\r\nECHO\r\n$5\r\nnewer\r\n")]
+        assert await fastpath.redis_round_trip(client, again, 5.0) == ["newer"]
+    finally:
+        await asyncio.wait_for(client.aclose(), 5)  # the taken-over socket does not hold it up
+
+
+async def test_the_fast_path_gives_its_connection_back_when_the_socket_is_lost(
+    settings: Settings, redis: Any
+) -> None:
+    """A socket lost under the fast path goes back to the client's pool, disconnected (redis-py
+    reconnects it when lent again), and the batch is sent once more on a fresh one."""
+    client = redis_client(settings.redis_url)
+    pool = client.connection_pool
+    echo = [("k", b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n")]
+    try:
+        assert await fastpath.redis_round_trip(client, echo, 5.0) == ["hi"]
+        in_use = len(pool._in_use_connections)
+        assert in_use == 1  # the pipe's
+        await redis.client_kill_filter(_type="normal", skipme=True)
+        assert await fastpath.redis_round_trip(client, echo, 5.0) == ["hi"]
+        assert await client.ping()  # redis-py's own commands are unaffected
+        assert len(pool._in_use_connections) == in_use  # the lost one went back; one pipe again
+    finally:
+        await asyncio.wait_for(client.aclose(), 5)

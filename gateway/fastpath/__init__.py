@@ -17,10 +17,12 @@ everything through the portable paths (ASGI for SSE and WebSocket, redis-py's ``
   path is handed to uvicorn's own ``websockets-sansio`` protocol. What it relies on: the
   constructor uvicorn's HTTP protocol calls on an upgrade, ``ServerState.connections``/
   ``default_headers``, and the frame parser of ``ServerProtocol``.
-- :func:`redis_round_trip` (:mod:`.roundtrip`): a batch of packed commands on one pooled redis-py
-  connection (on a Redis Cluster, one per master of their slots), the replies read under one
-  timeout (the pool's ``get_connection``/``release``, a cluster node's ``acquire_connection``/
-  ``release``, a connection's ``send_packed_command``/``read_response``/``disconnect``).
+- :func:`redis_round_trip` (:mod:`.roundtrip`): a batch of packed commands written to the socket of a
+  redis-py connection (on a Redis Cluster, one per master of their slots) that it takes over from
+  the connection's asyncio streams, the replies parsed by a hiredis ``Reader`` in the socket's
+  callback (the pool's ``get_connection``/``release``, a cluster node's ``acquire_connection``/
+  ``release``, a connection's ``connect``, ``_writer`` (its transport), ``_parser.parse_error``,
+  ``encoder`` and ``_close``).
 """
 
 from __future__ import annotations
@@ -90,11 +92,13 @@ def unavailable() -> str | None:
             and hasattr(StreamReader(), "buffer"),
         ),
         (
-            "redis-py connections send packed commands, read replies under a timeout, retry",
-            all(hasattr(rc.AbstractConnection, a) for a in ("send_packed_command", "read_response"))
-            and "timeout" in inspect.signature(rc.AbstractConnection.read_response).parameters
-            and "nowait" in inspect.signature(rc.AbstractConnection.disconnect).parameters
-            and hasattr(getattr(rc.Connection(), "retry", None), "call_with_retry")
+            "redis-py connections connect through asyncio streams (_writer), parse errors in "
+            "_parser, close with _close; pools lend and take back connections",
+            all(hasattr(rc.Connection, a) for a in ("connect", "_close", "_connect"))
+            and {"_writer", "_reader"} <= set(rc.Connection._close.__code__.co_names)
+            and {"_writer", "_reader", "open_connection"} <= set(rc.Connection._connect.__code__.co_names)
+            and hasattr(rc.Connection().encoder, "decode_responses")
+            and callable(getattr(rc.Connection()._parser, "parse_error", None))
             and all(hasattr(rc.ConnectionPool, a) for a in ("get_connection", "release")),
         ),
         (
