@@ -235,8 +235,23 @@ BATCH_TIMEOUT_S = 5.0
 # (redis client, [(routing key, packed command)], timeout s) -> their replies in order, an error
 # (or, on a cluster, the failure of that command's node) in its place.
 RoundTrip = Callable[[Any, Sequence[tuple[str, bytes]], float], Awaitable[list[Any]]]
-# A command of a ping batch: the key whose slot decides its node on a cluster, and its arguments.
-Command = tuple[str, tuple[bytes, ...]]
+# A command of a ping batch: the key whose slot decides its node on a cluster, its arguments, and
+# the same in the Redis protocol (RESP).
+Command = tuple[str, tuple[bytes, ...], bytes]
+# Devices whose ping parts (keys, encoded) one process keeps; all are dropped when it is full.
+_PARTS_KEPT = 65_536
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class _PingParts:
+    key: str  # the progress hash
+    bucket: str  # its dirty bucket
+    keys: tuple[bytes, bytes, bytes]  # the script's keys: progress hash, presence, device
+    fields: str  # the user's, course's and origin's part of the ping's fields (with separators)
+    who: bytes
+    packed_keys: bytes  # ``keys`` in RESP
+    packed_who: bytes  # ``who`` in RESP
+
 
 # KEYS: progress hash. ARGV: lecture, now ms, predecessor or '', '1' when the lecture is completable
 # without video, seconds to cover, rate, slack s, who (JSON), ttl s, hydration pairs or ''.
@@ -319,6 +334,7 @@ class ProgressStore:
         self._tail = f"\x1f{max_playback_rate!r}\x1f{coverage_slack_s!r}\x1f{gap_ms}\x1f{ttl_s}\x1f{publish}"
         self._ping_sha = hashlib.sha1(_PING.encode()).hexdigest().encode()  # what Redis names it by
         self.round_trips = 0  # pipelined ping round trips, refills included (observable)
+        self._parts: dict[tuple[str, str, str, str, int, str], _PingParts] = {}
         self._complete = redis.register_script(_COMPLETE)
         self.flushed = redis.register_script(_FLUSHED)
 
@@ -391,41 +407,35 @@ class ProgressStore:
         self, pings: list[Ping], now_ms: int, hydration: dict[str, str], *, whole: bool
     ) -> list[Any]:
         name, script = (b"EVAL", _PING.encode()) if whole else (b"EVALSHA", self._ping_sha)
-        threshold, tail = self.threshold, self._tail
+        head = b"*9\r\n" + _pack_args((name, script, b"3"))
+        threshold, tail, parts_of = self.threshold, self._tail, self._parts
         commands: list[Command] = []
         dirty: dict[str, set[str]] = {}
         buckets: list[str] = []  # each ping's dirty bucket
         for p in pings:
+            parts = parts_of.get((p.user_id, p.course_id, p.origin, p.device, p.min_presence, p.who))
+            if parts is None:
+                parts = self._parts_of(p)
             duration = "" if p.duration is None else repr(p.duration)
             fields = (
                 f"{p.lecture_id}\x1f{p.position!r}\x1f{p.seq}\x1f{duration}\x1f{threshold}\x1f{now_ms}"
-                f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}\x1f{p.prev}{tail}"
+                f"{parts.fields}{p.prev}{tail}"
             ).encode()
-            key = keys.progress(p.user_id, p.course_id)
-            bucket = keys.dirty_bucket(key, self.dirty_buckets)
-            buckets.append(bucket)
-            dirty.setdefault(bucket, set()).add(key)
+            buckets.append(parts.bucket)
+            dirty.setdefault(parts.bucket, set()).add(parts.key)
+            refill = hydration.get(parts.key, "").encode() if hydration else b""
             commands.append(
                 (
-                    key,
-                    (
-                        name,
-                        script,
-                        b"3",
-                        key.encode(),
-                        keys.presence(p.user_id).encode(),
-                        keys.device(p.user_id, p.device or p.origin).encode(),
-                        fields,
-                        p.who.encode(),
-                        hydration.get(key, "").encode(),
-                    ),
+                    parts.key,
+                    (name, script, b"3", *parts.keys, fields, parts.who, refill),
+                    b"%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
+                    % (head, parts.packed_keys, len(fields), fields, parts.packed_who, len(refill), refill),
                 )
             )
         # One SADD per dirty bucket after the Lua steps (the buckets live in slots of their own).
-        commands += [
-            (bucket, (b"SADD", bucket.encode(), *(k.encode() for k in members)))
-            for bucket, members in dirty.items()
-        ]
+        for bucket, members in dirty.items():
+            args = (b"SADD", bucket.encode(), *(k.encode() for k in members))
+            commands.append((bucket, args, _pack_bytes(args)))
         replies = await self._round_trip(commands)
         # A ping counts when its step and its bucket's SADD both did (unmarked, the flusher would
         # never write it to MongoDB); a failed one is sent again by its client (same seq: harmless).
@@ -437,6 +447,29 @@ class ProgressStore:
             for reply, bucket in zip(replies, buckets, strict=False)
         ]
 
+    def _parts_of(self, p: Ping) -> _PingParts:
+        """What every ping of one device of one user on one course sends alike, kept (bounded):
+        building keys and encoding them is a good part of a ping's cost in the gateway."""
+        if len(self._parts) >= _PARTS_KEPT:
+            self._parts.clear()
+        key = keys.progress(p.user_id, p.course_id)
+        encoded = (
+            key.encode(),
+            keys.presence(p.user_id).encode(),
+            keys.device(p.user_id, p.device or p.origin).encode(),
+        )
+        parts = _PingParts(
+            key=key,
+            bucket=keys.dirty_bucket(key, self.dirty_buckets),
+            keys=encoded,
+            fields=f"\x1f{p.user_id}\x1f{p.course_id}\x1f{p.origin}\x1f{p.min_presence}\x1f",
+            who=p.who.encode(),
+            packed_keys=_pack_args(encoded),
+            packed_who=_pack_args((p.who.encode(),)),
+        )
+        self._parts[(p.user_id, p.course_id, p.origin, p.device, p.min_presence, p.who)] = parts
+        return parts
+
     async def _round_trip(self, commands: list[Command]) -> list[Any]:
         """Send ``commands`` in one pipeline (on a cluster: one per node, written concurrently) and
         read their replies under ONE timeout; an error reply is returned in its place (the replies
@@ -446,12 +479,12 @@ class ProgressStore:
             # Packed in one go, on pooled connections (gateway.fastpath): redis-py's Pipeline packs
             # each argument in Python and reads each reply under its own asyncio timeout, tens of
             # microseconds per ping on the hottest path of the gateway.
-            packed = [(key, _pack_bytes(args)) for key, args in commands]
+            packed = [(key, resp) for key, _, resp in commands]
             replies: list[Any] = await self._fast_round_trip(self.redis, packed, BATCH_TIMEOUT_S)
             return replies
         pipe = self.redis.pipeline(transaction=False)
         cluster = is_cluster(self.redis)
-        for _, (name, *args) in commands:
+        for _, (name, *args), _ in commands:
             if cluster and name == b"EVALSHA":
                 # redis-py refuses EVALSHA in a cluster pipeline (see store.clients.queue_script).
                 name, args = b"EVAL", [_PING.encode(), *args[1:]]
@@ -506,9 +539,13 @@ class ProgressStore:
 
 
 def _pack_bytes(args: tuple[bytes, ...]) -> bytes:
-    """One command in the Redis protocol (RESP): the count of arguments, then each argument's
-    length in bytes and its bytes (one expression: this runs for every ping)."""
-    return b"*%d\r\n%b" % (len(args), b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args]))
+    """One command in the Redis protocol (RESP): the count of arguments, then the arguments."""
+    return b"*%d\r\n%b" % (len(args), _pack_args(args))
+
+
+def _pack_args(args: tuple[bytes, ...]) -> bytes:
+    """Arguments of a command in RESP: each one's length in bytes, then its bytes."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
 
 async def emit_completions(redis: Any, events: list[CompletionEvent], *, partitions: int) -> None:
