@@ -161,6 +161,9 @@ class Settings:
     ws_max_violations: int = 20
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
+    # How long the gateway gathers autosave pings before it sends them to Redis in one round trip
+    # (0: at once). Pings arriving while a round trip is in flight wait for it in any case.
+    ping_batch_window_ms: float = 2.0
     # The gateway's fast paths (gateway/fastpath/: frames written straight to sockets, the
     # WebSocket served from socket callbacks, the ping pipeline packed by hand), used when the
     # libraries have the shape they were checked against; 0 forces the portable ASGI/redis-py paths.

@@ -141,6 +141,7 @@ def create_app(settings: Settings, *, now: Callable[[], dt.datetime] = utc_now) 
             round_trips=metrics_.ping_round_trips,
             stored=metrics_.pings,
             implausible=metrics_.implausible_advances,
+            window_s=settings.ping_batch_window_ms / 1000,
         )
         app.state.gateway = GatewayState(
             settings=settings,

@@ -1,10 +1,11 @@
 """The WebSocket autosave path: pings from every connection, batched into pipelined round trips.
 
 ``submit()`` validates the ping against the course (cached metadata) and queues it with a
-callback, called once Redis stored it. While one pipeline is in flight, pings from every
-connection gather; the next pipeline takes them all — no timers, so a lone ping costs one round
-trip and a crowd shares them. The callbacks of a batch are called in order straight from the
-batch's task: no future, no scheduled callback per ping.
+callback, called once Redis stored it. The first ping queued opens a short window
+(``PING_BATCH_WINDOW_MS``) in which the pings of every connection gather, and while one pipeline
+is in flight the next ones gather too: the next pipeline takes them all, so a crowd shares its
+round trips (at 10,000 pings/s one round trip carries about ten). The callbacks of a batch are
+called in order straight from the batch's task: no future, no scheduled callback per ping.
 A ping that moved the resume point is published on the user's channel by the same Lua step, so
 the user's other devices follow at once. A lecture that just completed is queued on the
 completion stream before the ping is acked; should that fail, the completion stays marked in the
@@ -66,8 +67,10 @@ class ProgressWriter:
         round_trips: Counter,
         stored: Counter | None = None,
         implausible: Counter | None = None,
+        window_s: float = 0.0,
     ) -> None:
         self.store = store
+        self.window_s = window_s
         self.catalog = catalog
         self._pending: list[tuple[Ping, Claims, CourseMeta, Done]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -134,6 +137,8 @@ class ProgressWriter:
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
+        if self.window_s:
+            await asyncio.sleep(self.window_s)  # the pings of the next moments share the round trip
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             now_ms = int(time.time() * 1000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -69,3 +70,33 @@ async def test_a_burst_is_stored_in_bounded_batches_and_every_ping_answered_once
 
 async def _count(answers: list[Any]) -> int:
     return len(answers)
+
+
+async def test_pings_within_the_batch_window_share_one_round_trip(settings: Settings, redis: Any) -> None:
+    """Pings that arrive one by one (each in its own turn of the event loop) within the window go
+    to Redis together; without a window the first goes at once, alone."""
+    client = redis_client(settings.redis_url)
+    catalog = CourseCatalog(client, None, ttl_s=60)
+    await catalog.put(CourseMeta("c1", "C", ["l1"], {"l1": 100.0}, {"l1": 1}))
+    assert await catalog.get("c1") is not None
+    now = int(time.time())
+    try:
+        for window_s, expected in ((0.5, [3]), (0.0, [1, 2])):
+            store = RecordingStore(
+                client, complete_threshold=0.95, ttl_s=60, round_trip=fastpath.redis_round_trip
+            )
+            registry = CollectorRegistry()
+            trips = Counter("trips", "round trips", registry=registry)
+            writer = ProgressWriter(store, catalog, round_trips=trips, window_s=window_s)
+            answers: list[PingResult | ProgressRejected] = []
+            for i in range(3):
+                claims = Claims(sub=f"w{window_s}-{i}", name="U", exp=now + 60, iat=now, jti=f"j{i}")
+                ping = ProgressPing(course_id="c1", lecture_id="l1", position=5.0, seq=1)
+                assert writer.submit_cached(claims, ping, origin=f"ws-{i}", who="{}", done=answers.append)
+                await asyncio.sleep(0)  # the next ping comes in a later turn of the loop
+            await eventually(lambda answers=answers: _count(answers), until=lambda got: got == 3)
+            await writer.close()
+            assert store.batches == expected, window_s
+            assert all(isinstance(a, PingResult) and a.moved for a in answers)
+    finally:
+        await client.aclose()
