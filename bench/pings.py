@@ -96,7 +96,8 @@ def show(r: dict[str, Any]) -> None:
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     raise_nofile_limit()
     results = []
-    async with bench_stack(["ingest.api", "gateway"]) as bench:
+    window = {} if args.batch_window_ms is None else {"ping_batch_window_ms": args.batch_window_ms}
+    async with bench_stack(["ingest.api", "gateway"], **window) as bench:
         gateway = bench.stack.procs[-1].process
         assert gateway is not None
         admin = bench.issuer.access_token(user_id="root", name="Root", roles=["admin"])
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="pings in flight per player, batched phase")
     parser.add_argument("--window-players", type=int, default=200, help="0: no batched phase")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=None, help="PING_BATCH_WINDOW_MS of the gateway"
+    )
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     uvloop.run(run(parser.parse_args()))
 
