@@ -1,6 +1,7 @@
 """The push tier: SSE and WebSocket connections, the broadcaster, the Pub/Sub listener, autosave.
 
 protocol.py   I/O-free meaning of boards and connections (throttle, frames, lifecycle, outbox)
+connection.py one client as the hub sees it: outbox, lifecycle, direct writes to its socket, expiry
 hub.py        the registry of connections and boards; broadcasts each board ≤ once per interval
 listener.py   the one Pub/Sub subscription of the process (board and user channels), one Redis
 sharded.py    on a Redis Cluster: one sharded subscription per master, resubscribed on failover

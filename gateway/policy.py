@@ -17,7 +17,8 @@ from collections.abc import Callable
 from contract.boards import course_of, followable, regions_of
 from contract.errors import Unavailable, UnknownBoard
 from contract.settings import Settings
-from gateway.hub import Connection, Hub, utc_now
+from gateway.connection import Connection
+from gateway.hub import Hub, utc_now
 from gateway.protocol import BoardFrames
 from store.courses import CourseCatalog
 

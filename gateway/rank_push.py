@@ -36,7 +36,7 @@ from gateway.ranks import Place, RankFrames, RankPlanner
 from store.boards import BoardStore
 
 if TYPE_CHECKING:
-    from gateway.hub import Connection
+    from gateway.connection import Connection
 
 log = logging.getLogger("scorecast.gateway.ranks")
 # Results handed over between two yields to the event loop.

@@ -28,8 +28,9 @@ from contract.auth import token_from_request
 from contract.errors import AuthError, Unavailable
 from contract.http import error_for
 from contract.seasons import alias_of
+from gateway.connection import Connection
 from gateway.fastpath import DirectSink
-from gateway.hub import Connection, Hub
+from gateway.hub import Hub
 from gateway.policy import BoardPolicy
 from gateway.protocol import BoardFrames, State
 from gateway.state import gateway_state

@@ -45,7 +45,7 @@ from contract.messages import (
 )
 from contract.progress import PingResult, who
 from contract.seasons import alias_of
-from gateway.hub import Connection
+from gateway.connection import Connection
 from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket
 from gateway.state import GatewayState, gateway_state

@@ -22,7 +22,7 @@ from devstack.processes import Stack
 from gateway import app as gateway_app
 from gateway import fastpath
 from gateway.app import create_app
-from gateway.hub import Connection
+from gateway.connection import Connection
 from gateway.protocol import State
 from gateway.state import GatewayState
 from store.boards import BoardStore

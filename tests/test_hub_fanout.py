@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from contract.settings import Settings
-from gateway.hub import FAN_OUT_CHUNK, Connection, Hub
+from gateway.connection import Connection
+from gateway.hub import FAN_OUT_CHUNK, Hub
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames
 from tests.eventually import eventually

@@ -13,7 +13,8 @@ import pytest
 from contract import keys
 from contract.settings import Settings
 from devstack.cluster import RedisCluster
-from gateway.hub import Connection, Hub
+from gateway.connection import Connection
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.shards import slot_of
 from store.clients import redis_client
