@@ -2,7 +2,8 @@
 
 protocol.py   I/O-free meaning of boards and connections (throttle, frames, lifecycle, outbox)
 connection.py one client as the hub sees it: outbox, lifecycle, direct writes to its socket, expiry
-hub.py        the registry of connections and boards; broadcasts each board ≤ once per interval
+hub.py        the registry of connections and boards; periods' roll-over, heartbeat, sweep, drain
+broadcast.py  one loop per followed board: re-read on a change, ≤ once per interval, fanned out
 listener.py   the one Pub/Sub subscription of the process (board and user channels), one Redis
 sharded.py    on a Redis Cluster: one sharded subscription per master, resubscribed on failover
 shards.py     I/O-free: which channel is followed on which master (slot table, placement plan)

@@ -1,12 +1,12 @@
 """The registry of one gateway process: connections, the boards they follow, the users they are.
 
-Each followed board has one loop: it waits for a change signal (a Pub/Sub event with a version
-different from the cached one, a resync), waits out the throttle, re-reads the board's top-K
-from Redis, encodes the frames once and hands the same objects to every subscriber
-(``websockets.broadcast`` style: skip connections that are not open, never let one client slow
-the others). Connections drain their outbox on their own; a client stuck in a write for longer
-than ``slow_client_timeout_s`` is disconnected. A closed period whose keys expired is read from
-its archive instead (``store.archive.ArchiveCache``): its final frames, and nothing after them.
+The hub registers connections (``gateway.connection``) and the boards they follow; each followed
+board has one loop of the broadcaster (``gateway.broadcast``), which re-reads it on a change and
+hands its frames to the subscribers. The hub routes the listener's events to those loops and to
+the connections of a user, moves the followers of ``weekly``/``monthly`` to the new period when
+one ends, and keeps every connection alive or ends it: SSE pings and a version check of each
+board (heartbeat), clients stuck in a write or gone or whose token expired (sweep), and the
+drain on shutdown.
 """
 
 from __future__ import annotations
@@ -26,28 +26,24 @@ from contract import keys
 from contract.boards import resolve
 from contract.errors import Unavailable
 from contract.messages import (
-    FrameEntry,
     ProgressEvent,
     ProgressMessage,
-    RebuildRequest,
     board_event_decoder,
     json_encoder,
     progress_event_decoder,
 )
 from contract.settings import Settings
+from gateway.broadcast import Board, Broadcaster
 from gateway.connection import Connection
 from gateway.metrics import Metrics
-from gateway.protocol import BoardFrames, State, Throttle, utc_timestamp
+from gateway.protocol import BoardFrames, State
 from gateway.rank_push import RankPusher, outbox_key
-from store.archive import ArchiveCache, Archived, iso_ms
+from store.archive import ArchiveCache
 from store.boards import BoardStore
 
 log = logging.getLogger("scorecast.gateway")
 
 SSE_PING = b": ping\n\n"
-NAME_TTL_S = 60.0
-# Subscribers handed a board's frames between two yields to the event loop.
-FAN_OUT_CHUNK = 256
 # How often the hub looks whether a period followed by its alias has ended.
 PERIOD_CHECK_S = 1.0
 # A version no frame reaches: held by a connection being moved to a new period, so the board's
@@ -57,20 +53,6 @@ HOLD = 2**62
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class Board:
-    __slots__ = ("changed", "frames", "name", "ready", "rebuild_asked", "subscribers", "task", "throttle")
-
-    def __init__(self, name: str, interval_s: float) -> None:
-        self.name = name
-        self.frames: BoardFrames | None = None
-        self.subscribers: set[Connection] = set()
-        self.changed = asyncio.Event()
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.throttle = Throttle(interval_s=interval_s)
-        self.task: asyncio.Task[None] | None = None
-        self.rebuild_asked = 0.0
 
 
 class Hub:
@@ -92,10 +74,12 @@ class Hub:
         self.now = now
         self.store = BoardStore(redis)
         self.ranks = RankPusher(self.store, settings, metrics)
+        self.broadcaster = Broadcaster(
+            redis=redis, store=self.store, settings=settings, metrics=metrics, now=now, archives=archives
+        )
         self.boards: dict[str, Board] = {}
         self.users: dict[str, set[Connection]] = {}
         self.connections: set[Connection] = set()
-        self.names: dict[str, tuple[str, float]] = {}
         self.draining = False
         # Whether endpoints may use gateway.fastpath (FAST_PATH, and the libraries' shape checked).
         self.fast_path = False
@@ -112,8 +96,6 @@ class Hub:
         self.channel_users: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._moves: set[asyncio.Task[None]] = set()  # clients being moved to a new period
-        # Replaced by every resync; board loops waiting after a failed read wake up on it.
-        self._resynced = asyncio.Event()
 
     def start(self) -> None:
         self._tasks = [
@@ -183,7 +165,7 @@ class Hub:
                 )
             board = self.boards[name] = Board(name, self.settings.broadcast_interval_s)
             board.changed.set()
-            board.task = asyncio.create_task(self._board_loop(board))
+            board.task = asyncio.create_task(self.broadcaster.run(board))
             channel = keys.board_channel(name)
             self.channel_boards[channel] = name
             self.follow(channel)
@@ -258,130 +240,7 @@ class Hub:
             if channels is None or keys.board_channel(board.name) in channels:
                 board.changed.set()
         self.metrics.resyncs.inc()
-        self._resynced.set()
-        self._resynced = asyncio.Event()
-
-    # ------------------------------------------------------------ broadcasting
-    async def _board_loop(self, board: Board) -> None:
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while True:
-            await board.changed.wait()
-            delay = board.throttle.delay(loop.time())
-            if delay > 0:
-                await asyncio.sleep(delay)
-            board.changed.clear()
-            started = time.perf_counter()
-            resynced = self._resynced
-            try:
-                changed = await self._refresh(board)
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    log.exception("reading board %s failed; retrying", board.name)
-                else:  # an outage: one traceback is enough
-                    log.debug("reading board %s failed again: %s", board.name, exc)
-                board.changed.set()
-                # Again in a second, or at once when the listener is back on Redis.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(resynced.wait(), 1.0)
-                continue
-            finally:
-                if not board.ready.done() and board.frames is not None:
-                    board.ready.set_result(None)
-            if changed:
-                await self._fan_out(board)
-                board.throttle.sent(loop.time())
-                self.metrics.broadcast_seconds.observe(time.perf_counter() - started)
-
-    async def _refresh(self, board: Board) -> bool:
-        top = await self.store.top(board.name, self.settings.top_k)
-        if not top.exists:
-            final = await self.archives.get(board.name, self.now()) if self.archives else None
-            if final is not None:
-                return self._final(board, final)
-            await self._ask_rebuild(board)
-            if board.frames is not None:
-                return False  # the last standings stay until the rebuilt board's event
-        if board.frames is not None and board.frames.version == top.version:
-            return False
-        names = await self._names([r.user_id for r in top.rows])
-        entries = [
-            FrameEntry(rank=r.rank, user_id=r.user_id, name=names[r.user_id], score=r.score) for r in top.rows
-        ]
-        board.frames = BoardFrames(board.name, top.version, entries, utc_timestamp())
-        return True
-
-    def _final(self, board: Board, final: Archived) -> bool:
-        """A closed period whose keys expired: its archived top K, at the version it closed
-        with (a follower of the frozen board already has it). Nothing changes it any more: no
-        rebuild is asked (the worker would refuse it), no board event comes."""
-        if board.frames is not None and board.frames.version == final.version:
-            return False
-        entries = [
-            FrameEntry(rank=e.rank, user_id=e.user_id, name=e.name, score=e.score)
-            for e in final.entries[: self.settings.top_k]
-        ]
-        board.frames = BoardFrames(board.name, final.version, entries, iso_ms(final.closed_at_ms))
-        return True
-
-    async def _ask_rebuild(self, board: Board) -> None:
-        """A board missing in Redis: the worker rebuilds it from MongoDB (if MongoDB has it).
-
-        At most one request per board per ``rebuild_request_interval_s`` over every gateway (the
-        first to SET the board's marker asks), on the rebuild stream: requests never count toward
-        the score stream's backlog, so a crowd of followers cannot make writes answer queue_full.
-        """
-        interval_s = self.settings.rebuild_request_interval_s
-        now = time.monotonic()
-        if now - board.rebuild_asked < interval_s:
-            return
-        board.rebuild_asked = now
-        marker = keys.rebuild_asked(board.name)
-        if await self.redis.set(marker, "1", nx=True, px=max(1, int(interval_s * 1000))):
-            await self.redis.xadd(
-                keys.REBUILD_STREAM,
-                {"d": json_encoder.encode(RebuildRequest(board=board.name))},
-                maxlen=self.settings.rebuild_stream_max_length,
-                approximate=True,
-            )
-
-    async def _names(self, user_ids: list[str]) -> dict[str, str]:
-        now = time.monotonic()
-        found = {u: hit[0] for u in user_ids if (hit := self.names.get(u)) and hit[1] > now}
-        missing = [u for u in user_ids if u not in found]
-        if missing:
-            profiles, unread = await self.store.profiles_read(missing)
-            for user_id in missing:
-                profile = profiles.get(user_id)
-                name = profile.name if profile and profile.name else user_id
-                found[user_id] = name
-                if user_id not in unread:  # its Redis Cluster node down: asked again next time
-                    self.names[user_id] = (name, now + NAME_TTL_S)
-            if len(self.names) > 100_000:
-                self.names = {u: v for u, v in self.names.items() if v[1] > now}
-        return found
-
-    async def _fan_out(self, board: Board) -> None:
-        """Hand the board's frames to every subscriber, at most ``FAN_OUT_CHUNK`` between two
-        yields to the event loop: at 10,000 subscribers a fan-out writes to as many sockets, and a
-        ping's ack or another board waits for one chunk, not for all of them."""
-        frames = board.frames
-        assert frames is not None
-        subscribers = board.subscribers
-        drops = handed = 0
-        for i, conn in enumerate(list(subscribers) if len(subscribers) > FAN_OUT_CHUNK else subscribers):
-            if i and not i % FAN_OUT_CHUNK:
-                await asyncio.sleep(0)
-            # After a yield a connection may have left the board (or closed): it is skipped.
-            if conn.life.state is State.OPEN and (i < FAN_OUT_CHUNK or conn in subscribers):
-                handed += 1
-                if conn.push_board(frames):
-                    drops += 1
-        if drops:
-            self.metrics.drops.inc(drops)
-        self.metrics.frames.inc(handed)
+        self.broadcaster.resynced()
 
     # ------------------------------------------------------------ periods
     async def _periods(self) -> None:

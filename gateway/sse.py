@@ -2,14 +2,16 @@
 
 A hand-written ASGI response: ``retry:``, then ``event: snapshot`` at once from the in-memory
 board (skipped when ``Last-Event-ID`` already names the current version), then the board's
-pre-encoded ``update`` frames as the hub hands them over, and ``: ping`` comments from the hub's
-one heartbeat loop. On drain: ``event: reconnect`` with a jittered ``afterMs``, then the end.
+pre-encoded ``update`` frames as the broadcaster hands them over, and ``: ping`` comments from
+the hub's one heartbeat loop. On drain: ``event: reconnect`` with a jittered ``afterMs``, then
+the end.
 
-Broadcast frames take one of two paths. Fast: the hub writes the frame's pre-framed HTTP chunk
-(the same bytes object for every subscriber) straight to the socket (``gateway.fastpath``).
-Otherwise — a socket that is write-paused, frames already queued, a server that does not expose
-its socket — the frame waits in the connection's newest-only outbox and this endpoint's loop
-sends it through ASGI, where a client that stays stuck is found by the hub's sweep.
+Broadcast frames take one of two paths. Fast: the broadcaster (``gateway.broadcast``) writes the
+frame's pre-framed HTTP chunk (the same bytes object for every subscriber) straight to the socket
+(``gateway.fastpath``). Otherwise — a socket that is write-paused, frames already queued, a
+server that does not expose its socket — the frame waits in the connection's newest-only outbox
+and this endpoint's loop sends it through ASGI, where a client that stays stuck is found by the
+hub's sweep.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from contract.settings import Settings
+from gateway.broadcast import FAN_OUT_CHUNK
 from gateway.connection import Connection
-from gateway.hub import FAN_OUT_CHUNK, Hub
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames
 from tests.eventually import eventually
