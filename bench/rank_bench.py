@@ -56,7 +56,8 @@ from contract.messages import board_event_decoder
 from contract.settings import Settings
 from devstack.processes import ROOT, Stack
 from devstack.servers import free_port, mongo_server, redis_server
-from store.boards import BoardStore, Profile
+from store.board_results import Profile
+from store.boards import BoardStore
 
 SOURCE_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 18)]
 RANK_EVENT = b"event: rank\ndata: "

@@ -12,7 +12,7 @@ One flat document per change:
 
 Written by the worker in bulk, with ``$setOnInsert`` on ``_id``: a retried batch writes nothing
 twice. An action the worker applied before it crashed is audited on the retry from what its
-board guard remembers (see ``store.boards``); an action a rebuild counted instead is part
+board guard remembers (see ``store.board_lua``); an action a rebuild counted instead is part
 of that rebuild's entry.
 
 Read newest first, keyset-paginated on ``(tsMs, _id)``; the cursor is opaque to clients.
@@ -33,7 +33,7 @@ from pymongo import UpdateOne
 from contract.errors import BadRequest
 from contract.messages import AuditItem, ScoreAction
 from ingest import store
-from store.boards import ApplyResult
+from store.board_results import ApplyResult
 
 REBUILD = "rebuild"
 

@@ -39,7 +39,8 @@ from ingest import store
 from ingest.rebuild import rebuild_board
 from store import archive
 from store.archive import Archived
-from store.boards import BoardStore, Profile, Row
+from store.board_results import Profile, Row
+from store.boards import BoardStore
 
 log = logging.getLogger("scorecast.seasons")
 

@@ -51,7 +51,8 @@ from ingest.ops import serve as serve_ops
 from ingest.rebuild import rebuild_board
 from ingest.seasons import Seasons
 from store import archive, outage
-from store.boards import APPLIED, CLOSED, MISSING, ApplyResult, BoardStore, Profile
+from store.board_results import APPLIED, CLOSED, MISSING, ApplyResult, Profile
+from store.boards import BoardStore
 from store.clients import initialized, publish_command, redis_client
 
 log = logging.getLogger("scorecast.worker")

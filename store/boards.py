@@ -4,292 +4,34 @@ Every operation touches the keys of one board only (one hash tag, one cluster sl
 runs unchanged on Redis Cluster. A board "exists" while its version key exists AND it has its
 ranking (the ZSET and its members hash) or the marker of a board that has no member (set by a
 rebuild that found none, cleared by the first apply). A version without either means Redis lost
-the ranking (a DEL, an eviction), so "empty" and "lost" never look alike. Every script, and
-:meth:`BoardStore.exists`, use this one test; an apply on a missing board answers
-:data:`MISSING` and the caller rebuilds it from MongoDB first, reads report ``exists=False``.
+the ranking (a DEL, an eviction), so "empty" and "lost" never look alike. Every script
+(:mod:`store.board_lua`), and :meth:`BoardStore.exists`, use this one test; an apply on a
+missing board answers :data:`~store.board_results.MISSING` and the caller rebuilds it from
+MongoDB first, reads report ``exists=False``.
 
 Callers pass a ``redis.asyncio.Redis`` (or ``RedisCluster``) created with
-``decode_responses=True``.
+``decode_responses=True``. What the operations answer: :mod:`store.board_results`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from contract.errors import Unavailable
 from contract.keys import SEQ_CEILING, SEQ_DIGITS, BoardKeys, board_keys, decode_member, user_profile
+from store.board_lua import APPLY, AROUND, COMMIT_REBUILD, EXISTS, FREEZE, RANKS, TOP
+from store.board_results import APPLIED, ApplyResult, Around, Final, Profile, Row, Standing, Standings, Top
 from store.clients import is_cluster, queue_script
 
-APPLIED, ALREADY_APPLIED, MISSING = 1, 0, -1
 # Users one rank script call looks up at most (3 commands each): Redis runs a script to its end,
 # so a tick's lookups of a board go as several calls in the same round trip.
 STANDINGS_PER_CALL = 500
 # On a Redis Cluster, the script calls of one standings read in flight at once (each its own command).
 CLUSTER_CALLS_IN_FLIGHT = 16
-# A period board that closed (see ingest.seasons): its standings are final, the step changes nothing.
-CLOSED = -2
 STAGING_TTL_S = 3600
-
-# The one test of "the board exists", shared by every script below.
-_EXISTS_FN = """
-local function board_exists(zset, version, members, empty)
-  if redis.call('EXISTS', version) == 0 then return false end
-  if redis.call('EXISTS', empty) == 1 then return true end
-  return redis.call('EXISTS', zset, members) == 2
-end
-"""
-
-# KEYS: zset, version, members, empty. Returns 1 when the board exists.
-_EXISTS = _EXISTS_FN + "return board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) and 1 or 0"
-
-# KEYS: zset, version, members, guard, empty, closed. ARGV: userId, increment, guard ttl (s).
-# Returns {status, total, seq[, guard]}: seq is the board version at which the user reached total.
-# The guard holds "<version>:<total>" (the total this action reached): a retried batch learns
-# from it what an action it applied before a crash did (the audit log). A rebuild's guard
-# holds the version alone (the rebuild counted that action). A closed board (ingest.seasons)
-# answers CLOSED to a new action, but ALREADY_APPLIED to one applied before the close: a batch
-# retried after a crash between its apply and its save still saves that board's final total.
-_APPLY = (
-    _EXISTS_FN
-    + f"""
-if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[5]) then return {{{MISSING}, 0, 0}} end
-local old = redis.call('HGET', KEYS[3], ARGV[1])
-local total = 0
-local seq = 0
-if old then
-  total = tonumber(redis.call('ZSCORE', KEYS[1], old) or '0')
-  seq = {SEQ_CEILING} - tonumber(string.sub(old, 1, {SEQ_DIGITS}))
-end
-local guard = redis.call('GET', KEYS[4])
-if guard then return {{{ALREADY_APPLIED}, total, seq, guard}} end
-if redis.call('EXISTS', KEYS[6]) == 1 then return {{{CLOSED}, 0, 0}} end
-local version = redis.call('INCR', KEYS[2])
-total = total + tonumber(ARGV[2])
-if old then redis.call('ZREM', KEYS[1], old) end
-local member = string.format('%0{SEQ_DIGITS}d', {SEQ_CEILING} - version) .. ARGV[1]
-redis.call('ZADD', KEYS[1], total, member)
-redis.call('HSET', KEYS[3], ARGV[1], member)
-redis.call('DEL', KEYS[5])
-redis.call('SET', KEYS[4], version .. ':' .. total, 'EX', tonumber(ARGV[3]))
-return {{{APPLIED}, total, version}}
-"""
-)
-
-# KEYS: zset, version, members, empty. ARGV: limit. Returns {version, member1, score1, ...}
-# atomically, or {-1} when the board is missing.
-_TOP = (
-    _EXISTS_FN
-    + """
-if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
-local version = redis.call('GET', KEYS[2])
-local rows = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-table.insert(rows, 1, tonumber(version))
-return rows
-"""
-)
-
-# KEYS: zset, version, members, empty. ARGV: userId, above, below.
-# Returns {version, rank0 or -1, member1, score1, ...} for the window around the user, or {-1}
-# when the board is missing.
-_AROUND = (
-    _EXISTS_FN
-    + """
-if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
-local version = redis.call('GET', KEYS[2])
-local member = redis.call('HGET', KEYS[3], ARGV[1])
-if not member then return {tonumber(version), -1} end
-local rank = redis.call('ZREVRANK', KEYS[1], member)
-if not rank then return {tonumber(version), -1} end
-local first = math.max(0, rank - tonumber(ARGV[2]))
-local rows = redis.call('ZREVRANGE', KEYS[1], first, rank + tonumber(ARGV[3]), 'WITHSCORES')
-table.insert(rows, 1, first)
-table.insert(rows, 1, rank)
-table.insert(rows, 1, tonumber(version))
-return rows
-"""
-)
-
-# KEYS: zset, version, members, empty. ARGV: userId1, userId2, ...
-# Returns {version, rank0, score, scoreAbove, ...} with three values per user (rank0 -1 and ''
-# scores when unranked; scoreAbove '' at #1), or {-1} when the board is missing. Per user: HGET
-# (its member), ZREVRANK, and one ZREVRANGE of the member one rank up and the user's own row
-# (both scores in one command; at #1 the own row alone).
-_RANKS = (
-    _EXISTS_FN
-    + """
-if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
-local out = {tonumber(redis.call('GET', KEYS[2]))}
-for i = 1, #ARGV do
-  local member = redis.call('HGET', KEYS[3], ARGV[i])
-  local rank = member and redis.call('ZREVRANK', KEYS[1], member)
-  if rank then
-    out[#out + 1] = rank
-    if rank > 0 then
-      local rows = redis.call('ZREVRANGE', KEYS[1], rank - 1, rank, 'WITHSCORES')
-      out[#out + 1] = rows[4]
-      out[#out + 1] = rows[2]
-    else
-      out[#out + 1] = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
-      out[#out + 1] = ''
-    end
-  else
-    out[#out + 1] = -1
-    out[#out + 1] = ''
-    out[#out + 1] = ''
-  end
-end
-return out
-"""
-)
-
-# KEYS: zset, version, members, staging zset, staging members, empty, guard1, guard2, ...
-# ARGV: version, force (0/1), guard ttl (s), rows staged, total1, total2, ... (one per guard;
-# '' = unknown). Returns -1, changing nothing, when rows were staged but the staging keys are
-# gone (Redis flushed or restarted empty between staging and commit): committing would publish
-# an empty board and mark its counted actions applied, losing their points.
-# Returns the committed version, or 0 when the board came back meanwhile (without force). The
-# guards mark actions the staged totals already count, with the total each reached (see _APPLY).
-# Staging keys carry a TTL (a rebuilder that dies leaves nothing behind); RENAME moves the TTL
-# along, so the committed keys are made persistent. A board committed without rows gets the
-# empty marker, so it exists.
-_COMMIT_REBUILD = (
-    _EXISTS_FN
-    + """
-if ARGV[2] == '0' and board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[6]) then
-  redis.call('DEL', KEYS[4], KEYS[5])
-  return 0
-end
-if tonumber(ARGV[4]) > 0 and redis.call('EXISTS', KEYS[4], KEYS[5]) < 2 then
-  redis.call('DEL', KEYS[4], KEYS[5])
-  return -1
-end
-local version = tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if current > version then version = current end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[6])
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('RENAME', KEYS[4], KEYS[1])
-  redis.call('PERSIST', KEYS[1])
-end
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  redis.call('RENAME', KEYS[5], KEYS[3])
-  redis.call('PERSIST', KEYS[3])
-end
-if redis.call('EXISTS', KEYS[1], KEYS[3]) < 2 then
-  redis.call('DEL', KEYS[1], KEYS[3])
-  redis.call('SET', KEYS[6], '1')
-end
-redis.call('SET', KEYS[2], version)
-for i = 7, #KEYS do
-  local reached = ARGV[i - 2]
-  local value = version
-  if reached and reached ~= '' then value = version .. ':' .. reached end
-  redis.call('SET', KEYS[i], value, 'EX', tonumber(ARGV[3]))
-end
-return version
-"""
-)
-
-# KEYS: zset, version, members, empty, closed. ARGV: limit. Closes a period board: sets the closed
-# marker (every later apply answers CLOSED) and returns the final {version, ranked users, member1,
-# score1, ...} in the same step, so no apply lands between the two; {-1} when the board is missing.
-_FREEZE = (
-    _EXISTS_FN
-    + """
-if not board_exists(KEYS[1], KEYS[2], KEYS[3], KEYS[4]) then return {-1} end
-redis.call('SET', KEYS[5], '1')
-local rows = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-table.insert(rows, 1, redis.call('ZCARD', KEYS[1]))
-table.insert(rows, 1, tonumber(redis.call('GET', KEYS[2])))
-return rows
-"""
-)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApplyResult:
-    board: str
-    status: int
-    total: int
-    seq: int
-    # The total the action reached when it was applied: ``total`` for APPLIED; for
-    # ALREADY_APPLIED what its guard remembers (None when a rebuild counted it).
-    reached: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Row:
-    """One ranked member: rank is 1-based."""
-
-    rank: int
-    user_id: str
-    score: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Top:
-    board: str
-    version: int
-    rows: list[Row]
-    exists: bool = True
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Final:
-    """A closed board's standings: its top rows and how many users it ranked."""
-
-    board: str
-    version: int
-    ranked: int
-    rows: list[Row]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Around:
-    board: str
-    version: int
-    exists: bool
-    self_row: Row | None
-    above: list[Row]
-    below: list[Row]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Standing:
-    """A user's place on a board: 1-based rank, score, and the score of the member one rank up
-    (None at #1). All None while the user is not ranked."""
-
-    rank: int | None
-    score: int | None
-    above: int | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Standings:
-    """The places of several users on one board, read atomically at ``version``.
-
-    ``unread``: on a Redis Cluster, the users of a call whose node did not answer (a master down,
-    its slots moving): no places then; ask again later. Empty otherwise.
-    """
-
-    board: str
-    version: int
-    exists: bool
-    places: dict[str, Standing]
-    unread: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Profile:
-    """A member's display details, and the region whose board their scores go to."""
-
-    name: str
-    avatar_url: str | None
-    region: str | None = None
 
 
 def _reached(reply: Sequence[Any]) -> int | None:
@@ -332,13 +74,13 @@ class BoardStore:
     def __init__(self, redis: Any, *, guard_ttl_s: int = 7 * 24 * 3600) -> None:
         self.redis = redis
         self._guard_ttl_s = guard_ttl_s
-        self._apply = redis.register_script(_APPLY)
-        self._top = redis.register_script(_TOP)
-        self._around = redis.register_script(_AROUND)
-        self._commit = redis.register_script(_COMMIT_REBUILD)
-        self._exists = redis.register_script(_EXISTS)
-        self._ranks = redis.register_script(_RANKS)
-        self._freeze = redis.register_script(_FREEZE)
+        self._apply = redis.register_script(APPLY)
+        self._top = redis.register_script(TOP)
+        self._around = redis.register_script(AROUND)
+        self._commit = redis.register_script(COMMIT_REBUILD)
+        self._exists = redis.register_script(EXISTS)
+        self._ranks = redis.register_script(RANKS)
+        self._freeze = redis.register_script(FREEZE)
 
     async def apply_many(self, items: Iterable[tuple[str, str, str, int]]) -> list[ApplyResult]:
         """Apply (board, eventId, userId, increment) steps in one pipelined round trip.
@@ -447,7 +189,7 @@ class BoardStore:
             keys = board_keys(board)
             async with gate:
                 return await self.redis.execute_command(
-                    "EVAL", _RANKS, 4, keys.zset, keys.version, keys.members, keys.empty, *users
+                    "EVAL", RANKS, 4, keys.zset, keys.version, keys.members, keys.empty, *users
                 )
 
         replies = await asyncio.gather(*(call(b, u) for b, u in calls), return_exceptions=True)

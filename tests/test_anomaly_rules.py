@@ -11,7 +11,7 @@ from contract.settings import Settings
 from ingest import audit
 from ingest.anomaly import BURST, COVERAGE_TOO_FAST, JUMP, QUIZ_TOO_FAST, Rules
 from ingest.api.client import client_ip, parse_networks
-from store.boards import ALREADY_APPLIED, APPLIED, ApplyResult
+from store.board_results import ALREADY_APPLIED, APPLIED, ApplyResult
 
 SETTINGS = Settings(
     flag_jump_factor=10.0,

@@ -14,7 +14,8 @@ from contract.auth import TokenIssuer
 from contract.errors import Unavailable
 from devstack.processes import Stack
 from ingest.rebuild import rebuild_board
-from store.boards import APPLIED, MISSING, BoardStore
+from store.board_results import APPLIED, MISSING
+from store.boards import BoardStore
 from tests.eventually import eventually
 from tests.helpers import both_redis, login, scorer_token
 from tests.sse_client import SseReader, sse

@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from contract import keys
 from devstack.cluster import RedisCluster
 from gateway.shards import slot_of
-from store.boards import STANDINGS_PER_CALL, BoardStore, Standing
+from store.board_results import Standing
+from store.boards import STANDINGS_PER_CALL, BoardStore
 from store.clients import redis_client
 from tests.eventually import eventually
 from tests.test_gateway_sse import apply, make_board

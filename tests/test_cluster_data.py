@@ -21,7 +21,8 @@ from ingest.anomaly import AnomalyDetector
 from ingest.consumer import Entry, StreamConsumer
 from ingest.flusher import Flusher
 from store import outage
-from store.boards import ALREADY_APPLIED, APPLIED, BoardStore, Profile
+from store.board_results import ALREADY_APPLIED, APPLIED, Profile
+from store.boards import BoardStore
 from store.clients import initialized, is_cluster, publish_command, redis_client
 from store.progress import CompleteStatus, ProgressStore, emit_completions
 from store.streams import backlog, trim_done

@@ -21,7 +21,8 @@ from ingest.api import scores
 from ingest.api.app import create_app
 from store import archive
 from store.archive import Archived
-from store.boards import BoardStore, Profile
+from store.board_results import Profile
+from store.boards import BoardStore
 from tests.conftest import TEST_SECRET
 from tests.eventually import eventually
 from tests.helpers import asgi_client, bearer, login

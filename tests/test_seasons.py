@@ -23,7 +23,7 @@ from ingest.seasons import Seasons
 from ingest.worker import ScoreWorker
 from store import archive
 from store.archive import BOARD_ARCHIVE, ArchiveCache, Archived
-from store.boards import CLOSED
+from store.board_results import CLOSED
 from tests.eventually import eventually
 
 WEEK = "weekly:2026-W47"  # Monday 16 to Sunday 22 November 2026

@@ -24,7 +24,8 @@ from ingest import store
 from ingest.consumer import StreamConsumer
 from ingest.rebuild import rebuild_board
 from ingest.worker import ScoreWorker
-from store.boards import ALREADY_APPLIED, APPLIED, BoardStore
+from store.board_results import ALREADY_APPLIED, APPLIED
+from store.boards import BoardStore
 from tests.eventually import eventually
 from tests.helpers import bearer, both_redis, login, score, scorer_token
 

@@ -33,7 +33,7 @@ from ingest.api import progress as progress_api
 from ingest.api import quiz, scores, stats
 from ingest.api.metrics import IngestMetrics, outcome_of, outcome_of_status
 from ingest.api.state import IngestState, authenticate
-from store.boards import Profile, Row
+from store.board_results import Profile, Row
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -44,7 +44,7 @@ from ingest.api.state import IngestState, authenticate, state
 from ingest.rebuild import rebuild_board
 from store import archive
 from store.archive import Archived
-from store.boards import Around, Profile, Row, Top
+from store.board_results import Around, Profile, Row, Top
 
 log = logging.getLogger("scorecast.scores")
 

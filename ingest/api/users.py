@@ -15,7 +15,8 @@ from typing import Any
 
 from contract.auth import Claims
 from ingest import store
-from store.boards import BoardStore, Profile
+from store.board_results import Profile
+from store.boards import BoardStore
 
 # Service identities are not learners: they are never placed on a board.
 SERVICE_ROLES = ("scorer", "admin")
