@@ -12,6 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import SlotNotCoveredError
 
 log = logging.getLogger("scorecast.redis")
 
@@ -122,6 +123,29 @@ async def queue_script(pipe: Any, script: Any, keys: Sequence[Any], args: Sequen
         pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
     else:
         await script(keys=keys, args=args, client=pipe)
+
+
+async def run_script(redis: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Call ``script`` (from ``register_script``) on ``redis`` and return its reply.
+
+    On a cluster the script travels whole (EVAL), as in :func:`queue_script`: redis-py answers a
+    NOSCRIPT (a node that restarted) with SCRIPT LOAD on every master, which fails while one of
+    them is down, even though the node the call is for answers. On one Redis, the usual EVALSHA.
+    """
+    if is_cluster(redis):
+        return await redis.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    return await script(keys=keys, args=args)
+
+
+def master_of(redis: Any, key: str) -> str | None:
+    """The name (``host:port``) of the master serving ``key`` in the cluster client ``redis``'s
+    slot map; None when no node serves its slot. No I/O (a master that is down keeps its slots in
+    the map: the other nodes still list it in ``CLUSTER SLOTS``)."""
+    try:
+        name: str = redis.get_node_from_key(key).name
+    except SlotNotCoveredError:
+        return None
+    return name
 
 
 def _single_client(url: str) -> aioredis.Redis:

@@ -92,6 +92,53 @@ async def masters_answering(redis: Any) -> tuple[int, int]:
     return sum(not isinstance(a, BaseException) for a in answers), len(answers)
 
 
+async def _probe_serving(connection_class: Any, connection_kwargs: dict[str, Any]) -> None:
+    """Like :func:`_probe`, but the cluster node must also serve its slots: a master that was
+    just started again answers PING while it still says ``cluster_state:fail`` (and CLUSTERDOWN
+    to every keyed command) until the others took it back."""
+    options = {
+        **connection_kwargs,
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": PROBE_TIMEOUT_S,
+        "socket_timeout": PROBE_TIMEOUT_S,
+    }
+    conn = connection_class(**options)
+    try:
+        await conn.connect()
+        await conn.send_command("CLUSTER", "INFO")
+        info = await conn.read_response()
+    finally:
+        await conn.disconnect(nowait=True)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    if "cluster_state:ok" not in text:
+        raise ConnectionError("the node does not serve its slots (cluster_state is not ok)")
+
+
+async def unreachable_masters(redis: Any) -> frozenset[str]:
+    """The names (``host:port``) of the masters of a Redis Cluster that do not serve their slots
+    now (no answer, or not ``cluster_state:ok``), all probed at once; empty on one Redis, which is
+    not asked (a Redis that does not answer fails whatever uses it). A master that fails its probe
+    makes the client reload its slot map."""
+    if not is_cluster(redis):
+        return frozenset()
+    if not redis.get_primaries():
+        await redis.initialize()
+    primaries = list(redis.get_primaries())
+    answers = await asyncio.gather(
+        *(_probe_serving(node.connection_class, node.connection_kwargs) for node in primaries),
+        return_exceptions=True,
+    )
+    down = frozenset(
+        node.name
+        for node, answer in zip(primaries, answers, strict=True)
+        if isinstance(answer, BaseException)
+    )
+    if down:
+        with contextlib.suppress(Exception):
+            await redis.nodes_manager.initialize()
+    return down
+
+
 def mongo_service(client: Any) -> Service:
     """MongoDB behind the pymongo ``client``: a ``ping`` under a short deadline (server selection
     included), which also makes the client's monitor look at the server again at once."""
