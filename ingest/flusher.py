@@ -14,6 +14,12 @@ its batch back into the dirty set; a dirty hash never expires.
 Outages: a failed cycle is retried no later than one interval on, and at once when Redis and
 MongoDB answer their probes again (``store.outage``).
 
+One master of a Redis Cluster down: a cycle flushes all it can reach (``ingest.reach``). A bucket
+on that master is skipped; a key there, taken from a live bucket, is not read and goes back to its
+bucket's dirty set (one found in flight stays there for the next ``recover``). One line says how
+much was left, and the next cycle runs as soon as every master serves again (probed every
+``outage_probe_interval_s``). One Redis: nothing is probed, a cycle flushes all or fails.
+
 A key becomes ONE upsert whose filter is the ``_id`` alone: watch times (``w_<lectureId>``) and
 the resume point (``contract.progress.ResumePoint``, one string sorting by seq) are each a
 ``$max`` on a flat field (see DESIGN.md on nx-27017), so a re-flush, an older device or any order
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -46,9 +53,10 @@ from contract.progress import RESUME_FIELD, ResumePoint, pending_completions
 from contract.settings import Settings
 from ingest.ops import FlusherMetrics
 from ingest.ops import serve as serve_ops
+from ingest.reach import Reach
 from ingest.store import PROGRESS, progress_id, progress_on_insert
 from store import outage
-from store.clients import initialized, queue_script, redis_client
+from store.clients import initialized, master_of, queue_script, redis_client, run_script
 from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 
@@ -128,55 +136,91 @@ class Flusher:
         # Probed after a failed cycle, to retry as soon as both answer again.
         self.services = [outage.redis_service(redis), outage.mongo_service(db.client)]
         self.metrics: FlusherMetrics | None = None  # set by a process that exports them
+        # What the last cycle could reach (a master of a cluster down) and what it left for later.
+        self.reach = Reach()
 
     async def flush_once(self) -> int:
         """Flush what a dead flusher left in flight, then every key dirty now, once. Returns how
         many keys were written and left the dirty and in-flight sets.
 
-        Raises what Redis or MongoDB raise; the keys of a failed batch stay dirty or in flight.
+        With a master of a cluster down, what lives there is left for later (``reach`` says
+        how much; see the module doc). Raises what Redis or MongoDB raise; the keys of a failed
+        batch stay dirty or in flight.
         """
-        done = await self.recover()
+        self.reach = await self._probe()
+        done = await self._recover()
         for dirty, inflight in self.buckets:
-            done += await self._drain(dirty, inflight)
+            if self.reach.reachable(dirty):
+                done += await self._drain(dirty, inflight)
+            else:
+                self.reach.buckets += 1
         return done
 
     async def _drain(self, dirty: str, inflight: str) -> int:
         # Keys dirty now, not those dirtied meanwhile: a steady stream of pings cannot make one
         # cycle endless (they are the next cycle's).
         budget = await self.redis.scard(dirty)
-        done = 0
+        done, later = 0, list[str]()
         while budget > 0:
             size = min(self.settings.flush_batch_size, budget)
-            taken = await self._take(keys=[dirty, inflight], args=[size])
+            taken = await run_script(self.redis, self._take, [dirty, inflight], [size])
             if not taken:
                 break
             budget -= len(taken)
-            done += await self._flush(sorted(taken), dirty, inflight)
+            done += await self._flush(sorted(taken), dirty, inflight, later)
+        # Only now back to the dirty set (in flight meanwhile): given back at once, they would be
+        # taken again by this drain's next batches, in place of keys that can be flushed.
+        for i in range(0, len(later), self.settings.flush_batch_size):
+            chunk = later[i : i + self.settings.flush_batch_size]
+            await run_script(self.redis, self._give_back, [inflight, dirty], chunk)
         return done
 
     async def recover(self) -> int:
         """Flush again what the in-flight sets still hold: a flusher died (or a cycle failed)
-        between taking keys and finishing them. Returns how many keys were finished."""
+        between taking keys and finishing them. Returns how many keys were finished; with a
+        master of a cluster down, what lives there stays in flight (``reach``)."""
+        self.reach = await self._probe()
+        self.reach.buckets = sum(not self.reach.reachable(dirty) for dirty, _ in self.buckets)
+        return await self._recover()
+
+    async def _probe(self) -> Reach:
+        """The reach of a cycle starting now (see ``ingest.reach``)."""
+        down = await outage.unreachable_masters(self.redis)
+        return Reach(down=down, master=functools.partial(master_of, self.redis)) if down else Reach()
+
+    async def _recover(self) -> int:
         done = 0
         for dirty, inflight in self.buckets:
-            cursor = 0
+            if not self.reach.reachable(dirty):
+                continue  # its master is down: counted by the caller
+            cursor, later = 0, list[str]()  # left in flight: the next recover looks again
             while True:
                 cursor, members = await self.redis.sscan(
                     inflight, cursor, count=self.settings.flush_batch_size
                 )
                 if members:
-                    done += await self._flush(sorted(set(members)), dirty, inflight)
+                    done += await self._flush(sorted(set(members)), dirty, inflight, later)
                 if cursor == 0:
                     break
         return done
 
-    async def _flush(self, batch: list[str], dirty: str, inflight: str) -> int:
+    async def _flush(self, batch: list[str], dirty: str, inflight: str, later: list[str]) -> int:
         """Write ``batch`` (keys in the in-flight set ``inflight`` of the bucket ``dirty``) to
-        MongoDB and finish each key."""
+        MongoDB and finish each key. Keys that a master down keeps from being flushed are left in
+        flight and added to ``later`` (counted in ``reach``)."""
+        skipped = [key for key in batch if not self.reach.reachable(key)]
+        batch = [key for key in batch if self.reach.reachable(key)] if skipped else list(batch)
         pipe = self.redis.pipeline(transaction=False)
         for key in batch:
             pipe.hgetall(key)
-        hashes: list[dict[str, str]] = await pipe.execute()
+        hashes: list[dict[str, str]] = await pipe.execute() if batch else []
+        for i in reversed(self.reach.held(batch, hashes, self.settings.stream_partition_count)):
+            skipped.append(batch.pop(i))
+            del hashes[i]
+        later += skipped
+        self.reach.keys += len(skipped)
+        if not batch:
+            return 0
         await self.emit_pending(batch, hashes)
         now = time.time()
         ops = [
@@ -189,7 +233,7 @@ class Flusher:
             except Exception:
                 # Back to the dirty set at once; if Redis is down too, the in-flight set keeps them.
                 with contextlib.suppress(Exception):
-                    await self._give_back(keys=[inflight, dirty], args=batch)
+                    await run_script(self.redis, self._give_back, [inflight, dirty], batch)
                 raise
             self.catch_up |= time.monotonic() - started > STALLED_WRITE_S
         pipe = self.redis.pipeline(transaction=False)
@@ -228,7 +272,8 @@ class Flusher:
         ``stop``. A failed cycle is retried one interval on at the latest, and as soon as Redis and
         MongoDB answer again when they were unreachable; the first cycle after a failed one, or one
         whose write waited for MongoDB, is followed at once by another (once in a row), for the
-        keys that changed meanwhile."""
+        keys that changed meanwhile. A cycle that left keys of a master down for later is followed
+        by another as soon as every master answers again, one interval on at the latest."""
         delay, cycle = 0.0, self.recover  # at start: only what a dead predecessor left in flight
         failed = catching_up = False
         while not stop.is_set():
@@ -239,27 +284,64 @@ class Flusher:
             try:
                 started = time.monotonic()
                 flushed = await cycle()
+                left = self.reach
                 if self.metrics:
-                    self.metrics.flushed(flushed, time.monotonic() - started)
+                    self.metrics.flushed(flushed, time.monotonic() - started, left_keys=left.keys,
+                                         left_buckets=left.buckets)  # fmt: skip
                 cycle = self.flush_once
-                if flushed:
+                if left.partial:
+                    log.warning(
+                        "flushed %d progress keys; left %d keys and %d of %d dirty buckets for later: "
+                        "Redis master(s) %s not serving their slots",
+                        flushed, left.keys, left.buckets, len(self.buckets), ", ".join(sorted(left.down)),
+                    )  # fmt: skip
+                elif flushed:
                     log.info("flushed %d progress keys", flushed)
                 # The first cycle after a failed one, or one whose write waited for MongoDB, is
                 # followed at once by another: pings kept coming while it waited. One in a row at
                 # most: a MongoDB that is merely slow must not turn write-behind into write-through.
-                catching_up = (self.catch_up or failed) and not catching_up
+                catching_up = (self.catch_up or failed) and not catching_up and not left.partial
                 self.catch_up = failed = False
-                delay = 0.0 if catching_up else self.settings.flush_interval_s
+                if left.partial:
+                    delay = await self._until_masters_answer(stop)
+                else:
+                    delay = 0.0 if catching_up else self.settings.flush_interval_s
             except Exception as exc:
                 if self.metrics:
                     self.metrics.failures.inc()
+                delay = await self._after_failure(exc, stop, first=not failed)
                 failed, catching_up = True, False
-                delay = await self._after_failure(exc, stop)
 
-    async def _after_failure(self, exc: Exception, stop: asyncio.Event) -> float:
-        """Seconds to wait before the next attempt after a failed cycle."""
+    async def _until_masters_answer(self, stop: asyncio.Event) -> float:
+        """Seconds to wait after a cycle that left keys for later: none once every master serves
+        again (probed quietly every ``outage_probe_interval_s``) or one interval passed."""
+        deadline = time.monotonic() + self.settings.flush_interval_s
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(self.settings.outage_probe_interval_s, left))
+            if stop.is_set():
+                break
+            with contextlib.suppress(Exception):  # no slot map now: the next cycle says so
+                if not await outage.unreachable_masters(self.redis):
+                    break
+        return 0.0
+
+    async def _after_failure(self, exc: Exception, stop: asyncio.Event, *, first: bool) -> float:
+        """Seconds to wait before the next attempt after a failed cycle (``first``: the previous
+        one did not fail)."""
         interval = self.settings.flush_interval_s
         log.warning("flush failed (%s); the keys stay dirty", exc)
+        if first:
+            with contextlib.suppress(Exception):
+                if await outage.unreachable_masters(self.redis) and not await outage.first_unreachable(
+                    self.services[1:]
+                ):
+                    # A master of the cluster died during the cycle, or was not back in the
+                    # cluster yet: the next cycle, soon, leaves what lives there for later.
+                    return self.settings.outage_probe_interval_s
         down = await outage.first_unreachable(self.services)
         if down is None:
             return interval  # not an outage: the next cycle, as usual

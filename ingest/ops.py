@@ -168,6 +168,21 @@ class FlusherMetrics:
             "scorecast_flush_keys", "Progress keys written to MongoDB and finished", registry=r
         )
         self.failures = Counter("scorecast_flush_failures", "Flush cycles that failed", registry=r)
+        self.partial = Counter(
+            "scorecast_flush_partial",
+            "Flush cycles that left keys for later: their Redis Cluster master did not answer",
+            registry=r,
+        )
+        self.left_keys = Counter(
+            "scorecast_flush_left_keys",
+            "Progress keys a cycle left dirty or in flight for later: their master did not answer",
+            registry=r,
+        )
+        self.left_buckets = Counter(
+            "scorecast_flush_left_buckets",
+            "Dirty buckets a cycle did not drain: their master did not answer",
+            registry=r,
+        )
         self.dirty = Gauge(
             "scorecast_flush_dirty_keys",
             "Progress keys waiting for a flush: dirty, or in flight (taken, not finished)",
@@ -178,9 +193,15 @@ class FlusherMetrics:
         for name in ("dirty", "inflight"):
             self.dirty.labels(name)
 
-    def flushed(self, count: int, seconds: float) -> None:
+    def flushed(self, count: int, seconds: float, *, left_keys: int = 0, left_buckets: int = 0) -> None:
+        """A cycle that did not fail wrote ``count`` keys in ``seconds`` and left ``left_keys``
+        keys and ``left_buckets`` buckets of a master down for later."""
         self.keys_flushed.inc(count)
         self.duration.observe(seconds)
+        if left_keys or left_buckets:
+            self.partial.inc()
+            self.left_keys.inc(left_keys)
+            self.left_buckets.inc(left_buckets)
 
     async def refresh(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
