@@ -52,7 +52,7 @@ from bench.common import cpu_split
 from bench.rank_mirror import BoardMirror, TruePlace
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import board_event_decoder
+from contract.events import board_event_decoder
 from contract.settings import Settings
 from devstack.processes import ROOT, Stack
 from devstack.servers import free_port, mongo_server, redis_server

@@ -17,8 +17,8 @@ import jwt
 import msgspec
 
 from contract.errors import AuthError, BadRequest
-from contract.messages import Id
 from contract.settings import Settings
+from contract.wire import Id
 
 COOKIE_NAME = "scorecast_token"
 QUERY_PARAM = "access_token"

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from contract.errors import BadRequest, PayloadTooLarge, ScorecastError, TemporarilyBlocked, TooManyRequests
-from contract.messages import json_encoder
+from contract.wire import json_encoder
 
 log = logging.getLogger("scorecast.http")
 T = TypeVar("T")

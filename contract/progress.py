@@ -12,7 +12,8 @@ import msgspec
 from contract import keys
 from contract.auth import Claims
 from contract.courses import CourseMeta
-from contract.messages import CompletionEvent, Output, json_encoder
+from contract.events import CompletionEvent
+from contract.wire import Output, json_encoder
 
 COMPLETION_NAMESPACE = uuid.UUID("6f1c1b2e-6a8e-4f0e-9a51-3c0ad1f0e7a1")
 PROGRESS = "progress"  # the MongoDB collection (see ingest.store)

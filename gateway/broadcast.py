@@ -21,8 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from contract import keys
-from contract.messages import FrameEntry, RebuildRequest, json_encoder
+from contract.events import RebuildRequest
+from contract.push import FrameEntry
 from contract.settings import Settings
+from contract.wire import json_encoder
 from gateway.connection import Connection
 from gateway.metrics import Metrics
 from gateway.protocol import BoardFrames, State, Throttle, utc_timestamp

@@ -25,14 +25,10 @@ import msgspec
 from contract import keys
 from contract.boards import resolve
 from contract.errors import Unavailable
-from contract.messages import (
-    ProgressEvent,
-    ProgressMessage,
-    board_event_decoder,
-    json_encoder,
-    progress_event_decoder,
-)
+from contract.events import ProgressEvent, board_event_decoder, progress_event_decoder
+from contract.push import ProgressMessage
 from contract.settings import Settings
+from contract.wire import json_encoder
 from gateway.broadcast import Board, Broadcaster
 from gateway.connection import Connection
 from gateway.metrics import Metrics

@@ -26,8 +26,8 @@ from prometheus_client import Counter
 
 from contract.auth import Claims
 from contract.courses import CourseMeta
-from contract.messages import ProgressPing
 from contract.progress import Ping, PingResult, completion_event
+from contract.push import ProgressPing
 from store.courses import CourseCatalog
 from store.progress import ProgressStore, emit_completions
 

@@ -17,7 +17,8 @@ import datetime as dt
 import enum
 import math
 
-from contract.messages import BoardSnapshot, FrameEntry, LeaderboardMessage, json_encoder
+from contract.push import BoardSnapshot, FrameEntry, LeaderboardMessage
+from contract.wire import json_encoder
 
 
 class Throttle:

@@ -34,7 +34,8 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
-from contract.messages import RankUpdate, json_encoder
+from contract.push import RankUpdate
+from contract.wire import json_encoder
 
 C = TypeVar("C", bound=Hashable)
 Pair = tuple[str, str]  # (board, userId)

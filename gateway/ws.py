@@ -30,7 +30,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from contract.auth import Claims, token_from_request
 from contract.boards import resolve
 from contract.errors import AuthError, BoardNameError, ScorecastError, UnknownBoard
-from contract.messages import (
+from contract.progress import PingResult, who
+from contract.push import (
     ErrorMessage,
     Ping,
     Pong,
@@ -40,11 +41,10 @@ from contract.messages import (
     Unsubscribe,
     Unsubscribed,
     client_message_decoder,
-    json_encoder,
     ping_seq_decoder,
 )
-from contract.progress import PingResult, who
 from contract.seasons import alias_of
+from contract.wire import json_encoder
 from gateway.connection import Connection
 from gateway.progress import ProgressRejected
 from gateway.protocol import BoardFrames, State, TokenBucket

@@ -26,9 +26,10 @@ import msgspec
 
 from contract import keys
 from contract.errors import BadRequest
-from contract.messages import CompletionEvent, ScoreAction, completion_event_decoder, json_encoder
+from contract.events import CompletionEvent, ScoreAction, completion_event_decoder
 from contract.settings import Settings
 from contract.streaks import current_streak, length, local_day, run_of, zone
+from contract.wire import json_encoder
 from ingest.consumer import Entry, StreamConsumer
 from ingest.store import ACTIVITY, COMPLETIONS, PROGRESS, STATS, progress_id, progress_on_insert
 from store import outage

@@ -36,7 +36,7 @@ from typing import Any
 from pymongo import UpdateOne
 
 from contract import keys
-from contract.messages import ScoreAction
+from contract.events import ScoreAction
 from contract.settings import Settings
 from ingest import store
 

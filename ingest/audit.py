@@ -30,8 +30,9 @@ from typing import Any
 
 from pymongo import UpdateOne
 
+from contract.bodies import AuditItem
 from contract.errors import BadRequest
-from contract.messages import AuditItem, ScoreAction
+from contract.events import ScoreAction
 from ingest import store
 from store.board_results import ApplyResult
 

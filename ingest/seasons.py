@@ -32,9 +32,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from contract import keys
-from contract.messages import BoardClosed, LeaderboardEntry, json_encoder
+from contract.bodies import LeaderboardEntry
+from contract.events import BoardClosed
 from contract.seasons import is_closed, period_end, recent_periods
 from contract.settings import Settings
+from contract.wire import json_encoder
 from ingest import store
 from ingest.rebuild import rebuild_board
 from store import archive

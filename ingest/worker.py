@@ -38,10 +38,11 @@ from pymongo import AsyncMongoClient, UpdateOne
 
 from contract import keys
 from contract.boards import segments_for
+from contract.events import BoardEvent, RebuildRequest, ScoreAction, stream_entry_decoder
 from contract.logs import install_redaction, setup_logging
-from contract.messages import BoardEvent, RebuildRequest, ScoreAction, json_encoder, stream_entry_decoder
 from contract.seasons import period_end
 from contract.settings import Settings
+from contract.wire import json_encoder
 from ingest import audit, store
 from ingest.achievements import Achievements
 from ingest.anomaly import AnomalyDetector

@@ -24,8 +24,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from contract.bodies import AroundAnswer, LeaderboardEntry, LeaderboardPage, RankAnswer
 from contract.errors import NotFound
-from contract.messages import AroundAnswer, LeaderboardEntry, LeaderboardPage, RankAnswer
 from contract.seasons import period_end
 
 BOARD_ARCHIVE = "board_archive"

@@ -24,8 +24,9 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from contract import keys
-from contract.messages import CompletionEvent, json_encoder
+from contract.events import CompletionEvent
 from contract.progress import PROGRESS, Ping, PingResult, hydration_pairs, progress_id
+from contract.wire import json_encoder
 from store.clients import is_cluster, publish_command, queue_script
 from store.progress_lua import COMPLETE, FLUSHED, PING
 

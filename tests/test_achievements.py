@@ -12,9 +12,10 @@ import httpx
 from contract import keys
 from contract.auth import Claims, TokenIssuer
 from contract.courses import CourseMeta
-from contract.messages import json_encoder, stream_entry_decoder
+from contract.events import stream_entry_decoder
 from contract.progress import completion_event
 from contract.settings import Settings
+from contract.wire import json_encoder
 from ingest.achievements import Achievements, record_activity, record_streak, streak_summary
 from ingest.store import ACTIVITY
 from tests.helpers import bearer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from contract.errors import BadRequest
-from contract.messages import ScoreAction
+from contract.events import ScoreAction
 from contract.settings import Settings
 from ingest import audit
 from ingest.anomaly import BURST, COVERAGE_TOO_FAST, JUMP, QUIZ_TOO_FAST, Rules

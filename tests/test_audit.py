@@ -11,7 +11,7 @@ import httpx
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import ScoreAction
+from contract.events import ScoreAction
 from contract.settings import Settings
 from devstack.processes import Stack
 from ingest import store

@@ -12,7 +12,7 @@ from redis.cluster import key_slot
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import CompletionEvent, ScoreAction
+from contract.events import CompletionEvent, ScoreAction
 from contract.progress import Ping
 from contract.settings import Settings
 from devstack.cluster import RedisCluster

@@ -14,9 +14,10 @@ from redis.asyncio.client import Pipeline
 from contract import keys
 from contract.auth import Claims, TokenIssuer
 from contract.courses import CourseMeta
-from contract.messages import completion_event_decoder, json_encoder
+from contract.events import completion_event_decoder
 from contract.progress import Ping, ResumePoint, completion_event
 from contract.settings import Settings
+from contract.wire import json_encoder
 from devstack.processes import Stack
 from devstack.servers import free_port, mongo_server
 from ingest.achievements import Achievements

@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from contract import keys
-from contract.messages import completion_event_decoder
+from contract.events import completion_event_decoder
 from contract.progress import Ping, ResumePoint
 from contract.settings import Settings
 from devstack.cluster import RedisCluster

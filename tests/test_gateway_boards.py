@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.courses import COURSES
-from contract.messages import RebuildRequest, stream_entry_decoder
+from contract.events import RebuildRequest, stream_entry_decoder
 from devstack.processes import Stack
 from devstack.servers import free_port, redis_server
 from ingest import store

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from contract.messages import Ack, FrameEntry
+from contract.push import Ack, FrameEntry
 from gateway.protocol import (
     BoardFrames,
     IllegalTransition,

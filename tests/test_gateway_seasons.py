@@ -22,8 +22,9 @@ from websockets.asyncio.client import connect
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import BoardEvent, ScoreAction, json_encoder
+from contract.events import BoardEvent, ScoreAction
 from contract.settings import Settings
+from contract.wire import json_encoder
 from devstack.processes import Stack
 from devstack.servers import free_port
 from gateway.app import create_app

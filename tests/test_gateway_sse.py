@@ -11,8 +11,9 @@ import pytest
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import BoardEvent, RebuildRequest, json_encoder, stream_entry_decoder
+from contract.events import BoardEvent, RebuildRequest, stream_entry_decoder
 from contract.settings import Settings
+from contract.wire import json_encoder
 from devstack.processes import Stack
 from store.boards import BoardStore
 from tests.eventually import eventually

@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from contract import keys, messages
+from contract import bodies, keys
 from contract.auth import TokenIssuer
 from contract.settings import Settings
 from devstack.processes import Stack
@@ -574,10 +574,10 @@ async def test_a_closed_period_answers_from_its_archive_with_the_names_at_the_cl
         ranked_users=3,
         closed_at_ms=1_790_000_000_000,
         entries=[
-            messages.LeaderboardEntry(
+            bodies.LeaderboardEntry(
                 rank=1, user_id="ada", name="Ada then", score=9, avatar_url="https://a/1"
             ),
-            messages.LeaderboardEntry(rank=2, user_id="bob", name="Bob then", score=4, avatar_url=None),
+            bodies.LeaderboardEntry(rank=2, user_id="bob", name="Bob then", score=4, avatar_url=None),
         ],
     )
     assert await archive.insert(mongo, final)

@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import ScoreAction, json_encoder
+from contract.events import ScoreAction
 from contract.progress import Ping
 from contract.settings import Settings
+from contract.wire import json_encoder
 from devstack.processes import Stack
 from devstack.servers import free_port
 from store.progress import ProgressStore

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from contract.auth import Claims
 from contract.courses import CourseMeta
-from contract.messages import ProgressPing
 from contract.progress import Ping, PingResult
+from contract.push import ProgressPing
 from contract.settings import Settings
 from gateway import fastpath
 from gateway.progress import MAX_BATCH, ProgressRejected, ProgressWriter

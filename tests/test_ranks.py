@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from contract.messages import RankMessage, server_message_decoder
+from contract.push import RankMessage, server_message_decoder
 from gateway.ranks import UNRANKED, Place, RankPlanner, rank_frames
 
 

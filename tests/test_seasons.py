@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from contract import keys
-from contract.messages import BoardClosed, ScoreAction
+from contract.events import BoardClosed, ScoreAction
 from contract.seasons import is_closed, period_end, recent_periods
 from contract.settings import Settings
 from ingest import store

@@ -11,7 +11,7 @@ import httpx
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import ScoreAction, stream_entry_decoder
+from contract.events import ScoreAction, stream_entry_decoder
 from devstack.processes import Stack
 from ingest.worker import event_doc
 from tests.helpers import bearer

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from contract import keys
 from contract.auth import TokenIssuer
-from contract.messages import completion_event_decoder
+from contract.events import completion_event_decoder
 from contract.settings import Settings
 from devstack.processes import Stack
 from ingest.flusher import Flusher

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from contract import keys
 from contract.auth import TokenIssuer
 from contract.boards import monthly_name, weekly_name
-from contract.messages import ScoreAction
+from contract.events import ScoreAction
 from contract.settings import Settings
 from devstack.processes import Stack
 from ingest import store

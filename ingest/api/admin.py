@@ -20,9 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from contract.bodies import AuditPage, FlagItem, FlagPage
 from contract.errors import BadRequest
 from contract.http import JSONResponse, path_param
-from contract.messages import ID_PATTERN, AuditPage, FlagItem, FlagPage, Id
+from contract.wire import ID_PATTERN, Id
 from ingest import anomaly, audit, store
 from ingest.api.state import authenticate, state
 

@@ -15,9 +15,9 @@ from starlette.routing import BaseRoute, Route
 
 from contract import keys
 from contract.auth import Claims, TokenIssuer
+from contract.bodies import LoginRequest, RefreshRequest, TokenPair
 from contract.errors import AuthError, NotFound
 from contract.http import JSONResponse, decode_body
-from contract.messages import LoginRequest, RefreshRequest, TokenPair
 from contract.streaks import zone
 from ingest.api.state import IngestState, state
 

@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from contract.bodies import CourseIn
 from contract.courses import COURSES, CourseMeta, meta_from_doc
 from contract.errors import BadRequest, NotFound
 from contract.http import JSONResponse, decode_body, path_param
-from contract.messages import CourseIn, KeyId
+from contract.wire import KeyId
 from ingest.api.state import IngestState, authenticate, state
 
 

@@ -23,12 +23,13 @@ from starlette.requests import Request
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
-from contract import messages
+from contract import bodies
 from contract.auth import Claims
 from contract.boards import resolve
+from contract.bodies import ProgressCompleteRequest, QuizSubmitRequest
 from contract.errors import BadRequest
 from contract.http import checked_id
-from contract.messages import KeyId, ProgressCompleteRequest, QuizSubmitRequest
+from contract.wire import KeyId
 from ingest.api import progress as progress_api
 from ingest.api import quiz, scores, stats
 from ingest.api.metrics import IngestMetrics, outcome_of, outcome_of_status
@@ -88,9 +89,9 @@ class LeaderboardEntry:
     score: int
     row: strawberry.Private[Row]
     # An archived entry (a closed period's) keeps its name and avatar as they were at the close.
-    archived: strawberry.Private[messages.LeaderboardEntry | None] = None
+    archived: strawberry.Private[bodies.LeaderboardEntry | None] = None
 
-    async def shown(self, info: GraphInfo) -> messages.LeaderboardEntry:
+    async def shown(self, info: GraphInfo) -> bodies.LeaderboardEntry:
         if self.archived is not None:
             return self.archived
         return scores.entry_of(self.row, await info.context.profiles.load(self.user_id))
@@ -104,7 +105,7 @@ class LeaderboardEntry:
         return (await self.shown(info)).avatar_url
 
 
-def entry(row: Row | messages.LeaderboardEntry) -> LeaderboardEntry:
+def entry(row: Row | bodies.LeaderboardEntry) -> LeaderboardEntry:
     if isinstance(row, Row):
         return LeaderboardEntry(rank=row.rank, user_id=row.user_id, score=row.score, row=row)
     live = Row(rank=row.rank, user_id=row.user_id, score=row.score)
@@ -217,7 +218,7 @@ class Query:
         found = await scores.top_of(
             info.context.st, name, scores.bounded("limit", limit, 1, scores.LIMIT_MAX)
         )
-        if isinstance(found, messages.LeaderboardPage):  # a closed period, from its archive
+        if isinstance(found, bodies.LeaderboardPage):  # a closed period, from its archive
             return LeaderboardPage(
                 board=found.board,
                 version=found.version,
@@ -243,7 +244,7 @@ class Query:
         name = resolve(board)
         window = scores.bounded("range", range, 1, scores.RANGE_MAX)
         found = await scores.around_of(info.context.st, name, user_id, window)
-        mine = found.self if isinstance(found, messages.AroundAnswer) else found.self_row
+        mine = found.self if isinstance(found, bodies.AroundAnswer) else found.self_row
         assert mine is not None  # around_of refuses an unranked user
         return AroundAnswer(
             board=name,

@@ -21,10 +21,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from contract.auth import Claims
+from contract.bodies import ProgressCompleteRequest, ProgressSaveRequest
 from contract.courses import CourseMeta
 from contract.errors import BadRequest, Conflict, Forbidden
 from contract.http import JSONResponse, decode_body
-from contract.messages import ProgressCompleteRequest, ProgressSaveRequest
 from contract.progress import Ping, ProgressView, completion_event, merge, who
 from ingest.api.courses import course_id_param, course_meta
 from ingest.api.state import IngestState, authenticate, state

@@ -41,18 +41,11 @@ from starlette.routing import BaseRoute, Route
 
 from contract import keys
 from contract.auth import Claims
+from contract.bodies import QuizGraded, QuizIn, QuizOut, QuizQuestionOut, QuizSubmitRequest
 from contract.errors import Conflict, NotFound
+from contract.events import ScoreAction
 from contract.http import JSONResponse, decode_body, path_param
-from contract.messages import (
-    Id,
-    QuizGraded,
-    QuizIn,
-    QuizOut,
-    QuizQuestionOut,
-    QuizSubmitRequest,
-    ScoreAction,
-    json_encoder,
-)
+from contract.wire import Id, json_encoder
 from ingest import store
 from ingest.api.client import ClientInfo
 from ingest.api.courses import course_meta

@@ -21,20 +21,19 @@ from starlette.routing import BaseRoute, Route
 from contract import keys
 from contract.auth import Claims
 from contract.boards import resolve
-from contract.errors import BadRequest, NotFound, TemporarilyBlocked, TooManyRequests, Unavailable
-from contract.http import JSONResponse, decode_body
-from contract.messages import (
+from contract.bodies import (
     AroundAnswer,
     LeaderboardEntry,
     LeaderboardPage,
     RankAnswer,
-    RebuildRequest,
     ScoreAccepted,
-    ScoreAction,
     ScoreUpdateRequest,
-    json_encoder,
 )
+from contract.errors import BadRequest, NotFound, TemporarilyBlocked, TooManyRequests, Unavailable
+from contract.events import RebuildRequest, ScoreAction
+from contract.http import JSONResponse, decode_body
 from contract.seasons import period_end
+from contract.wire import json_encoder
 from ingest import audit, store
 from ingest.anomaly import blocked_until
 from ingest.api.client import ClientInfo, client_of
