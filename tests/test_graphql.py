@@ -17,7 +17,7 @@ from contract.auth import TokenIssuer
 from contract.settings import Settings
 from devstack.processes import Stack
 from devstack.servers import free_port
-from ingest.api import scores
+from ingest.api import leaderboards
 from ingest.api.app import create_app
 from store import archive
 from store.archive import Archived
@@ -176,13 +176,13 @@ async def test_a_100_entry_leaderboard_hydrates_in_one_batch(
     )
     await mongo["users"].insert_many([{"_id": u, "name": f"N{u}", "avatarUrl": None} for u in users[50:]])
     calls: list[list[str]] = []
-    real = scores.load_profiles
+    real = leaderboards.load_profiles
 
     async def counted(st: Any, user_ids: Sequence[str]) -> dict[str, Profile]:
         calls.append(list(user_ids))
         return await real(st, user_ids)
 
-    monkeypatch.setattr(scores, "load_profiles", counted)
+    monkeypatch.setattr(leaderboards, "load_profiles", counted)
     await redis.config_resetstat()
     answer = await gql(
         ingest,
@@ -218,7 +218,7 @@ async def test_fields_without_names_read_no_profiles(
         calls.append(user_ids)
         return {}
 
-    monkeypatch.setattr(scores, "load_profiles", counted)
+    monkeypatch.setattr(leaderboards, "load_profiles", counted)
     answer = await gql(ingest, "{ leaderboard { entries { userId score } } }")
     assert answer["data"]["leaderboard"]["entries"] == [
         {"userId": "ada", "score": 3},
@@ -508,7 +508,7 @@ async def test_redis_down_is_unavailable_and_a_bug_is_an_internal_error_without_
     async def broken(*args: Any) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(scores, "top_of", broken)
+    monkeypatch.setattr(leaderboards, "top_of", broken)
     r = await ingest.post("/graphql", json={"query": "{ leaderboard { board } }"})
     assert r.status_code == 200
     assert r.json()["errors"][0]["extensions"] == {"code": "internal_error"}
@@ -587,7 +587,7 @@ async def test_a_closed_period_answers_from_its_archive_with_the_names_at_the_cl
         calls.append(user_ids)
         return {}
 
-    monkeypatch.setattr(scores, "load_profiles", counted)
+    monkeypatch.setattr(leaderboards, "load_profiles", counted)
     answer = await gql(
         ingest,
         f"""{{ leaderboard(board: "{board}") {{ version closedAt rankedUsers

@@ -223,7 +223,7 @@ async def test_range_query_sorted_with_projection_and_counts(mongo: Any) -> None
 
 
 async def test_an_inclusion_projection_keeps_the_id_and_leaves_missing_fields_out(mongo: Any) -> None:
-    # ingest.rebuild (board_totals), ingest.api.stats (progress, courses), ingest.api.scores.
+    # ingest.rebuild (board_totals), ingest.api.stats (progress, courses), ingest.api.leaderboards.
     await mongo.c.insert_many(
         [
             {"_id": "g|ada", "board": "g", "userId": "ada", "score": 5, "seq": 2},

@@ -19,7 +19,7 @@ from contract.auth import TokenIssuer, TokenVerifier
 from contract.http import JSONResponse, install_error_handlers
 from contract.settings import Settings
 from ingest import store
-from ingest.api import admin, auth, courses, heatmap, progress, quiz, scores, stats
+from ingest.api import admin, auth, courses, heatmap, leaderboards, progress, quiz, scores, stats
 from ingest.api.client import parse_networks
 from ingest.api.graph_http import GraphView
 from ingest.api.metrics import IngestMetrics, count_refusals, metrics_endpoint
@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint),
         *auth.routes,
         *scores.routes,
+        *leaderboards.routes,
         *quiz.routes,
         *courses.routes,
         *heatmap.routes,

@@ -1,11 +1,11 @@
 """The GraphQL schema of seed 004: the REST API's reads and actions, typed, over one service layer.
 
 Every resolver validates its arguments with the REST API's own checks and calls the same service
-function as the REST handler (``ingest.api.scores``, ``quiz``, ``progress``, ``stats``); what it
+function as the REST handler (``ingest.api.leaderboards``, ``quiz``, ``progress``, ``stats``); what it
 raises (``ScorecastError``) becomes a GraphQL error whose ``extensions.code`` is the REST code
 (``ingest.api.graph_http``). Nothing here reads Redis or MongoDB itself, except through the
 per-request profile DataLoader: member names and avatars of every entry a request shows are
-loaded in one batch (``scores.load_profiles``: one pipelined Redis read, MongoDB for misses).
+loaded in one batch (``leaderboards.load_profiles``: one pipelined Redis read, MongoDB for misses).
 
 Who may ask what is REST's rule too: the board reads (``leaderboard``, ``rank``, ``around``) are
 public, everything about the caller (``progress``, ``studentStats``, ``courseProgress``) and both
@@ -30,8 +30,8 @@ from contract.bodies import ProgressCompleteRequest, QuizSubmitRequest
 from contract.errors import BadRequest
 from contract.http import checked_id
 from contract.wire import KeyId
+from ingest.api import leaderboards, quiz, scores, stats
 from ingest.api import progress as progress_api
-from ingest.api import quiz, scores, stats
 from ingest.api.metrics import IngestMetrics, outcome_of, outcome_of_status
 from ingest.api.state import IngestState, authenticate
 from store.board_results import Profile, Row
@@ -52,7 +52,7 @@ class Context:
         st: IngestState = request.app.state.ingest
 
         async def batch(user_ids: list[str]) -> list[Profile | None]:
-            found = await scores.load_profiles(st, user_ids)
+            found = await leaderboards.load_profiles(st, user_ids)
             return [found.get(u) for u in user_ids]
 
         return cls(
@@ -94,7 +94,7 @@ class LeaderboardEntry:
     async def shown(self, info: GraphInfo) -> bodies.LeaderboardEntry:
         if self.archived is not None:
             return self.archived
-        return scores.entry_of(self.row, await info.context.profiles.load(self.user_id))
+        return leaderboards.entry_of(self.row, await info.context.profiles.load(self.user_id))
 
     @strawberry.field(description="Display name (the user id when no profile is known).")
     async def name(self, info: GraphInfo) -> str:
@@ -212,11 +212,11 @@ class LectureCompleted:
 class Query:
     @strawberry.field(description="The first `limit` (1..100) members of `board`.")
     async def leaderboard(
-        self, info: GraphInfo, board: str = "global", limit: int = scores.LIMIT_DEFAULT
+        self, info: GraphInfo, board: str = "global", limit: int = leaderboards.LIMIT_DEFAULT
     ) -> LeaderboardPage:
         name = resolve(board)
-        found = await scores.top_of(
-            info.context.st, name, scores.bounded("limit", limit, 1, scores.LIMIT_MAX)
+        found = await leaderboards.top_of(
+            info.context.st, name, leaderboards.bounded("limit", limit, 1, leaderboards.LIMIT_MAX)
         )
         if isinstance(found, bodies.LeaderboardPage):  # a closed period, from its archive
             return LeaderboardPage(
@@ -229,21 +229,21 @@ class Query:
             )
         entries = [entry(r) for r in found.rows]
         return LeaderboardPage(
-            board=found.board, version=found.version, updated_at=scores.now_iso(), entries=entries
+            board=found.board, version=found.version, updated_at=leaderboards.now_iso(), entries=entries
         )
 
     @strawberry.field(description="`userId`'s place on `board`; error `not_ranked` when unranked.")
     async def rank(self, info: GraphInfo, user_id: str, board: str = "global") -> RankAnswer:
-        found = await scores.rank_of(info.context.st, resolve(board), user_id)
+        found = await leaderboards.rank_of(info.context.st, resolve(board), user_id)
         return RankAnswer(board=found.board, user_id=found.user_id, rank=found.rank, score=found.score)
 
     @strawberry.field(description="`userId`'s row with `range` (1..50) rows either side.")
     async def around(
-        self, info: GraphInfo, user_id: str, board: str = "global", range: int = scores.RANGE_DEFAULT
+        self, info: GraphInfo, user_id: str, board: str = "global", range: int = leaderboards.RANGE_DEFAULT
     ) -> AroundAnswer:
         name = resolve(board)
-        window = scores.bounded("range", range, 1, scores.RANGE_MAX)
-        found = await scores.around_of(info.context.st, name, user_id, window)
+        window = leaderboards.bounded("range", range, 1, leaderboards.RANGE_MAX)
+        found = await leaderboards.around_of(info.context.st, name, user_id, window)
         mine = found.self if isinstance(found, bodies.AroundAnswer) else found.self_row
         assert mine is not None  # around_of refuses an unranked user
         return AroundAnswer(

@@ -28,7 +28,7 @@ from graphql import (
     ValidationRule,
 )
 
-from ingest.api.scores import LIMIT_DEFAULT, LIMIT_MAX, RANGE_DEFAULT, RANGE_MAX
+from ingest.api.leaderboards import LIMIT_DEFAULT, LIMIT_MAX, RANGE_DEFAULT, RANGE_MAX
 
 TOO_DEEP = "query_too_deep"
 TOO_COSTLY = "query_too_costly"

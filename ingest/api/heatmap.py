@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from contract.http import JSONResponse
 from contract.streaks import local_day, zone
 from ingest.achievements import record_activity, record_streak
-from ingest.api.scores import int_param
+from ingest.api.leaderboards import int_param
 from ingest.api.state import authenticate, state
 from ingest.store import ACTIVITY
 
