@@ -50,6 +50,12 @@ def redis_service(redis: Any) -> Service:
 
 
 async def _probe(connection_class: Any, connection_kwargs: dict[str, Any]) -> None:
+    await _ask(connection_class, connection_kwargs, "PING")
+
+
+async def _ask(connection_class: Any, connection_kwargs: dict[str, Any], *command: str) -> Any:
+    """``command``'s answer on a connection of its own, opened for it (no retries, a short
+    timeout) and closed after."""
     options = {
         **connection_kwargs,
         "retry": Retry(NoBackoff(), 0),
@@ -59,8 +65,8 @@ async def _probe(connection_class: Any, connection_kwargs: dict[str, Any]) -> No
     conn = connection_class(**options)
     try:
         await conn.connect()
-        await conn.send_command("PING")
-        await conn.read_response()
+        await conn.send_command(*command)
+        return await conn.read_response()
     finally:
         await conn.disconnect(nowait=True)
 
@@ -96,19 +102,7 @@ async def _probe_serving(connection_class: Any, connection_kwargs: dict[str, Any
     """Like :func:`_probe`, but the cluster node must also serve its slots: a master that was
     just started again answers PING while it still says ``cluster_state:fail`` (and CLUSTERDOWN
     to every keyed command) until the others took it back."""
-    options = {
-        **connection_kwargs,
-        "retry": Retry(NoBackoff(), 0),
-        "socket_connect_timeout": PROBE_TIMEOUT_S,
-        "socket_timeout": PROBE_TIMEOUT_S,
-    }
-    conn = connection_class(**options)
-    try:
-        await conn.connect()
-        await conn.send_command("CLUSTER", "INFO")
-        info = await conn.read_response()
-    finally:
-        await conn.disconnect(nowait=True)
+    info = await _ask(connection_class, connection_kwargs, "CLUSTER", "INFO")
     text = info.decode() if isinstance(info, bytes) else str(info)
     if "cluster_state:ok" not in text:
         raise ConnectionError("the node does not serve its slots (cluster_state is not ok)")
