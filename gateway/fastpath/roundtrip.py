@@ -164,7 +164,8 @@ class _Pipe(asyncio.Protocol):
         if len(replies) > self.want or (replies and waiter is None):
             self._fail(InvalidResponse("Redis sent replies nobody asked for"))
         elif len(replies) == self.want and waiter is not None:
-            self.waiter = None
+            # The batch's list is the caller's now: anything Redis sends later lands in a new one.
+            self.waiter, self.replies = None, []
             if not waiter.done():  # not cancelled meanwhile
                 waiter.set_result(replies)
 
